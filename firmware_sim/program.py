@@ -1,0 +1,382 @@
+"""The PixelRNN sensor program, written only in pixel-processor-array instructions (:mod:`ppa`).
+
+:func:`run_clips_instruction` has the signature and results of :func:`firmware_sim.fast.run_clips`
+(the oracle); :func:`frame_cost` and :func:`clip_cost` count the instructions it issues and estimate
+time and energy. The instruction stream has no data-dependent branches (SIMD), so the count for a
+dummy frame is the count for every frame.
+
+Registers (names as on SCAMP-5: six analog A-F, digital R0-R12; roles never live at the same time
+share a register; 6 analog and 10 digital are used)::
+
+    analog   A unit (1.0, one MAC)   B conv acc | fi      C pool temp, constants | fh, comparand
+             D pooled (interleaved) | oi        E oh      F threshold chunk
+    digital  R0 all ones   R1 hidden h   R2 x_t (mosaic)   R3 input frame   R4-R9 scratch
+
+One frame (all B clips of a batch at once):
+
+(a) conv1, for each of the 16 kernels: clear an accumulator, then 25 binary MACs
+    (``add_or_sub``: the tap's weight sign XNOR the input bit decides add or subtract). The input
+    bit-plane is moved around the 5x5 neighbourhood by one-element shifts (see ``_walk``). A shift
+    fills bit 0 (= -1) at the array edge, but zero padding needs "no contribution", so a validity
+    plane (all ones, shifted along the same path) is loaded into FLAG before each tap: the MAC is
+    skipped where the tap falls outside the image. Shifts lose the data pushed over the edge, so the
+    path is monotone from the unshifted plane in each direction (dy = 0, 1, 2 then -1, -2; for each
+    row dx = 0, 1, 2 then -1, -2): 24 shifts per plane per kernel, and every tap sees exactly
+    ``x[r + dy, c + dx]`` or zero fill where that lies outside.
+(b) ReLU and 4x4 max-pool with shifts and ``max``: a 1-D max over 4 takes a shift by 1, a max, a
+    shift by 2 and a max; choosing each shift's direction puts the block maximum of block (i, j)
+    at any of the 16 PEs of the block, ``(4i + a, 4j + b)``. Kernel k uses
+    ``(a, b) = (k % 4, k // 4)``, its tile position in the mosaic, so the 16 pooled maps
+    interleave into one analog plane (a lattice mask from ``load_pattern``, ``where``, ``copy``).
+    ReLU is one ``max`` with a zero register on the interleaved plane.
+(c) threshold: one ``compare`` of the interleaved plane (+ N(0, conv_sigma^2) injected noise)
+    against a register holding ``thresh1``.
+(d) mosaic gather: the interleaved bit-plane is permuted into the ``scamp_shape`` mosaic of
+    :mod:`firmware_sim.mosaic` (map k at tile row k % 4, tile column k // 4). Along each axis
+    position ``p = 4i + a`` must go to ``q = 16a + i``: a rotation of the 6 address bits by two.
+    It is done as 4 bit-swap stages per axis (address bits (2,0), (3,1), (4,2), (5,3)); a stage
+    swapping bits u > v moves the PEs whose bits differ by d = 2^u - 2^v one way or the other: two
+    shifted copies (2d digital shifts), two masks from ``load_pattern`` and 7 logic instructions.
+    That is 2 * (3 + 6 + 12 + 24) = 90 shifts per axis, 252 instructions per frame. Bits are moved,
+    not analog values: digital moves are exact on the hardware.
+(e) the RNN on the mosaic, with one walk that moves x_t, h_{t-1} and the validity plane together:
+    fi = W_fi * x_t and fh = W_fh * h_{t-1} in separate registers (and, in the readout frame only,
+    oi = W_oi * x_t and oh = W_oh * h_{t-1}); o = oi + oh (+ noise and offset, injected) is read
+    out through the 8-bit ADC. The gate compares fi (+ N(0, gate_sigma^2)) against the comparand
+    ``rnn_threshold - fh``, built as -fh plus constant chunks of at most 25 of the same sign
+    (monotone, so it saturates only if its final value would). Without gate noise fi + fh is an
+    integer and ``fi + fh >= thr`` equals ``fi + fh >= ceil(thr)``, so the loaded constant is
+    ``ceil(thr)`` and every register value is an exact integer; with noise it is ``thr`` itself.
+    Either way it is clipped to [-51, 51], beyond which the comparand saturates for every fh.
+    Then h_t = f XNOR h_{t-1} (keep or flip) with ``d_xor`` and ``d_not``. The gate is computed in
+    every frame (the readout frame too, for the ``7_forget_gate_x`` stage).
+
+Stage dumps (``stages``) are simulator probes (``peek``), not instructions: ``1_conv1`` reads each
+kernel's accumulator, ``2_conv1post`` the interleaved pooled plane; the host arranges them into
+the reference mosaic layout.
+
+``SensorResult.output`` is o as the register holds it: saturated at +-25.6 where the fast path
+reports the unbounded sum (|o| <= 50). The 8-bit readout is the same either way (see :mod:`ppa`).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from firmware_sim.encoding import encode_analog
+from firmware_sim.fast import STAGES, SensorResult
+from firmware_sim.mosaic import to_mosaic
+from firmware_sim.noise import NoiseModel
+from firmware_sim.ppa import PPA, CostModel
+from firmware_sim.weights import KERNEL, N_MAPS, SensorWeights
+
+PAD = KERNEL // 2
+POOL = 4
+SIZES = (16, 64, 256)   # square arrays whose mosaic gather is the bit rotation below (64: the sensor)
+
+# Analog registers.
+UNIT, ACC, TMP, POOLED = "A", "B", "C", "D"
+FI, FH, OI, OH, CHUNK = "B", "C", "D", "E", "F"
+ANALOG = ("A", "B", "C", "D", "E", "F")
+# Digital registers.
+ONE, HID, XT, INP = "R0", "R1", "R2", "R3"
+S1, S2, S3, S4, S5, S6 = "R4", "R5", "R6", "R7", "R8", "R9"
+DIGITAL = tuple(f"R{i}" for i in range(10))
+
+# The 5x5 walk: (offset, shift direction, shift from the unshifted plane?) along one axis.
+# An offset d means the plane holds x[r + d] at row r: contents move north (west) for d > 0.
+_ROW_WALK = ((0, None, False), (1, "north", True), (2, "north", False), (-1, "south", True),
+             (-2, "south", False))
+_COL_WALK = ((0, None, False), (1, "west", True), (2, "west", False), (-1, "east", True),
+             (-2, "east", False))
+CHUNK_MAX = 25.0
+COMPARAND_LIMIT = 51.0
+
+
+def _walk(ppa: PPA, chains):
+    """Visit the 25 taps; yield (dy, dx, planes) with each plane holding ``base[r + dy, c + dx]``.
+
+    ``chains`` is a list of (base, row_scratch, col_scratch) digital registers; the bases are not
+    modified. Shifts are monotone away from the unshifted plane, so nothing needed is lost at the
+    edge. 24 shifts per chain.
+    """
+    for dy, vdir, v_from_base in _ROW_WALK:
+        rows = []
+        for base, vreg, _ in chains:
+            if vdir is not None:
+                ppa.shift(vreg, base if v_from_base else vreg, vdir)
+            rows.append(base if vdir is None else vreg)
+        for dx, hdir, h_from_row in _COL_WALK:
+            planes = []
+            for row, (_, _, hreg) in zip(rows, chains):
+                if hdir is not None:
+                    ppa.shift(hreg, row if h_from_row else hreg, hdir)
+                planes.append(row if hdir is None else hreg)
+            yield dy, dx, planes
+
+
+def _pool_axis(ppa: PPA, reg: str, tmp: str, offset: int, forward: str, backward: str) -> None:
+    """1-D max over the 4 elements of a pooling block, left at block offset ``offset`` (0..3)."""
+    first = forward if offset % 2 == 0 else backward       # pairs {0,1} or {-1,0}
+    second = forward if offset < 2 else backward           # then pairs 2 apart
+    ppa.shift(tmp, reg, first)
+    ppa.max(reg, reg, tmp)
+    ppa.shift(tmp, reg, second)
+    ppa.shift(tmp, tmp, second)
+    ppa.max(reg, reg, tmp)
+
+
+def _swap_address_bits(ppa: PPA, reg: str, u: int, v: int, axis: str) -> None:
+    """reg[x] <- reg[x with address bits u and v swapped] along ``axis`` ("row" or "col")."""
+    d = (1 << u) - (1 << v)
+    up, down = ("south", "north") if axis == "row" else ("east", "west")
+    for scratch, direction in ((S1, up), (S2, down)):
+        ppa.shift(scratch, reg, direction)
+        for _ in range(d - 1):
+            ppa.shift(scratch, scratch, direction)
+    care = (1 << u) | (1 << v)
+    for mask, value in ((S3, 1 << u), (S4, 1 << v)):
+        ppa.load_pattern(mask, **{axis: (value, care)})
+    ppa.d_and(S1, S1, S3)      # bits (u, v) = (1, 0): take the element d lower
+    ppa.d_and(S2, S2, S4)      # bits (0, 1): take the element d higher
+    ppa.d_or(S3, S3, S4)
+    ppa.d_not(S3, S3)          # bits equal: keep
+    ppa.d_and(reg, reg, S3)
+    ppa.d_or(reg, reg, S1)
+    ppa.d_or(reg, reg, S2)
+
+
+def _comparand_chunks(threshold: float, *, integer: bool) -> list[float]:
+    """Constants whose sum is the gate's threshold, each of magnitude <= 25, all of one sign."""
+    c = float(math.ceil(threshold)) if integer else float(threshold)
+    c = min(max(c, -COMPARAND_LIMIT), COMPARAND_LIMIT)
+    chunks = []
+    while abs(c) > CHUNK_MAX:
+        step = math.copysign(CHUNK_MAX, c)
+        chunks.append(step)
+        c -= step
+    if c != 0.0:
+        chunks.append(c)
+    return chunks
+
+
+def _deinterleave(plane: np.ndarray) -> np.ndarray:
+    """(..., H, W) interleaved pooled plane -> (..., 16, H/4, W/4) maps (kernel k at (k%4, k//4))."""
+    return np.stack([plane[..., k % POOL::POOL, k // POOL::POOL] for k in range(N_MAPS)], axis=-3)
+
+
+class _Program:
+    """The compiled program for one set of weights (constants are immediates or loaded values)."""
+
+    def __init__(self, weights: SensorWeights, noise: NoiseModel, rng, stages) -> None:
+        self.w = weights
+        self.noise = noise
+        self.rng = rng
+        self.stages = tuple(stages)
+        self.gate_chunks = _comparand_chunks(weights.rnn_threshold, integer=not noise.gate_sigma)
+
+    def _normal(self, shape) -> np.ndarray:
+        if self.rng is None:
+            raise ValueError("noise is on: pass a numpy Generator (rng) to draw it")
+        return self.rng.standard_normal(shape)
+
+    def prologue(self, ppa: PPA) -> None:
+        """Once per window: constants and h_0 = +1."""
+        ppa.load(UNIT, 1.0)
+        ppa.d_set(ONE)
+        ppa.d_set(HID)
+
+    def frame(self, ppa: PPA, bits: np.ndarray, *, last: bool) -> dict:
+        """One frame; returns the probes asked for in ``stages`` (and ``readout``/``output`` if last)."""
+        probes: dict[str, np.ndarray] = {}
+        want = set(self.stages)
+        ppa.sense(INP, bits)
+        if "0_binarized_x" in want:
+            probes["0_binarized_x"] = ppa.peek_bits(INP)
+        self._cnn(ppa, probes, want)
+        self._rnn(ppa, probes, want, last=last)
+        return probes
+
+    def _cnn(self, ppa: PPA, probes: dict, want: set) -> None:
+        conv = []
+        for k in range(N_MAPS):
+            kernel = self.w.conv1[k]
+            ppa.load(ACC, 0.0)
+            for dy, dx, (x, valid) in _walk(ppa, [(INP, S1, S2), (ONE, S3, S4)]):
+                ppa.where(valid)
+                ppa.add_or_sub(ACC, UNIT, x, sign=int(kernel[dy + PAD, dx + PAD]))
+            ppa.all()
+            if "1_conv1" in want:
+                conv.append(ppa.peek(ACC))
+            a, b = k % POOL, k // POOL
+            _pool_axis(ppa, ACC, TMP, b, "west", "east")
+            _pool_axis(ppa, ACC, TMP, a, "north", "south")
+            ppa.load_pattern(S3, row=(a, POOL - 1), col=(b, POOL - 1))
+            ppa.where(S3)
+            ppa.copy(POOLED, ACC)
+            ppa.all()
+        if conv:
+            probes["1_conv1"] = to_mosaic(np.stack(conv, axis=-3))
+        ppa.load(TMP, 0.0)
+        ppa.max(POOLED, POOLED, TMP)                      # ReLU
+        if "2_conv1post" in want:
+            probes["2_conv1post"] = to_mosaic(_deinterleave(ppa.peek(POOLED)))
+        if self.noise.conv_sigma:
+            ppa.inject(POOLED, self.noise.conv_sigma * self._normal(ppa.shape))
+        ppa.load(TMP, self.w.thresh1)
+        ppa.compare(XT, POOLED, TMP)
+        for axis in ("col", "row"):
+            bits = int(math.log2(ppa.width if axis == "col" else ppa.height))
+            for low in range(bits - 2):
+                _swap_address_bits(ppa, XT, low + 2, low, axis)
+        if "3_thresholded_quantized" in want:
+            probes["3_thresholded_quantized"] = ppa.peek_bits(XT)
+
+    def _rnn(self, ppa: PPA, probes: dict, want: set, *, last: bool) -> None:
+        accs = [(FI, "w_fi", 0), (FH, "w_fh", 1)]
+        if last:
+            accs += [(OI, "w_oi", 0), (OH, "w_oh", 1)]
+        for reg, _, _ in accs:
+            ppa.load(reg, 0.0)
+        for dy, dx, planes in _walk(ppa, [(XT, S1, S2), (HID, S3, S4), (ONE, S5, S6)]):
+            ppa.where(planes[2])
+            for reg, name, src in accs:
+                sign = int(getattr(self.w, name)[dy + PAD, dx + PAD])
+                ppa.add_or_sub(reg, UNIT, planes[src], sign=sign)
+        ppa.all()
+        if last:
+            ppa.add(OI, OI, OH)
+            if self.noise.out_sigma:
+                ppa.inject(OI, self.noise.out_sigma * self._normal(ppa.shape))
+            if self.noise.out_offset:
+                ppa.inject(OI, self.noise.out_offset)
+            probes["output"] = ppa.peek(OI)
+            probes["readout"] = ppa.readout(OI)
+        if self.noise.gate_sigma:
+            ppa.inject(FI, self.noise.gate_sigma * self._normal(ppa.shape))
+        ppa.neg(FH, FH)                                   # comparand: thr - fh
+        loaded = None
+        for chunk in self.gate_chunks:
+            if chunk != loaded:
+                ppa.load(CHUNK, chunk)
+                loaded = chunk
+            ppa.add(FH, FH, CHUNK)
+        ppa.compare(S1, FI, FH)                           # f = (fi + fh >= thr), sign(0) = +1
+        if "4_hidden" in want:
+            probes["4_hidden"] = ppa.peek_bits(HID)
+        if "7_forget_gate_x" in want:
+            probes["7_forget_gate_x"] = ppa.peek_bits(S1)
+        ppa.d_xor(HID, S1, HID)                           # h = f XNOR h: keep or flip
+        ppa.d_not(HID, HID)
+
+
+def _new_array(height: int, width: int, batch: int | None, cost_model: CostModel | None) -> PPA:
+    return PPA(height=height, width=width, analog=ANALOG, digital=DIGITAL, batch=batch,
+               cost_model=cost_model)
+
+
+def _check_common(weights, noise, stages) -> NoiseModel:
+    if not isinstance(weights, SensorWeights):
+        raise ValueError(f"weights must be a SensorWeights, got {type(weights).__name__}")
+    if noise is not None and not isinstance(noise, NoiseModel):
+        raise ValueError(f"noise must be a NoiseModel or None, got {type(noise).__name__}")
+    stages = tuple(stages)
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
+    return noise or NoiseModel.off()
+
+
+def _check_size(height: int, width: int) -> None:
+    if height != width or height not in SIZES:
+        raise ValueError(f"the instruction path needs square frames of side {SIZES} (the sensor is "
+                         f"64x64), got {height}x{width}")
+
+
+def _binary_bits(binary: np.ndarray) -> np.ndarray:
+    if not np.all((binary == 1) | (binary == -1)):
+        raise ValueError("binary clips must hold only -1/+1")
+    return binary > 0
+
+
+def run_clips_instruction(binary: np.ndarray, weights: SensorWeights, *, noise: NoiseModel | None = None,
+                          rng: np.random.Generator | None = None, stages: tuple[str, ...] = (),
+                          chunk: int = 64) -> SensorResult:
+    """Run the sensor program instruction by instruction on (N, T, 64, 64) +-1 int8 binary clips.
+
+    Same arguments and results as :func:`firmware_sim.fast.run_clips`: ``stages`` names from
+    :data:`firmware_sim.fast.STAGES`, each returned (N, T, ...) uint8 in the reference encoding;
+    ``chunk`` clips run together as one batch (one instruction stream). ``output`` is the o
+    register (saturated at +-25.6, see the module docstring).
+    """
+    binary = np.asarray(binary)
+    if binary.ndim != 4:
+        raise ValueError(f"binary clips must be (N, T, H, W), got shape {binary.shape}")
+    noise = _check_common(weights, noise, stages)
+    if not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    n, t, h, w = binary.shape
+    _check_size(h, w)
+    if t < 1:
+        raise ValueError("binary clips need at least one frame (T >= 1)")
+    bits = _binary_bits(binary)
+    program = _Program(weights, noise, rng, stages)
+    readouts, outputs, collected = [], [], {name: [] for name in stages}
+    for start in range(0, n, chunk):
+        part = bits[start:start + chunk]
+        ppa = _new_array(h, w, part.shape[0], None)
+        program.prologue(ppa)
+        per_step = {name: [] for name in stages}
+        for step in range(t):
+            probes = program.frame(ppa, part[:, step], last=step == t - 1)
+            for name in stages:
+                per_step[name].append(probes[name])
+        readouts.append(probes["readout"])
+        outputs.append(probes["output"].astype(np.float32))
+        for name in stages:
+            seq = np.stack(per_step[name], axis=1)
+            if seq.dtype == bool:
+                collected[name].append(np.where(seq, 255, 0).astype(np.uint8))
+            else:
+                collected[name].append(encode_analog(seq))
+    empty = (0, h, w)
+    return SensorResult(
+        readout=np.concatenate(readouts) if readouts else np.zeros(empty, np.uint8),
+        output=np.concatenate(outputs) if outputs else np.zeros(empty, np.float32),
+        stages={name: np.concatenate(v) for name, v in collected.items()} if n else {})
+
+
+def frame_cost(weights: SensorWeights, *, last: bool = False, noise: NoiseModel | None = None,
+               size: int = 64, cost_model: CostModel | None = None) -> dict:
+    """Instructions of one frame (by kind), with time and energy per frame (see :mod:`ppa`).
+
+    ``last=True`` counts the readout frame (which also computes and reads out o). The window's
+    prologue (3 instructions) is not included. ``noise`` matters only through the gate constant
+    (see the module docstring); injected noise is not an instruction.
+    """
+    noise = _check_common(weights, noise, ())
+    _check_size(size, size)
+    ppa = _new_array(size, size, None, cost_model)
+    program = _Program(weights, noise, np.random.default_rng(0), ())
+    program.prologue(ppa)
+    ppa.reset_counts()
+    program.frame(ppa, np.ones((size, size), bool), last=last)
+    return ppa.cost()
+
+
+def clip_cost(weights: SensorWeights, *, timesteps: int | None = None, noise: NoiseModel | None = None,
+              size: int = 64, cost_model: CostModel | None = None) -> dict:
+    """Instructions of one window of ``timesteps`` frames (default ``weights.timesteps``), prologue included."""
+    noise = _check_common(weights, noise, ())
+    _check_size(size, size)
+    t = weights.timesteps if timesteps is None else timesteps
+    if not (isinstance(t, (int, np.integer)) and t >= 1):
+        raise ValueError(f"timesteps must be a positive integer, got {t!r}")
+    ppa = _new_array(size, size, None, cost_model)
+    program = _Program(weights, noise, np.random.default_rng(0), ())
+    program.prologue(ppa)
+    frame = np.ones((size, size), bool)
+    for step in range(t):
+        program.frame(ppa, frame, last=step == t - 1)
+    return ppa.cost()

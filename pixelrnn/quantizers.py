@@ -1,0 +1,67 @@
+"""Binarization with straight-through estimators, chosen by registered name (as larq does).
+
+Every quantizer's forward is ``sign(x)`` with sign(0) = +1; they differ in the surrogate gradient:
+
+- ``ste_sign``: gradient 1 where |x| <= 1, else 0 (larq's SteSign).
+- ``tanh_mx``: gradient ``m * (1 - tanh(m x)^2)`` (the authors' estimator; they use m = 2).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """sign with sign(0) = +1 (the hardware's comparator)."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+class _SteSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+class _TanhMx(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, m):
+        ctx.save_for_backward(x)
+        ctx.m = m
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        t = torch.tanh(ctx.m * x)
+        return grad * ctx.m * (1 - t * t), None
+
+
+def _ste_sign(x: torch.Tensor, m: float) -> torch.Tensor:
+    return _SteSign.apply(x)
+
+
+def _tanh_mx(x: torch.Tensor, m: float) -> torch.Tensor:
+    return _TanhMx.apply(x, m)
+
+
+QUANTIZERS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "ste_sign": _ste_sign,
+    "tanh_mx": _tanh_mx,
+}
+
+
+def get_quantizer(name: str, *, m: float = 2.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The binarizer registered as ``name``, with its slope ``m`` bound (used by ``tanh_mx``)."""
+    if name not in QUANTIZERS:
+        raise ValueError(f"unknown quantizer {name!r}; choose from {sorted(QUANTIZERS)}")
+    if not (m > 0):
+        raise ValueError(f"quantizer slope m must be > 0, got {m}")
+    fn = QUANTIZERS[name]
+    return lambda x: fn(x, m)

@@ -1,0 +1,35 @@
+"""PixelRNN edge: binarized in-pixel recurrent networks, simulated, exported and run at the edge.
+
+The base install is the device runtime only (numpy, OpenCV, ONNX Runtime, ai-edge-litert):
+what a Raspberry Pi needs. Training, export and calibration come with extras.
+Pinned versions live in constraints.txt: ``pip install -c constraints.txt -e '.[all]'``.
+"""
+from setuptools import find_packages, setup
+
+BASE = [
+    "numpy>=1.24,<2",
+    "opencv-python-headless>=4.8,<5",
+    "onnxruntime>=1.17",
+    "ai-edge-litert>=1.0",
+]
+EXTRAS = {
+    "train": ["torch>=2.2", "onnx>=1.16", "onnxscript>=0.1", "tqdm>=4.60", "matplotlib>=3.7", "PyYAML>=6"],
+    "larq": ["tensorflow>=2.15", "tf-keras>=2.15", "larq>=0.13", "larq-compute-engine>=0.13"],
+    "test": ["pytest>=8", "hypothesis>=6.80"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="pixelrnn-edge",
+    version="0.1.0",
+    description="Binarized in-pixel recurrent networks (PixelRNN): model, sensor simulator, export, edge runtime",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pixelrnn", "pixelrnn.*", "firmware_sim", "firmware_sim.*",
+                                    "edge", "edge.*", "export", "export.*", "calib", "calib.*"]),
+    package_data={"pixelrnn": ["models/*"]},
+    install_requires=BASE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["pixelrnn=pixelrnn.cli:main"]},
+)

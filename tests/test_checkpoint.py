@@ -1,0 +1,70 @@
+"""Importing the authors' weights, our checkpoint round trip, and refusal of anything else."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pixelrnn.checkpoint import CheckpointError, from_authors_state_dict, load_model, save_checkpoint
+from pixelrnn.model import ModelConfig, PixelRNN
+
+
+def test_authors_gesture_and_lip_layouts(ref_dir, authors_models):
+    gesture, lips = authors_models["gesture"], authors_models["lips"]
+    assert gesture.config.num_classes == 9 and gesture.config.gate_threshold
+    assert lips.config.num_classes == 4 and not lips.config.gate_threshold
+    sd = torch.load(ref_dir / "pretrained" / "cam_noise.pt", map_location="cpu", weights_only=True)
+    w = gesture.sensor_weights()
+    assert np.array_equal(w.conv1, sd["cnn_model.conv1.weight"][:, 0].numpy())
+    assert w.rnn_threshold == pytest.approx(float(sd["rnn_model.rnn_threshold"]))
+    assert lips.sensor_weights().rnn_threshold == 0.0
+    assert w.program_hash() != lips.sensor_weights().program_hash()
+
+
+def test_finetuned_decoder_shares_the_sensor_program(ref_dir, authors_models):
+    tuned = load_model(ref_dir / "pretrained" / "cam_noise_finetuned.pt")
+    assert tuned.sensor_weights().program_hash() == authors_models["gesture"].sensor_weights().program_hash()
+
+
+def test_our_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(1)
+    model = PixelRNN(ModelConfig(num_classes=5, classes=list("abcde"), timesteps=3)).eval()
+    path = save_checkpoint(model, tmp_path / "m.pt", extra={"epoch": 3})
+    loaded = load_model(path)
+    assert loaded.config == model.config
+    frames = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(loaded(frames), model(frames))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_refuses_other_state_dicts_and_garbage(tmp_path):
+    other = tmp_path / "resnet.pt"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, other)
+    with pytest.raises(CheckpointError, match="not a PixelRNN state dict"):
+        load_model(other)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch weights file"):
+        load_model(junk)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "missing.pt")
+    tensor_only = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor_only)
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        load_model(tensor_only)
+
+
+def test_truncated_authors_file_is_refused(ref_dir, tmp_path):
+    data = (ref_dir / "pretrained" / "lips_no_noise.pt").read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_model(cut)
+
+
+def test_state_dict_with_wrong_shapes_is_refused(ref_dir):
+    sd = torch.load(ref_dir / "pretrained" / "lips_no_noise.pt", map_location="cpu", weights_only=True)
+    sd["fc.weight"] = torch.zeros(4, 100)
+    with pytest.raises(CheckpointError, match="shapes"):
+        from_authors_state_dict(sd)
