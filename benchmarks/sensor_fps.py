@@ -120,13 +120,17 @@ def main(argv=None) -> int:
     lines += ["", f"Fast path / PyTorch forward: **{ratio:.1f}x** (goal >= 10x); fast path "
               f"{fps[rows[0][0]]:,.0f} frames/s (goal >= 3,000)."]
     if cost is not None:
-        lines += ["", "Sensor program cost per frame (instruction-level model: one array instruction "
-                  "= one 10 MHz cycle; 1.9 pJ per element-operation on 256x256 elements... see "
-                  "docs/MODEL.md):", "",
-                  f"- instructions: {cost['instructions']:,}",
+        full = cost["energy_uj"] * (256 * 256) / (64 * 64)
+        lines += ["", "Sensor program cost per frame (instruction-level program, `firmware_sim.program."
+                  "frame_cost`; one array instruction = one 10 MHz cycle; 1.9 pJ per element per "
+                  "instruction; see docs/MODEL.md):", "",
+                  f"- instructions: {cost['instructions']:,} (by kind: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(cost.get('per_kind', {}).items(),
+                                                            key=lambda kv: -kv[1])) + ")",
                   f"- estimated time: {cost['time_us']:.1f} us/frame "
                   f"({1e6 / cost['time_us']:,.0f} frames/s possible on the array)",
-                  f"- estimated energy: {cost['energy_uj']:.2f} uJ/frame"]
+                  f"- estimated energy: {cost['energy_uj']:.2f} uJ/frame on the 64x64 elements the "
+                  f"program uses; {full:.1f} uJ/frame if all 256x256 SCAMP-5 elements are clocked"]
     lines.append(MARK_END)
     block = "\n".join(lines)
     print(block)
