@@ -54,8 +54,8 @@ def test_pytorch_model_equals_simulator_on_binary_states_and_readout(seed, ties)
     assert np.array_equal(enc(rec["gate"]), res.stages["7_forget_gate_x"])
     assert np.array_equal(readout, res.readout)
     assert np.array_equal(out[:, 0].numpy(), res.output)
-    # same readout -> same logits (same float32 decoder on both sides)
-    assert np.array_equal(logits, logits_model)
+    # same readout -> same logits up to float32 summation order in the (threaded) Linear layer
+    np.testing.assert_allclose(logits, logits_model, rtol=0, atol=1e-5)
 
 
 def test_frontend_binarization_matches_model_for_every_gray_level():
