@@ -128,9 +128,6 @@ class PixelRNN(nn.Module):
         for name in self.LATENT:
             getattr(self, name).clamp_(-1, 1)
 
-    def _noise(self, like: torch.Tensor, sigma: float, noise: NoiseModel | None) -> torch.Tensor | float:
-        return torch.randn_like(like) * sigma if sigma else 0.0
-
     def _active_noise(self, noise: NoiseModel | None) -> NoiseModel:
         if noise is not None:
             return noise
