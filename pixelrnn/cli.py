@@ -11,6 +11,8 @@ from pixelrnn import __version__
 def get_args_parser() -> argparse.ArgumentParser:
     from firmware_sim.cli import add_simulate_parser
     from pixelrnn.evaluate import add_evaluate_parser
+    from export.cli import add_export_parser
+    from pixelrnn.train import add_train_parser
 
     parser = argparse.ArgumentParser(prog="pixelrnn", description="PixelRNN edge: in-pixel binarized RNNs")
     parser.add_argument("--version", action="version", version=f"pixelrnn-edge {__version__}")
@@ -18,6 +20,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub.required = True
     add_simulate_parser(sub)
     add_evaluate_parser(sub)
+    add_train_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

@@ -91,6 +91,15 @@ def to_mosaic(maps: torch.Tensor) -> torch.Tensor:
     return maps.reshape(b, 4, 4, h, w).permute(0, 2, 3, 1, 4).reshape(b, 1, 4 * h, 4 * w)
 
 
+def _randn(like: torch.Tensor, batch: int, generators: list[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``like`` (leading dim = batch x something); per-clip streams."""
+    if generators is None:
+        return torch.randn_like(like)
+    per_clip = like.numel() // batch
+    draws = [torch.randn(per_clip, generator=g, dtype=like.dtype) for g in generators]
+    return torch.stack(draws).reshape(like.shape)
+
+
 class PixelRNN(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -142,15 +151,23 @@ class PixelRNN(nn.Module):
     def binarize_input(self, frames: torch.Tensor) -> torch.Tensor:
         return self.binarize(self.normalize(frames) - self.theta0)
 
-    def sensor(self, binary: torch.Tensor, *, noise: NoiseModel | None = None,
-               record: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The in-pixel part on (B, T, 64, 64) +-1 input -> o_T (B, 1, 64, 64) and recorded states."""
+    def sensor(self, binary: torch.Tensor, *, noise: NoiseModel | None = None, record: bool = False,
+               generators: list[torch.Generator] | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The in-pixel part on (B, T, 64, 64) +-1 input -> o_T (B, 1, 64, 64) and recorded states.
+
+        ``generators`` (one per clip) make the noise of each clip independent of the batch it is
+        in, so training is reproducible across batch splits and DistributedDataParallel ranks.
+        """
         noise = self._active_noise(noise)
         b, t, h, w = binary.shape
+        if generators is not None and len(generators) != b:
+            raise ValueError(f"{len(generators)} noise generators for a batch of {b} clips")
+        randn = lambda like: _randn(like, b, generators)  # noqa: E731
         wc = self.binarize(self.conv1)
         conv = F.conv2d(binary.reshape(b * t, 1, h, w), wc, padding=KERNEL // 2)
         pooled = F.max_pool2d(F.relu(conv), POOL)
-        pre = pooled + (torch.randn_like(pooled) * noise.conv_sigma if noise.conv_sigma else 0.0)
+        pre = pooled + (randn(pooled) * noise.conv_sigma if noise.conv_sigma else 0.0)
         x = to_mosaic(self.binarize(pre - self.thresh1)).reshape(b, t, 1, h, w)
         w_i = torch.cat([self.binarize(self.w_fi), self.binarize(self.w_oi)])   # (2,1,5,5)
         w_h = torch.cat([self.binarize(self.w_fh), self.binarize(self.w_oh)])
@@ -162,7 +179,7 @@ class PixelRNN(nn.Module):
             hh = F.conv2d(hidden, w_h, padding=KERNEL // 2)
             ft = xi[:, step, 0:1] + hh[:, 0:1]
             if noise.gate_sigma:
-                ft = ft + torch.randn_like(ft) * noise.gate_sigma
+                ft = ft + randn(ft) * noise.gate_sigma
             gate = self.binarize(ft - self.rnn_threshold)
             if record:
                 states["hidden"].append(hidden)
@@ -170,7 +187,7 @@ class PixelRNN(nn.Module):
             if step == t - 1:
                 out = xi[:, step, 1:2] + hh[:, 1:2]
                 if noise.out_sigma:
-                    out = out + torch.randn_like(out) * noise.out_sigma
+                    out = out + randn(out) * noise.out_sigma
                 if noise.out_offset:
                     out = out + noise.out_offset
             hidden = gate * hidden
@@ -201,10 +218,10 @@ class PixelRNN(nn.Module):
         return self.fc(y.flatten(1))
 
     def forward(self, frames: torch.Tensor, *, noise: NoiseModel | None = None,
-                binarized: bool = False) -> torch.Tensor:
+                binarized: bool = False, generators: list[torch.Generator] | None = None) -> torch.Tensor:
         """(B, T, 64, 64) gray frames (0..255) -> logits. ``binarized``: frames are already +-1."""
         binary = frames.to(torch.float32) if binarized else self.binarize_input(frames)
-        out, _ = self.sensor(binary, noise=noise)
+        out, _ = self.sensor(binary, noise=noise, generators=generators)
         if self.config.readout_8bit:
             return self.decode(self.readout(out))
         return self.decode_analog(out)

@@ -1,0 +1,210 @@
+"""``export_model``: one checkpoint -> a verified bundle folder for a device, written all or nothing.
+
+Formats: ``onnx`` (sensor.onnx, host.onnx, pixelrnn.onnx), ``tflite`` and ``lce`` (``export.tflite``,
+needs the ``[larq]`` extra), ``scamp5`` (the authors' firmware weight text), ``all``. Every bundle
+also holds ``sensor_weights.npz`` (the sensor program for the numpy simulator on a device) and
+``manifest.json`` (checksums, classes, preprocessing, versions; see ``export.bundle``).
+
+Everything is written into a temporary folder next to ``out`` and moved into ``out`` only when all
+of it succeeded; on any failure the temporary folder is removed and ``out`` is left as it was.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.bundle import (MANIFEST, BundleError, build_manifest, save_sensor_weights, verify_bundle,
+                           write_manifest)
+from firmware_sim.errors import InputError
+
+FORMATS = ("onnx", "tflite", "lce", "scamp5")
+ALL = "all"
+SCAMP5_FILE = "weights_scamp5.txt"
+SENSOR_FILE = "sensor_weights.npz"
+LARQ_HINT = "pip install -c constraints.txt -e '.[larq]'"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    files: dict[str, int]          # file name (relative to out) -> bytes, manifest.json included
+    seconds: float
+    formats: tuple[str, ...]
+
+
+def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    """Validate format names -> the chosen formats in canonical order (``all`` = every format)."""
+    if isinstance(formats, str):
+        items = [formats]
+    elif isinstance(formats, Sequence) and not isinstance(formats, (bytes, bytearray)):
+        items = list(formats)
+    else:
+        raise InputError(f"formats must be a format name or a list of names, got {type(formats).__name__}")
+    if not items:
+        raise InputError(f"no export format given; choose from {', '.join(FORMATS + (ALL,))}")
+    for item in items:
+        if not isinstance(item, str) or item not in FORMATS + (ALL,):
+            raise InputError(f"unknown export format {item!r}; choose from {', '.join(FORMATS + (ALL,))}")
+    chosen = set(FORMATS) if ALL in items else set(items)
+    return tuple(f for f in FORMATS if f in chosen)
+
+
+def export_model(*, weights: str | os.PathLike, out: str | os.PathLike,
+                 formats: str | Sequence[str] = "onnx", int8: bool = False,
+                 representative: str | os.PathLike | None = None) -> ExportResult:
+    """Export a checkpoint (ours or the authors') into the bundle folder ``out``.
+
+    ``int8`` quantizes the TFLite decoder (only with the ``tflite`` format), calibrated on the
+    ``representative`` readouts (see :func:`load_representative`; required with ``int8``). ``out`` is created
+    (its parent must exist); an existing ``out`` must be empty or hold a previous bundle, whose
+    files are replaced. Bad arguments, an unusable checkpoint or an unwritable folder raise a
+    one-line :class:`InputError`.
+    """
+    start = time.perf_counter()
+    chosen = parse_formats(formats)
+    if not isinstance(int8, bool):
+        raise InputError(f"int8 must be True or False, got {int8!r}")
+    if int8 and "tflite" not in chosen:
+        raise InputError(f"int8 applies only to the tflite format, not to {', '.join(chosen)}: "
+                         "add tflite to the formats or drop int8")
+    if int8 and representative is None:
+        raise InputError("int8 needs representative readouts: pass --representative FILE.npz (real "
+                         "sensor readouts, e.g. pixelrnn_ref/scamp5_readouts_cambridge810.npz, or clips)")
+    if representative is not None and not int8:
+        raise InputError("--representative is used only with --int8")
+    for name, value in (("weights", weights), ("out", out)):
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            raise InputError(f"{name} must be a file or folder path, got {value!r}")
+    out = Path(out)
+    previous = _check_output(out)
+    from pixelrnn.checkpoint import load_model
+
+    model = load_model(weights)
+    calib = load_representative(representative, model=model) if int8 else None
+    staging = _make_staging(out)
+    try:
+        try:
+            _write_formats(model, staging, chosen, calib)
+            files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+            sensor = model.sensor_weights()
+            manifest = build_manifest(directory=staging, files=files, classes=model.config.class_names,
+                                      task=model.config.task, sensor=sensor, formats=list(chosen),
+                                      source=Path(weights).name)
+            write_manifest(staging, manifest)
+            _publish(staging, out, files, previous)
+        except OSError as exc:
+            raise InputError(f"cannot write the export to {out} ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    sizes = {name: record["bytes"] for name, record in manifest["files"].items()}
+    sizes[MANIFEST] = (out / MANIFEST).stat().st_size
+    return ExportResult(out=out, files=sizes, seconds=time.perf_counter() - start, formats=chosen)
+
+
+# -- steps ----------------------------------------------------------------------------------------
+def _check_output(out: Path) -> set[str]:
+    """Refuse unusable outputs before any work; return the files of a previous bundle in ``out``."""
+    parent = out.absolute().parent
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a folder")
+    if not parent.exists():
+        raise InputError(f"cannot create {out}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise InputError(f"cannot create {out}: {parent} is a file, not a folder")
+    if not out.is_dir():
+        return set()
+    present = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    if not present:
+        return set()
+    try:
+        listed = set(verify_bundle(out)["files"]) if (out / MANIFEST).is_file() else None
+    except BundleError:
+        listed = None
+    if listed is None or present - listed - {MANIFEST}:
+        raise InputError(f"output folder {out} holds files that are not a previous export bundle; "
+                         "choose an empty or new folder")
+    return listed
+
+
+def _make_staging(out: Path) -> Path:
+    parent = out.absolute().parent
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=parent))
+    except OSError as exc:
+        raise InputError(f"cannot write to {parent} ({exc.strerror or exc})") from None
+
+
+def load_representative(path: str | os.PathLike, *, model) -> np.ndarray:
+    """Readouts (N, 64, 64) uint8 for int8 calibration, from an .npz holding either ``readouts``
+    ((N,64,64), or SCAMP-5 full-array (N,256,256) frames whose 64x64 output sits at rows and
+    columns 128:192) or clips ``frames`` (N,T,64,64), run through the simulated sensor."""
+    from firmware_sim.clips import load_clips
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"representative file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            readouts = data["readouts"] if "readouts" in data.files else None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path} is not a readable .npz file ({str(exc)[:120]})") from None
+    if readouts is None:
+        from firmware_sim.simulate import simulate
+
+        clips = load_clips(path, timesteps=model.config.timesteps)
+        return simulate(weights=model.sensor_weights(), frames=clips.frames, stages=()).readout
+    if readouts.dtype != np.uint8 or readouts.ndim != 3 or readouts.shape[1:] not in ((64, 64), (256, 256)):
+        raise InputError(f"{path}: readouts must be (N,64,64) or (N,256,256) uint8, got "
+                         f"{readouts.shape} {readouts.dtype}")
+    return np.ascontiguousarray(readouts[:, 128:192, 128:192] if readouts.shape[1] == 256 else readouts)
+
+
+def _write_formats(model, staging: Path, chosen: tuple[str, ...], calib: np.ndarray | None) -> None:
+    save_sensor_weights(staging / SENSOR_FILE, model.sensor_weights())
+    if "onnx" in chosen:
+        from export.onnx_export import export_onnx
+
+        export_onnx(model=model, out_dir=staging)
+    if "scamp5" in chosen:
+        from export.scamp5 import write_scamp5_text
+
+        write_scamp5_text(model=model, path=staging / SCAMP5_FILE)
+    tflite_formats = {f for f in chosen if f in ("tflite", "lce")}
+    if tflite_formats:
+        _export_tflite(model, staging, tflite_formats, calib)
+
+
+def _export_tflite(model, staging: Path, formats: set[str], calib: np.ndarray | None) -> None:
+    """``export.tflite`` (TensorFlow/Larq), imported only when asked for."""
+    names = "/".join(sorted(formats))
+    try:
+        from export.tflite import export_tflite
+
+        export_tflite(model=model, out_dir=staging, formats=set(formats), int8=calib is not None,
+                      representative=calib)
+    except ImportError as exc:  # at import, or TensorFlow/Larq imported lazily inside
+        raise InputError(f"format {names} needs TensorFlow/Larq: {LARQ_HINT} ({exc})") from None
+
+
+def _publish(staging: Path, out: Path, files: list[str], previous: set[str]) -> None:
+    """Move the finished export into ``out``; the manifest goes last, so a bundle is never half-valid."""
+    if not out.exists():
+        staging.chmod(0o755)  # mkdtemp makes it private (0700)
+        os.rename(staging, out)  # one atomic step
+        return
+    (out / MANIFEST).unlink(missing_ok=True)
+    for stale in previous - set(files):
+        (out / stale).unlink(missing_ok=True)
+    for name in files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, out / name)
+    os.replace(staging / MANIFEST, out / MANIFEST)
+

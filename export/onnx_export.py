@@ -1,0 +1,343 @@
+"""ONNX export, built node by node with ``onnx.helper`` (not ``torch.onnx``), so every op is chosen.
+
+Three models, all plain ONNX that stock ONNX Runtime runs (no custom op library):
+
+- ``sensor.onnx``: ``frames`` (1, T, 64, 64) uint8 -> ``readout`` (1, 64, 64) uint8, the 8-bit
+  encoded o at the last frame. The whole in-pixel computation is ONE node, ``PixelRNNSensor`` of
+  domain ``pixelrnn.ppa``: an ONNX local function (FunctionProto) whose body uses only standard
+  operators, and whose inputs are the sensor program's weights (graph initializers).
+- ``host.onnx``: ``readout`` -> ``logits`` (1, classes) float32, the off-sensor decoder.
+- ``pixelrnn.onnx``: ``frames`` -> ``logits`` and ``readout`` (sensor function + decoder).
+
+Exactness (``firmware_sim.fast`` is the reference, byte for byte): the front end uses the same
+float32 ops in the same order as ``FrontEnd.normalize`` / ``binarize``. Binary convolutions of +-1
+maps with +-1 kernels give integer sums that float32 holds exactly, in any summation order. Every
+binary decision is a comparison of a pre-activation with a threshold (GreaterOrEqual + Where,
+sign(0) = +1), never a sigmoid (DESIGN.md section 4). Since those pre-activations are integers,
+``v >= t`` is the same as ``v >= ceil(t)``: the graph compares with ``ceil(t)``, which float32 holds
+exactly, so a float64 threshold (``SensorWeights``) decides exactly as the simulator does. The
+readout ``clip(floor(127 + 10 o), 0, 255)`` is of an integer o, so also exact.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from firmware_sim.encoding import IW, ZERO_LEVEL
+from firmware_sim.errors import InputError
+from firmware_sim.weights import KERNEL, SensorWeights
+from pixelrnn import __version__
+
+OPSET = 17              # ONNX Runtime >= 1.13 (a Pi's pip wheel) runs it
+IR_VERSION = 8          # the IR of opset 17; local functions need IR >= 8
+DOMAIN = "pixelrnn.ppa"
+DOMAIN_VERSION = 1
+SENSOR_OP = "PixelRNNSensor"
+PRODUCER = "pixelrnn-edge"
+SIZE = 64
+POOL = 4
+FILES = ("sensor.onnx", "host.onnx", "pixelrnn.onnx")
+
+_F = TensorProto.FLOAT
+
+
+@dataclass(frozen=True)
+class DecoderParams:
+    """The off-sensor decoder's parameters as float32 numpy arrays (no PyTorch needed to use them)."""
+
+    fin_sign: np.ndarray      # (1,) +-1: sign of the 1x1 conv weight
+    bn_weight: np.ndarray     # (1,)
+    bn_bias: np.ndarray       # (1,)
+    bn_mean: np.ndarray       # (1,) running mean
+    bn_var: np.ndarray        # (1,) running variance
+    bn_eps: float
+    thresh3: np.ndarray       # (1,)
+    fc_weight: np.ndarray     # (classes, 4096)
+    fc_bias: np.ndarray       # (classes,)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.fc_weight.shape[0])
+
+
+def decoder_params(model) -> DecoderParams:
+    """Read the decoder of a :class:`pixelrnn.model.PixelRNN` (eval-mode semantics: running stats)."""
+    f32 = lambda t: t.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+    return DecoderParams(
+        fin_sign=f32(model.binarize(model.fin_conv.detach())).reshape(1),
+        bn_weight=f32(model.bn.weight).reshape(1), bn_bias=f32(model.bn.bias).reshape(1),
+        bn_mean=f32(model.bn.running_mean).reshape(1), bn_var=f32(model.bn.running_var).reshape(1),
+        bn_eps=float(model.bn.eps), thresh3=f32(model.thresh3).reshape(1),
+        fc_weight=f32(model.fc.weight), fc_bias=f32(model.fc.bias))
+
+
+def threshold_level(value: float) -> float:
+    """The integer level equivalent to threshold ``value`` for integer pre-activations: ceil(value).
+
+    Clamped to +-1e6, which float32 holds exactly: pre-activations are sums of at most 50 +-1
+    taps, so the clamp changes no decision (and keeps huge thresholds from overflowing float32).
+    """
+    return float(min(max(math.ceil(value), -1_000_000), 1_000_000))
+
+
+# -- small builders -----------------------------------------------------------------------------
+def _const(name: str, value, dtype=np.float32) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
+        np.asarray(value, dtype=dtype), name=name))
+
+
+def _init(name: str, value, doc: str = "", dtype=np.float32) -> TensorProto:
+    tensor = numpy_helper.from_array(np.asarray(value, dtype=dtype), name=name)
+    tensor.doc_string = doc
+    return tensor
+
+
+def _sign_nodes(pre: str, level: str, out: str) -> list[onnx.NodeProto]:
+    """``out = +1 if pre >= level else -1`` (sign(0) = +1): a comparison, never a sigmoid."""
+    return [helper.make_node("GreaterOrEqual", [pre, level], [out + "_ge"]),
+            helper.make_node("Where", [out + "_ge", "one", "minus_one"], [out])]
+
+
+# -- the sensor: one local function ---------------------------------------------------------------
+SENSOR_INPUTS = ("frames", "conv1", "w_input", "w_hidden", "input_mean", "input_std", "theta0",
+                 "thresh1_level", "gate_level")
+
+
+def sensor_function(*, timesteps: int) -> onnx.FunctionProto:
+    """The in-pixel program as the local function ``pixelrnn.ppa.PixelRNNSensor``.
+
+    Inputs: ``frames`` (1, T, 64, 64) uint8; ``conv1`` (16, 1, 5, 5) +-1; ``w_input`` (2, 1, 5, 5)
+    = (W_fi, W_oi); ``w_hidden`` (2, 1, 5, 5) = (W_fh, W_oh); front end ``input_mean``,
+    ``input_std``, ``theta0`` (float32 scalars); ``thresh1_level``, ``gate_level`` (ceil of the
+    thresholds). Output: ``readout`` (1, 64, 64) uint8. The T recurrent steps are unrolled.
+    """
+    t, s, p = timesteps, SIZE, SIZE // POOL
+    pads = [KERNEL // 2] * 4
+    nodes = [_const("one", 1.0), _const("minus_one", -1.0), _const("zero", 0.0),
+             _const("c255", 255.0), _const("c_iw", IW), _const("c_zero_level", ZERO_LEVEL),
+             _const("shape_frames", [t, 1, s, s], np.int64),
+             _const("shape_tiles", [t, 4, 4, p, p], np.int64),
+             _const("shape_readout", [1, s, s], np.int64),
+             _const("hidden_0", np.ones((1, 1, s, s)))]
+    # front end, FrontEnd.binarize's float32 ops in its order: ((g / 255 - mean) / std) - theta0 >= 0
+    nodes += [helper.make_node("Cast", ["frames"], ["gray"], to=_F),
+              helper.make_node("Div", ["gray", "c255"], ["g"]),
+              helper.make_node("Sub", ["g", "input_mean"], ["g_centred"]),
+              helper.make_node("Div", ["g_centred", "input_std"], ["x_norm"]),
+              helper.make_node("Sub", ["x_norm", "theta0"], ["x_pre"])]
+    nodes += _sign_nodes("x_pre", "zero", "x_bin")
+    # in-pixel CNN on all frames at once: conv, ReLU, 4x4 max-pool, threshold, 4x4 mosaic
+    nodes += [helper.make_node("Reshape", ["x_bin", "shape_frames"], ["x_frames"]),
+              helper.make_node("Conv", ["x_frames", "conv1"], ["conv"], kernel_shape=[KERNEL] * 2,
+                               pads=pads),
+              helper.make_node("Relu", ["conv"], ["conv_relu"]),
+              helper.make_node("MaxPool", ["conv_relu"], ["pooled"], kernel_shape=[POOL] * 2,
+                               strides=[POOL] * 2)]
+    nodes += _sign_nodes("pooled", "thresh1_level", "features")
+    # map k at tile row k % 4, tile column k // 4 (firmware_sim.mosaic):
+    # (T, col, row, h, w) -> (T, row, h, col, w)
+    nodes += [helper.make_node("Reshape", ["features", "shape_tiles"], ["tiles"]),
+              helper.make_node("Transpose", ["tiles"], ["tiles_t"], perm=[0, 2, 3, 1, 4]),
+              helper.make_node("Reshape", ["tiles_t", "shape_frames"], ["x_mosaic"]),
+              # input halves of the recurrent convolutions do not depend on h: all frames at once
+              helper.make_node("Conv", ["x_mosaic", "w_input"], ["x_in"], kernel_shape=[KERNEL] * 2,
+                               pads=pads),
+              helper.make_node("Split", ["x_in"], [f"x_in_{i}" for i in range(t)], axis=0)]
+    hidden = "hidden_0"
+    for i in range(t):
+        nodes += [helper.make_node("Conv", [hidden, "w_hidden"], [f"h_in_{i}"],
+                                   kernel_shape=[KERNEL] * 2, pads=pads),
+                  helper.make_node("Add", [f"x_in_{i}", f"h_in_{i}"], [f"pre_{i}"]),
+                  helper.make_node("Split", [f"pre_{i}"], [f"gate_pre_{i}", f"out_{i}"], axis=1)]
+        if i < t - 1:  # the last frame's gate is never used: only o_T leaves the sensor
+            nodes += _sign_nodes(f"gate_pre_{i}", "gate_level", f"gate_{i}")
+            nodes.append(helper.make_node("Mul", [f"gate_{i}", hidden], [f"hidden_{i + 1}"]))
+            hidden = f"hidden_{i + 1}"
+    # readout (ADC): clip(floor(127 + iw * o), 0, 255) as uint8
+    nodes += [helper.make_node("Mul", [f"out_{t - 1}", "c_iw"], ["o_scaled"]),
+              helper.make_node("Add", ["o_scaled", "c_zero_level"], ["o_level"]),
+              helper.make_node("Floor", ["o_level"], ["o_floor"]),
+              helper.make_node("Clip", ["o_floor", "zero", "c255"], ["o_clipped"]),
+              helper.make_node("Reshape", ["o_clipped", "shape_readout"], ["o_map"]),
+              helper.make_node("Cast", ["o_map"], ["readout"], to=TensorProto.UINT8)]
+    return helper.make_function(
+        DOMAIN, SENSOR_OP, list(SENSOR_INPUTS), ["readout"], nodes,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        doc_string=(f"PixelRNN in-pixel program, {t} frames: binarized front end, 16 binary 5x5 convs, "
+                    "ReLU, 4x4 max-pool, threshold, 4x4 mosaic, binary RNN (h0=+1), 8-bit readout of "
+                    "o_T. Binary decisions: pre-activation >= ceil(threshold)."))
+
+
+def _sensor_initializers(sensor: SensorWeights) -> list[TensorProto]:
+    fe = sensor.frontend
+    t1, tg = threshold_level(sensor.thresh1), threshold_level(sensor.rnn_threshold)
+    return [
+        _init("conv1", sensor.conv1[:, None], "16 binary 5x5 kernels (cross-correlation)"),
+        _init("w_input", np.stack([sensor.w_fi, sensor.w_oi])[:, None], "W_fi, W_oi"),
+        _init("w_hidden", np.stack([sensor.w_fh, sensor.w_oh])[:, None], "W_fh, W_oh"),
+        _init("input_mean", fe.mean, "front end mean (gray/255 scale)"),
+        _init("input_std", fe.std, "front end std"),
+        _init("theta0", fe.theta0, "input binarization threshold, sign(x - theta0)"),
+        _init("thresh1_level", t1, f"ceil(thresh1 = {sensor.thresh1!r}): pooled sums are integers"),
+        _init("gate_level", tg, f"ceil(rnn_threshold = {sensor.rnn_threshold!r}): gate sums are integers"),
+    ]
+
+
+def _sensor_node() -> onnx.NodeProto:
+    return helper.make_node(SENSOR_OP, list(SENSOR_INPUTS), ["readout"], name="pixel_array",
+                            domain=DOMAIN)
+
+
+def _check_sensor(sensor: SensorWeights) -> None:
+    if not isinstance(sensor, SensorWeights):
+        raise TypeError(f"sensor must be a firmware_sim SensorWeights, got {type(sensor).__name__}")
+    if sensor.frontend.size != SIZE:
+        raise ValueError(f"ONNX export supports {SIZE}x{SIZE} sensors, got size {sensor.frontend.size}")
+
+
+# -- the host decoder -----------------------------------------------------------------------------
+def _host_nodes(decoder: DecoderParams) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """readout (1, 64, 64) uint8 -> logits, as ``PixelRNN.decode``.
+
+    o = (r - 127) / 10; times sign(fin_conv); BatchNorm (eval); tanh; minus thresh3; Linear.
+    """
+    nodes = [helper.make_node("Cast", ["readout"], ["readout_f"], to=_F),
+             helper.make_node("Sub", ["readout_f", "host_zero_level"], ["readout_c"]),
+             helper.make_node("Div", ["readout_c", "host_iw"], ["o"]),
+             helper.make_node("Mul", ["o", "fin_sign"], ["y"]),
+             helper.make_node("Reshape", ["y", "host_shape_nchw"], ["y_nchw"]),
+             helper.make_node("BatchNormalization", ["y_nchw", "bn_weight", "bn_bias", "bn_mean", "bn_var"],
+                              ["y_bn"], epsilon=decoder.bn_eps),
+             helper.make_node("Tanh", ["y_bn"], ["y_tanh"]),
+             helper.make_node("Sub", ["y_tanh", "thresh3"], ["y_feat"]),
+             helper.make_node("Reshape", ["y_feat", "host_shape_flat"], ["features_flat"]),
+             helper.make_node("MatMul", ["features_flat", "fc_weight_t"], ["fc_out"]),
+             helper.make_node("Add", ["fc_out", "fc_bias"], ["logits"])]
+    inits = [_init("host_zero_level", ZERO_LEVEL), _init("host_iw", IW),
+             _init("fin_sign", decoder.fin_sign.reshape(()), "sign of the 1x1 conv weight"),
+             _init("host_shape_nchw", [1, 1, SIZE, SIZE], dtype=np.int64),
+             _init("bn_weight", decoder.bn_weight), _init("bn_bias", decoder.bn_bias),
+             _init("bn_mean", decoder.bn_mean), _init("bn_var", decoder.bn_var),
+             _init("thresh3", decoder.thresh3.reshape(())),
+             _init("host_shape_flat", [1, SIZE * SIZE], dtype=np.int64),
+             _init("fc_weight_t", np.ascontiguousarray(decoder.fc_weight.T), "Linear weight, transposed"),
+             _init("fc_bias", decoder.fc_bias)]
+    return nodes, inits
+
+
+def _check_decoder(decoder: DecoderParams) -> None:
+    if not isinstance(decoder, DecoderParams):
+        raise TypeError(f"decoder must be DecoderParams, got {type(decoder).__name__}")
+    classes = decoder.num_classes
+    if decoder.fc_weight.shape != (classes, SIZE * SIZE) or decoder.fc_bias.shape != (classes,):
+        raise ValueError(f"decoder Linear must be (classes, {SIZE * SIZE}), got {decoder.fc_weight.shape}")
+
+
+# -- models ---------------------------------------------------------------------------------------
+def _frames_info(timesteps: int):
+    return helper.make_tensor_value_info("frames", TensorProto.UINT8, [1, timesteps, SIZE, SIZE])
+
+
+def _readout_info():
+    return helper.make_tensor_value_info("readout", TensorProto.UINT8, [1, SIZE, SIZE])
+
+
+def _make_model(graph: onnx.GraphProto, *, functions: list[onnx.FunctionProto],
+                metadata: dict[str, str], doc: str) -> onnx.ModelProto:
+    opsets = [helper.make_opsetid("", OPSET)]
+    if functions:
+        opsets.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    model = helper.make_model(graph, opset_imports=opsets, functions=functions, producer_name=PRODUCER,
+                              producer_version=__version__, doc_string=doc)
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, {k: str(v) for k, v in metadata.items()})
+    return model
+
+
+def model_metadata(*, sensor: SensorWeights, classes: list[str] | None = None,
+                   task: str | None = None) -> dict[str, str]:
+    """The metadata_props every exported model carries (strings; JSON where structured)."""
+    t = sensor.timesteps
+    meta = {
+        "iw": f"{IW:g}", "zero_level": f"{ZERO_LEVEL:g}", "timesteps": str(t),
+        "input_spec": (f"frames uint8 (1,{t},{SIZE},{SIZE}) gray 0..255, front end mean/std/theta0: "
+                       "x = (g/255 - mean)/std, binary input sign(x - theta0), sign(0)=+1"),
+        "readout_spec": f"readout uint8 (1,{SIZE},{SIZE}) = clip(floor({ZERO_LEVEL:g} + {IW:g}*o_T), 0, 255)",
+        "frontend": json.dumps(sensor.frontend.to_dict()),
+        "thresholds": json.dumps({"thresh1": sensor.thresh1, "rnn_threshold": sensor.rnn_threshold}),
+        "sensor_program_hash": sensor.program_hash(),
+        "pixelrnn_version": __version__, "producer": PRODUCER,
+    }
+    if classes is not None:
+        meta["classes"] = json.dumps(list(classes))
+    if task is not None:
+        meta["task"] = task
+    return meta
+
+
+def sensor_model(*, sensor: SensorWeights, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """``sensor.onnx``: frames -> readout, one ``pixelrnn.ppa.PixelRNNSensor`` node."""
+    _check_sensor(sensor)
+    graph = helper.make_graph([_sensor_node()], "pixelrnn_sensor", [_frames_info(sensor.timesteps)],
+                              [_readout_info()], initializer=_sensor_initializers(sensor))
+    return _make_model(graph, functions=[sensor_function(timesteps=sensor.timesteps)],
+                       metadata=metadata or model_metadata(sensor=sensor),
+                       doc="PixelRNN sensor (pixel-processor array): frames -> 8-bit readout")
+
+
+def host_model(*, decoder: DecoderParams, metadata: dict[str, str]) -> onnx.ModelProto:
+    """``host.onnx``: readout -> logits (the off-sensor decoder)."""
+    _check_decoder(decoder)
+    nodes, inits = _host_nodes(decoder)
+    logits = helper.make_tensor_value_info("logits", _F, [1, decoder.num_classes])
+    graph = helper.make_graph(nodes, "pixelrnn_host", [_readout_info()], [logits], initializer=inits)
+    return _make_model(graph, functions=[], metadata=metadata,
+                       doc="PixelRNN host decoder: 8-bit readout -> class logits")
+
+
+def full_model(*, sensor: SensorWeights, decoder: DecoderParams, metadata: dict[str, str]) -> onnx.ModelProto:
+    """``pixelrnn.onnx``: frames -> logits (and the readout that would cross the sensor boundary)."""
+    _check_sensor(sensor)
+    _check_decoder(decoder)
+    nodes, inits = _host_nodes(decoder)
+    logits = helper.make_tensor_value_info("logits", _F, [1, decoder.num_classes])
+    graph = helper.make_graph([_sensor_node()] + nodes, "pixelrnn", [_frames_info(sensor.timesteps)],
+                              [logits, _readout_info()], initializer=_sensor_initializers(sensor) + inits)
+    return _make_model(graph, functions=[sensor_function(timesteps=sensor.timesteps)], metadata=metadata,
+                       doc="PixelRNN: frames -> sensor readout -> host decoder -> class logits")
+
+
+def build_models(*, model) -> dict[str, onnx.ModelProto]:
+    """The three ONNX models of a :class:`pixelrnn.model.PixelRNN` (eval semantics, noise off).
+
+    The decoder always reads the 8-bit readout, the only thing a real sensor sends, whatever
+    ``config.readout_8bit`` the model was trained with.
+    """
+    if not (hasattr(model, "sensor_weights") and hasattr(model, "config")):
+        raise TypeError(f"model must be a pixelrnn PixelRNN, got {type(model).__name__}")
+    sensor = model.sensor_weights()
+    decoder = decoder_params(model)
+    meta = model_metadata(sensor=sensor, classes=model.config.class_names, task=model.config.task)
+    return {"sensor.onnx": sensor_model(sensor=sensor, metadata=meta),
+            "host.onnx": host_model(decoder=decoder, metadata=meta),
+            "pixelrnn.onnx": full_model(sensor=sensor, decoder=decoder, metadata=meta)}
+
+
+def export_onnx(*, model, out_dir: str | Path) -> dict[str, Path]:
+    """Check and write ``sensor.onnx``, ``host.onnx``, ``pixelrnn.onnx`` into an existing folder."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise InputError(f"ONNX output folder does not exist: {out_dir}")
+    written = {}
+    for name, proto in build_models(model=model).items():
+        onnx.checker.check_model(proto, full_check=True)
+        path = out_dir / name
+        onnx.save_model(proto, str(path))
+        written[name] = path
+    return written

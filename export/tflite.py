@@ -1,0 +1,282 @@
+"""TFLite and LCE export of PixelRNN through its Keras/Larq twin, and a runner for the interpreters.
+
+``export_tflite`` writes, into ``out_dir``:
+
+- ``pixelrnn.tflite``: frames (B, 16, 64, 64) uint8 -> logits; builtin ops only, so ai-edge-litert
+  and tflite-runtime both run it;
+- ``host.tflite``: the host decoder, readout (B, 64, 64) uint8 -> logits; builtin ops only;
+- ``pixelrnn_lce.tflite``: frames (1, 16, 64, 64) uint8 -> logits, bit-packed by LCE (custom ops
+  LceBconv2d, LceQuantize, ...): only LCE's interpreter runs it;
+- ``host_int8.tflite`` (``int8``): the host decoder quantized to int8 after training, float logits out.
+
+The uint8 input of host_int8.tflite carries the calibrated scale (1.0 when the representative
+readouts span 0..255); :func:`run_tflite` quantizes real values with it.
+TensorFlow and Larq are imported only inside :func:`export_tflite`, so :func:`run_tflite` works on a
+device that has only ai-edge-litert (or tflite-runtime) and numpy.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from firmware_sim.errors import InputError
+
+FORMATS = ("tflite", "lce")
+RUNTIMES = ("ai-edge-litert", "tflite-runtime", "lce")
+FILES = {"pixelrnn": "pixelrnn.tflite", "host": "host.tflite", "pixelrnn_lce": "pixelrnn_lce.tflite",
+         "host_int8": "host_int8.tflite"}
+SIZE = 64
+_DEFAULT_CALIBRATION = 64       # uniform readouts when no representative set is given
+_CLASHING = ("tensorflow", "larq_compute_engine.tflite.python.interpreter_wrapper_lite")
+
+
+# -- export -------------------------------------------------------------------------------------
+def _check_formats(formats) -> set[str]:
+    if isinstance(formats, str) or not isinstance(formats, (set, frozenset, list, tuple)):
+        raise InputError(f"formats must be a set of names from {set(FORMATS)}, got {formats!r}")
+    chosen = set(formats)
+    bad = sorted(str(f) for f in chosen if f not in FORMATS)
+    if bad:
+        raise InputError(f"unknown TFLite export format(s) {bad}; choose from {list(FORMATS)}")
+    if not chosen:
+        raise InputError(f"formats is empty; choose one or more of {list(FORMATS)}")
+    return chosen
+
+
+def check_representative(representative) -> np.ndarray:
+    """Readouts for int8 calibration: a non-empty (N, 64, 64) uint8 array."""
+    if not isinstance(representative, np.ndarray):
+        raise InputError(f"representative must be a numpy array of readouts (N, 64, 64) uint8, "
+                         f"got {type(representative).__name__}")
+    if representative.ndim != 3 or representative.shape[1:] != (SIZE, SIZE) or representative.shape[0] < 1:
+        raise InputError(f"representative must have shape (N, 64, 64) with N >= 1, got {representative.shape}")
+    if representative.dtype != np.uint8:
+        raise InputError(f"representative must be uint8 readout levels, got dtype {representative.dtype}")
+    return representative
+
+
+def _write(path: Path, data: bytes) -> Path:
+    """Write atomically (temp file in the same folder, then rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _plain_tflite(keras_model) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert()
+
+
+def _int8_tflite(keras_model, representative: np.ndarray) -> bytes:
+    """Post-training int8 quantization; the uint8 readout goes in as it is, float logits come out."""
+    import tensorflow as tf
+
+    def dataset():
+        for r in representative:
+            yield [r[None].astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.float32
+    with warnings.catch_warnings():   # the uint8 input's statistics come from the calibration itself
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
+
+
+def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False,
+                  representative: np.ndarray | None = None) -> dict[str, Path]:
+    """Convert ``model`` (a PixelRNN) to TFLite files in ``out_dir``; returns {stem: path}.
+
+    ``formats``: ``tflite`` (pixelrnn.tflite + host.tflite, builtin ops only) and/or ``lce``
+    (pixelrnn_lce.tflite, bit-packed). ``int8`` also writes host_int8.tflite, calibrated on
+    ``representative`` readouts (N, 64, 64) uint8 -- real sensor readouts are best; without them a
+    fixed set of uniform random levels covers the 8-bit range (coarser calibration).
+    """
+    from pixelrnn.model import PixelRNN
+
+    if not isinstance(model, PixelRNN):
+        raise InputError(f"model must be a pixelrnn.model.PixelRNN, got {type(model).__name__}")
+    chosen = _check_formats(formats)
+    if not isinstance(int8, bool):
+        raise InputError(f"int8 must be True or False, got {int8!r}")
+    if representative is not None:
+        if not int8:
+            raise InputError("representative readouts are used only with int8=True")
+        representative = check_representative(representative)
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise InputError(f"out_dir must be a folder path, got {type(out_dir).__name__}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out_dir {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {out} ({exc.strerror or exc})") from None
+
+    from pixelrnn.larq_twin import build_twin
+
+    written: dict[str, Path] = {}
+    if "tflite" in chosen:
+        written["pixelrnn"] = _write(out / FILES["pixelrnn"], _plain_tflite(build_twin(model=model)))
+        written["host"] = _write(out / FILES["host"], _plain_tflite(build_twin(model=model, include_sensor=False)))
+    if int8:
+        if representative is None:
+            rng = np.random.default_rng(0)
+            representative = rng.integers(0, 256, size=(_DEFAULT_CALIBRATION, SIZE, SIZE), dtype=np.uint8)
+        # float input: the converter then quantizes it to uint8 with the calibrated scale
+        host = build_twin(model=model, include_sensor=False, input_dtype="float32")
+        written["host_int8"] = _write(out / FILES["host_int8"], _int8_tflite(host, representative))
+    if "lce" in chosen:
+        import larq_compute_engine as lce
+
+        twin = build_twin(model=model, bitpacked=True)
+        written["pixelrnn_lce"] = _write(out / FILES["pixelrnn_lce"], lce.convert_keras_model(twin))
+    return written
+
+
+# -- running ------------------------------------------------------------------------------------
+def _tflite_runtime_clashes() -> bool:
+    """tflite-runtime 2.14 cannot load a model in a process that loaded TensorFlow or LCE before it.
+
+    Measured: its Interpreter then fails with ``ValueError: vector::reserve`` (a native-library clash);
+    imported first, it works. Such calls run in a subprocess instead.
+    """
+    order = {name: i for i, name in enumerate(sys.modules)}   # sys.modules keeps import order
+    first_clash = min((order[n] for n in _CLASHING if n in order), default=None)
+    if first_clash is None:
+        return False
+    own = order.get("tflite_runtime.interpreter")
+    return own is None or own > first_clash
+
+
+def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Real input values -> the tensor's dtype (quantized with its scale/zero point if it has one)."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero = detail.get("quantization", (0.0, 0)) or (0.0, 0)
+    if scale and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        q = np.round(np.asarray(x, np.float64) / scale + zero)
+        return np.clip(q, info.min, info.max).astype(dtype)
+    return np.asarray(x).astype(dtype)
+
+
+def _from_output(y: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail.get("quantization", (0.0, 0)) or (0.0, 0)
+    if scale and np.dtype(detail["dtype"]).kind in "iu":
+        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+    return y.astype(np.float32)
+
+
+def _run_interpreter(interpreter_cls, path: Path, inputs: np.ndarray, threads: int) -> np.ndarray:
+    interp = interpreter_cls(model_path=str(path), num_threads=threads)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    sample = tuple(int(s) for s in inp["shape"][1:])
+    if inputs.shape[1:] != sample:
+        raise InputError(f"{path.name} takes inputs of shape (N, {', '.join(map(str, sample))}), "
+                         f"got {inputs.shape}")
+    dynamic = int(inp["shape_signature"][0]) == -1
+    chunk = max(1, (1 << 20) // int(np.prod(sample))) if dynamic else 1   # bounded working set
+    results, current = [], None
+    for start in range(0, len(inputs), chunk):
+        part = inputs[start:start + chunk]
+        if dynamic and current != len(part):
+            interp.resize_tensor_input(inp["index"], (len(part),) + sample)
+            interp.allocate_tensors()
+            current = len(part)
+        elif current is None:
+            interp.allocate_tensors()
+            current = len(part)
+        interp.set_tensor(inp["index"], _to_input(part, inp))
+        interp.invoke()
+        results.append(_from_output(interp.get_tensor(out["index"]), out))
+    return np.concatenate(results)
+
+
+def _run_lce(path: Path, inputs: np.ndarray, threads: int) -> np.ndarray:
+    from larq_compute_engine import testing
+
+    interp = testing.Interpreter(path.read_bytes(), num_threads=threads)
+    sample = tuple(int(s) for s in interp.input_shapes[0][1:])
+    if inputs.shape[1:] != sample:
+        raise InputError(f"{path.name} takes inputs of shape (N, {', '.join(map(str, sample))}), "
+                         f"got {inputs.shape}")
+    detail = {"dtype": interp.input_types[0],
+              "quantization": (interp.input_scales[0] or 0.0, interp.input_zero_points[0] or 0)}
+    out = interp.predict(_to_input(inputs, detail))
+    return np.asarray(out, dtype=np.float32)
+
+
+def _run_subprocess(path: Path, inputs: np.ndarray, runtime: str, threads: int) -> np.ndarray:
+    with tempfile.TemporaryDirectory(prefix="pixelrnn_tflite_") as tmp:
+        src, dst = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
+        np.save(src, inputs)
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(path), runtime,
+                               str(threads), str(src), str(dst)], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(f"{runtime} failed on {path.name} in a subprocess: {last}")
+        return np.load(dst)
+
+
+def run_tflite(path, inputs: np.ndarray, *, runtime: str = "ai-edge-litert", threads: int = 1) -> np.ndarray:
+    """Run a .tflite file on a batch ``inputs`` (N, ...) of real values -> float32 outputs (N, classes).
+
+    ``inputs`` are gray levels (full model) or readout levels (host model); quantized inputs are
+    quantized here with the file's own scale. ``runtime``: ``ai-edge-litert``, ``tflite-runtime``
+    (same Interpreter API; run in a subprocess when TensorFlow was imported first, see
+    :func:`_tflite_runtime_clashes`) or ``lce`` (Larq Compute Engine's interpreter, the only one
+    that runs ``*_lce.tflite``; one clip per invoke).
+    """
+    if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
+        raise InputError(f"TFLite file not found: {path}")
+    path = Path(path)
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}; choose from {list(RUNTIMES)}")
+    if not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
+        raise InputError(f"threads must be an integer >= 1, got {threads!r}")
+    if not isinstance(inputs, np.ndarray) or inputs.ndim < 2 or len(inputs) < 1:
+        raise InputError(f"inputs must be a non-empty numpy batch (N, ...), got "
+                         f"{getattr(inputs, 'shape', type(inputs).__name__)}")
+    if runtime == "lce":
+        return _run_lce(path, inputs, threads)
+    if runtime == "tflite-runtime":
+        if _tflite_runtime_clashes():
+            return _run_subprocess(path, inputs, runtime, threads)
+        from tflite_runtime.interpreter import Interpreter
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+    return _run_interpreter(Interpreter, path, inputs, threads)
+
+
+def _worker(argv: list[str]) -> int:
+    path, runtime, threads, src, dst = argv
+    np.save(dst, run_tflite(Path(path), np.load(src), runtime=runtime, threads=int(threads)))
+    return 0
+
+
+if __name__ == "__main__":  # the subprocess of run_tflite; not a user command
+    if len(sys.argv) == 7 and sys.argv[1] == "--worker":
+        sys.path.pop(0)            # this folder (export/) must not shadow packages
+        sys.exit(_worker(sys.argv[2:]))
+    sys.exit("export/tflite.py is a library; use `pixelrnn export` to export models")

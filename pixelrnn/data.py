@@ -1,0 +1,208 @@
+"""Readers for the real datasets, their honest splits, and training-time augmentation.
+
+Every reader returns a :class:`Dataset` of 16-frame 64x64 uint8 gray clips; the sensor's front end
+(normalisation, binarization) is applied later by the model / firmware_sim, from one definition.
+Resizing uses :func:`firmware_sim.frontend.crop_resize`, the same call the camera loop makes.
+
+=============  ====================================  =========  =====================================
+name           file                                  classes    split
+=============  ====================================  =========  =====================================
+``grid``       grid_s1_digits.npz                    10 digits  fixed stratified 80/10/10
+``avletters``  avletters_lips.npz (variable length)  26 letters leave-speakers-out (7 / 1 / 2)
+``cambridge``  pixelrnn_ref/cambridge_test90.npz     9 gestures 5-fold stratified cross-validation
+``tulips``     pixelrnn_ref/tulips_test10.npz        4 digits   test only (one..four)
+=============  ====================================  =========  =====================================
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from firmware_sim.errors import InputError
+from firmware_sim.frontend import SENSOR_SIZE, crop_resize
+from pixelrnn.checkpoint import GESTURE_CLASSES, LIP_CLASSES
+
+TIMESTEPS = 16
+GRID_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+AVLETTERS_CLASSES = [chr(ord("A") + i) for i in range(26)]
+# AVLetters speakers held out: the split is by person, so test accuracy is on faces never trained on.
+AVLETTERS_VAL_SPEAKERS = ("Verity",)
+AVLETTERS_TEST_SPEAKERS = ("Yi", "Anya")
+SPLIT_SEED = 20240617          # fixed: the splits never change with the training seed
+FOLDS = 5
+
+DATASETS = ("grid", "avletters", "cambridge", "tulips")
+FILES = {"grid": "grid_s1_digits.npz", "avletters": "avletters_lips.npz",
+         "cambridge": "pixelrnn_ref/cambridge_test90.npz", "tulips": "pixelrnn_ref/tulips_test10.npz"}
+TASKS = {"grid": "lips", "avletters": "lips", "cambridge": "gesture", "tulips": "lips"}
+
+
+@dataclass
+class Dataset:
+    name: str
+    frames: np.ndarray          # (N, 16, 64, 64) uint8
+    labels: np.ndarray          # (N,) int64
+    classes: list[str]
+    groups: np.ndarray          # (N,) str: speaker / illumination set (for leave-groups-out splits)
+    names: np.ndarray           # (N,) str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, idx: np.ndarray) -> "Dataset":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Dataset(self.name, self.frames[idx], self.labels[idx], self.classes, self.groups[idx],
+                       self.names[idx])
+
+
+def default_data_dir() -> Path:
+    """``$PIXELRNN_DATA``, else ``../shared/data`` relative to the working directory."""
+    return Path(os.environ.get("PIXELRNN_DATA", "../shared/data"))
+
+
+def _npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise InputError(f"dataset file not found: {path} (point --data-dir or PIXELRNN_DATA at the "
+                         f"shared data folder)")
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            return {k: d[k] for k in d.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path} is not a readable .npz file ({str(exc)[:120]})") from None
+
+
+def _require(arrays: dict, path: Path, keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise InputError(f"{path} lacks arrays {missing} (found {sorted(arrays)})")
+
+
+def even_indices(length: int, count: int = TIMESTEPS, *, offset: float = 0.0) -> np.ndarray:
+    """``count`` frame indices spread evenly over ``length`` frames (the authors' sampling).
+
+    ``offset`` in [-0.5, 0.5] shifts every sample by that fraction of the sampling step: the temporal
+    jitter used as augmentation. Short clips repeat frames.
+    """
+    if length < 1:
+        raise ValueError("a clip needs at least one frame")
+    step = (length - 1) / max(count - 1, 1)
+    pos = np.linspace(0, length - 1, count) + offset * step
+    return np.clip(np.rint(pos), 0, length - 1).astype(np.int64)
+
+
+def resize_clip(frames: np.ndarray, size: int = SENSOR_SIZE) -> np.ndarray:
+    """(T, H, W) uint8 -> (T, size, size): the whole frame resized (no crop), area filter."""
+    h, w = frames.shape[1:]
+    return np.stack([crop_resize(f, roi=(0, 0, w, h), size=size) for f in frames])
+
+
+def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """Read one of :data:`DATASETS` from the shared data folder into 16-frame 64x64 clips."""
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    path = root / FILES[name]
+    d = _npz(path)
+    if name == "avletters":
+        _require(d, path, ("frames", "offsets", "labels", "speakers"))
+        off, raw = d["offsets"], d["frames"]
+        clips = np.stack([resize_clip(raw[off[i]:off[i + 1]][even_indices(int(off[i + 1] - off[i]))])
+                          for i in range(len(off) - 1)])
+        reps = d.get("repetitions", np.zeros(len(d["labels"]), dtype=np.int64))
+        names = np.array([f"{s}_{AVLETTERS_CLASSES[l]}{r}" for s, l, r in
+                          zip(d["speakers"], d["labels"], reps)])
+        return Dataset(name, clips, d["labels"].astype(np.int64), AVLETTERS_CLASSES,
+                       d["speakers"].astype(str), names)
+    _require(d, path, ("frames", "labels"))
+    frames, labels = d["frames"], d["labels"].astype(np.int64)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (TIMESTEPS, SENSOR_SIZE, SENSOR_SIZE):
+        raise InputError(f"{path}: frames must be (N,16,64,64) uint8, got {frames.shape} {frames.dtype}")
+    names = d.get("names", np.array([str(i) for i in range(len(labels))])).astype(str)
+    if name == "grid":
+        groups = np.full(len(labels), "s1")
+        classes = GRID_CLASSES
+    elif name == "cambridge":
+        groups = np.array([n.split("_")[0] for n in names])      # illumination set, e.g. Set1
+        classes = GESTURE_CLASSES
+    else:
+        groups = np.array([n.rstrip("0123456789") for n in names])  # speaker
+        classes = LIP_CLASSES
+    return Dataset(name, frames, labels, classes, groups, names)
+
+
+# -- splits ---------------------------------------------------------------------------------------
+def stratified_split(labels: np.ndarray, *, fractions=(0.8, 0.1, 0.1), seed: int = SPLIT_SEED
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class, shuffle with a fixed seed and cut into train/val/test by ``fractions``."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[], [], []]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = int(round(fractions[1] * len(idx)))
+        n_test = int(round(fractions[2] * len(idx)))
+        n_train = len(idx) - n_val - n_test
+        for part, chunk in zip(parts, (idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:])):
+            part.extend(chunk.tolist())
+    return tuple(np.sort(np.array(p, dtype=np.int64)) for p in parts)  # type: ignore[return-value]
+
+
+def stratified_folds(labels: np.ndarray, *, folds: int = FOLDS, seed: int = SPLIT_SEED) -> np.ndarray:
+    """Fold number (0..folds-1) of each sample; every class spread evenly over the folds."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        fold[idx] = np.arange(len(idx)) % folds
+    return fold
+
+
+def split(ds: Dataset, *, fold: int = 0) -> dict[str, np.ndarray]:
+    """Train / val / test indices of ``ds``: the fixed, honest split for that dataset.
+
+    cambridge: test = fold ``fold`` of 5; validation = one clip per class from the remaining folds.
+    """
+    if ds.name == "grid":
+        tr, va, te = stratified_split(ds.labels)
+    elif ds.name == "avletters":
+        te = np.flatnonzero(np.isin(ds.groups, AVLETTERS_TEST_SPEAKERS))
+        va = np.flatnonzero(np.isin(ds.groups, AVLETTERS_VAL_SPEAKERS))
+        tr = np.flatnonzero(~np.isin(ds.groups, AVLETTERS_TEST_SPEAKERS + AVLETTERS_VAL_SPEAKERS))
+    elif ds.name == "cambridge":
+        if not (isinstance(fold, int) and 0 <= fold < FOLDS):
+            raise InputError(f"--fold must be 0..{FOLDS - 1} for cambridge, got {fold!r}")
+        folds = stratified_folds(ds.labels)
+        te = np.flatnonzero(folds == fold)
+        rest = np.flatnonzero(folds != fold)
+        rng = np.random.default_rng(SPLIT_SEED + fold)
+        va = np.sort(np.array([rng.choice(rest[ds.labels[rest] == c]) for c in np.unique(ds.labels)]))
+        tr = np.setdiff1d(rest, va)
+    else:
+        raise InputError(f"{ds.name} is a test-only set (10 clips): evaluate a lip model on it, "
+                         f"do not train on it")
+    return {"train": tr, "val": va, "test": te}
+
+
+# -- augmentation ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Augment:
+    """Training-only augmentation: temporal jitter (as the authors) and small spatial shifts."""
+
+    max_shift: int = 3        # pixels, each axis
+    max_time_shift: int = 1   # frames
+
+    def __call__(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        t = clip.shape[0]
+        if self.max_time_shift:
+            dt = int(rng.integers(-self.max_time_shift, self.max_time_shift + 1))
+            clip = clip[np.clip(np.arange(t) + dt, 0, t - 1)]
+        if self.max_shift:
+            dy, dx = rng.integers(-self.max_shift, self.max_shift + 1, size=2)
+            pad = self.max_shift
+            padded = np.pad(clip, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+            h, w = clip.shape[1:]
+            clip = padded[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+        return np.ascontiguousarray(clip)

@@ -1,0 +1,243 @@
+"""Training: STE gradients, real sign changes, reproducibility, resume, DDP equivalence, bad configs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA, REPO, need
+from pixelrnn.checkpoint import load_model
+from pixelrnn.model import ModelConfig, PixelRNN
+from pixelrnn.quantizers import get_quantizer
+
+SMALL = dict(dataset="grid", limit=48, batch_size=16, epochs=1, threads=1, lr_binary=0.05)
+
+
+@pytest.fixture(scope="module")
+def grid_data() -> str:
+    need(DATA / "grid_s1_digits.npz")
+    return str(DATA)
+
+
+def _cfg(tmp: Path, data: str, **kw):
+    from pixelrnn.train import TrainConfig
+    return TrainConfig(**{**SMALL, "data_dir": data, "out_dir": str(tmp), **kw})
+
+
+# -- straight-through estimators ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tanh_mx", "ste_sign"])
+def test_ste_gradients_finite_and_where_expected(name):
+    q = get_quantizer(name, m=2.0)
+    x = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0], requires_grad=True)
+    y = q(x)
+    assert torch.equal(y.detach(), torch.tensor([-1.0, -1, -1, 1, 1, 1, 1]))   # sign(0) = +1
+    y.sum().backward()
+    g = x.grad
+    assert torch.isfinite(g).all()
+    if name == "ste_sign":   # 1 inside |x| <= 1, 0 outside (larq's SteSign)
+        assert torch.equal(g, torch.tensor([0.0, 1, 1, 1, 1, 1, 0]))
+    else:                    # m (1 - tanh(m x)^2): peak m at 0, symmetric, decaying
+        expected = 2 * (1 - torch.tanh(2 * x.detach()) ** 2)
+        torch.testing.assert_close(g, expected)
+        assert g[3] == 2.0 and g[0] < 1e-3
+
+
+def test_model_backward_reaches_every_trainable_parameter():
+    torch.manual_seed(0)
+    model = PixelRNN(ModelConfig(num_classes=4, learn_theta0=True, noise_conv=0.6, noise_gate=0.6, noise_out=1.0))
+    model.train()
+    frames = torch.randint(0, 256, (3, 16, 64, 64), dtype=torch.uint8)
+    loss = torch.nn.functional.cross_entropy(model(frames), torch.tensor([0, 1, 2]))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+    # the in-sensor binary weights get a learning signal through the STE (not all-zero gradients)
+    for name in ("conv1", "w_fi", "w_fh", "w_oi", "w_oh", "thresh1", "rnn_threshold", "theta0"):
+        assert getattr(model, name).grad.abs().sum() > 0, name
+
+
+def test_per_clip_noise_does_not_depend_on_the_batch():
+    torch.manual_seed(0)
+    model = PixelRNN(ModelConfig(num_classes=3, noise_conv=0.6, noise_gate=0.6, noise_out=1.0)).train()
+    frames = torch.randint(0, 256, (4, 16, 64, 64), dtype=torch.uint8)
+    gens = lambda ids: [torch.Generator().manual_seed(100 + i) for i in ids]  # noqa: E731
+    together = model(frames, generators=gens(range(4)))
+    apart = torch.cat([model(frames[:2], generators=gens([0, 1])), model(frames[2:], generators=gens([2, 3]))])
+    # BatchNorm uses batch statistics in training: compare the sensor outputs instead
+    o_all, _ = model.sensor(model.binarize_input(frames), generators=gens(range(4)))
+    o_b, _ = model.sensor(model.binarize_input(frames[2:]), generators=gens([2, 3]))
+    assert torch.equal(o_all[2:], o_b)
+    assert together.shape == apart.shape
+    with pytest.raises(ValueError, match="generators"):
+        model.sensor(model.binarize_input(frames), generators=gens([0]))
+
+
+# -- real training runs ---------------------------------------------------------------------------
+def test_short_real_run_flips_signs_and_simulator_agrees(tmp_path, grid_data):
+    from pixelrnn.train import train
+    report = train(config=_cfg(tmp_path, grid_data), progress=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    agreement = metrics["epochs"][-1]["sign_agreement_with_init"]
+    assert agreement < 1.0, "no binary weight changed sign: the latent weights are not learning"
+    assert report["simulator_agrees"] and report["readout_bytes_equal"]
+    assert report["test_accuracy_pytorch"] == report["test"]["accuracy"]
+    assert (tmp_path / "confusion.png").stat().st_size > 1000
+    # the checkpoint is usable by evaluate (and records its training config and code version)
+    data = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert data["extra"]["train_config"]["dataset"] == "grid" and data["extra"]["code_version"]
+    assert load_model(tmp_path / "model.pt").config.classes[0] == "zero"
+
+
+def test_frozen_binary_weights_keep_their_signs(tmp_path, grid_data):
+    from pixelrnn.train import train
+    train(config=_cfg(tmp_path, grid_data, freeze_binary=True), progress=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs"][-1]["sign_agreement_with_init"] == 1.0
+
+
+def test_resume_equals_uninterrupted_and_seeds_reproduce(tmp_path, grid_data):
+    from pixelrnn.train import train
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(config=_cfg(full, grid_data, epochs=2, limit=32), progress=False)
+    # "killed" after epoch 1 of 2, then resumed
+    assert train(config=_cfg(part, grid_data, epochs=2, limit=32), progress=False, stop_after=1) == {}
+    assert not (part / "report.json").exists()
+    with pytest.raises(ValueError, match="--resume"):
+        train(config=_cfg(part, grid_data, epochs=2, limit=32), progress=False)
+    train(config=_cfg(part, grid_data, epochs=2, limit=32), resume=True, progress=False)
+    assert json.loads((part / "report.json").read_text())["test"] == json.loads((full / "report.json").read_text())["test"]
+    a = torch.load(full / "last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(part / "last.pt", map_location="cpu", weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    # resuming with different settings is refused
+    with pytest.raises(ValueError, match="different settings"):
+        train(config=_cfg(part, grid_data, epochs=2, limit=32, lr=0.5), resume=True, progress=False)
+
+
+def test_ddp_two_processes_equal_one_process(tmp_path, grid_data):
+    """torchrun --nproc_per_node=2 (gloo) gives the 1-process result for the same global batch.
+
+    Same clips, same per-clip noise, BatchNorm statistics over the global batch. What may differ:
+    float32 rounding (the gradient is summed in another order). Adam divides each gradient by its
+    own magnitude, so for near-zero gradients that rounding grows to ~1e-3 of a step; we therefore
+    require identical binary weights (what the sensor runs), identical test predictions, and the
+    other (real) parameters within 5e-3 (a fraction of one update of lr_binary = 2e-2).
+    """
+    args = ["train", "--dataset", "grid", "--data-dir", grid_data, "--limit", "32", "--batch-size", "16",
+            "--epochs", "1", "--threads", "1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "pixelrnn.cli", *args, "--out-dir", str(tmp_path / "one")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "pixelrnn.cli", *args, "--out-dir", str(tmp_path / "two")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = torch.load(tmp_path / "one" / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "two" / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    assert set(a) == set(b)
+    for key in ("conv1", "w_fi", "w_fh", "w_oi", "w_oh", "fin_conv"):
+        assert torch.equal(a[key] >= 0, b[key] >= 0), key
+    for key in set(a) - {"conv1", "w_fi", "w_fh", "w_oi", "w_oh", "fin_conv"}:
+        torch.testing.assert_close(b[key].double(), a[key].double(), atol=5e-3, rtol=0, msg=key)
+    ra = json.loads((tmp_path / "one" / "report.json").read_text())
+    rb = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert ra["test"]["confusion"] == rb["test"]["confusion"]
+
+
+# -- bad configuration ----------------------------------------------------------------------------
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "pixelrnn.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("dataset: grid\nlearning_rate: 0.1\n", "unknown setting 'learning_rate'"),
+    ("batch_size: 1\n", "batch_size must be >= 2"),
+    ("dataset: mnist\n", "dataset must be one of"),
+    ("schedule: [cosine\n", "not valid YAML"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("lr: fast\n", "lr must be a finite number"),
+])
+def test_bad_config_gives_one_line_error(tmp_path, content, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(content)
+    res = _cli("train", "--config", str(cfg), "--out-dir", str(tmp_path / "out"))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_missing_config_file_and_bad_flag(tmp_path):
+    res = _cli("train", "--config", str(tmp_path / "nope.yaml"))
+    assert res.returncode == 2 and "config file not found" in res.stderr
+    res = _cli("train", "--augment", "maybe")
+    assert res.returncode == 2 and "expected true or false" in res.stderr
+
+
+def test_yaml_config_and_flag_override(tmp_path):
+    from pixelrnn.train import add_train_parser, config_from_args
+    import argparse
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: cambridge\nfold: 3\nlr: 1\nepochs: 7\n")
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers())
+    args = parser.parse_args(["train", "--config", str(cfg), "--epochs", "9"])
+    c = config_from_args(args)
+    assert (c.dataset, c.fold, c.lr, c.epochs) == ("cambridge", 3, 1.0, 9)
+    assert isinstance(c.lr, float)
+
+
+# -- data readers and splits ----------------------------------------------------------------------
+def test_splits_are_fixed_disjoint_and_honest():
+    from pixelrnn.data import load_dataset, split
+    need(DATA / "grid_s1_digits.npz")
+    grid = load_dataset("grid", data_dir=DATA)
+    p = split(grid)
+    assert [len(p[k]) for k in ("train", "val", "test")] == [800, 100, 100]
+    assert np.bincount(grid.labels[p["test"]]).tolist() == [10] * 10           # stratified
+    assert not set(p["train"]) & set(p["test"]) and not set(p["val"]) & set(p["test"])
+    assert np.array_equal(split(grid)["test"], p["test"])                       # fixed
+    need(DATA / "avletters_lips.npz")
+    av = load_dataset("avletters", data_dir=DATA)
+    assert av.frames.shape == (780, 16, 64, 64) and av.frames.dtype == np.uint8
+    q = split(av)
+    assert not set(av.groups[q["train"]]) & set(av.groups[q["test"]])           # unseen speakers
+    assert set(av.groups[q["test"]]) == {"Yi", "Anya"}
+    need(DATA / "pixelrnn_ref" / "cambridge_test90.npz")
+    cam = load_dataset("cambridge", data_dir=DATA)
+    tests = np.concatenate([split(cam, fold=f)["test"] for f in range(5)])
+    assert sorted(tests.tolist()) == list(range(90))                            # each clip tested once
+    with pytest.raises(ValueError, match="fold"):
+        split(cam, fold=5)
+
+
+def test_even_sampling_and_augmentation():
+    from pixelrnn.data import Augment, even_indices
+    assert even_indices(31).tolist() == list(range(0, 31, 2))
+    assert even_indices(16).tolist() == list(range(16))
+    idx = even_indices(12)
+    assert idx[0] == 0 and idx[-1] == 11 and np.all(np.diff(idx) >= 0)
+    clip = np.random.default_rng(0).integers(0, 256, (16, 64, 64), dtype=np.uint8)
+    out = Augment(max_shift=2, max_time_shift=1)(clip, np.random.default_rng(1))
+    assert out.shape == clip.shape and out.dtype == np.uint8
+    assert np.array_equal(Augment(max_shift=0, max_time_shift=0)(clip, np.random.default_rng(1)), clip)
+
+
+def test_shipped_configs_are_valid():
+    from pixelrnn.train import TrainConfig, load_config_file
+    files = sorted((REPO / "configs").glob("*.yaml"))
+    assert files
+    for f in files:
+        cfg = TrainConfig.from_dict(load_config_file(f), source=str(f))
+        assert cfg.dataset in ("grid", "avletters", "cambridge")
