@@ -28,7 +28,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pixelrnn", "pixelrnn.*", "firmware_sim", "firmware_sim.*",
                                     "edge", "edge.*", "export", "export.*", "calib", "calib.*"]),
-    package_data={"pixelrnn": ["models/*"]},
+    package_data={"pixelrnn": ["models/*.pt", "models/*.md", "models/*/*"]},
     install_requires=BASE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["pixelrnn=pixelrnn.cli:main"]},

@@ -23,14 +23,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._common import update_section  # noqa: E402
 from firmware_sim.noise import NoiseModel  # noqa: E402
 from pixelrnn.baselines import chance, linear_baseline  # noqa: E402
 from pixelrnn.checkpoint import load_model  # noqa: E402
 from pixelrnn.data import FOLDS, load_dataset, split  # noqa: E402
-from pixelrnn.report import decode_preds, simulator_readout  # noqa: E402
+from pixelrnn.report import simulator_readout  # noqa: E402
 from pixelrnn.train import TrainConfig, train  # noqa: E402
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 VARIANTS = {"trained": {}, "frozen": {"freeze_binary": True}, "trained_nonoise": {
     "noise_conv": 0.0, "noise_gate": 0.0, "noise_out": 0.0}}
 TULIPS_IN_GRID = [1, 2, 3, 4]      # Tulips1 says one..four: GRID classes 1..4
@@ -136,12 +136,7 @@ def main() -> int:
     text = render(results, sets, seeds, variants, args)
     print(text)
     if args.write:
-        doc = args.write.read_text(encoding="utf-8") if args.write.exists() else f"{BEGIN}\n{END}\n"
-        head, _, rest = doc.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        tmp = args.write.with_suffix(".tmp")
-        tmp.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
-        tmp.replace(args.write)
+        update_section(args.write, "results", text, heading="Training results (issue 3)")
         print(f"wrote {args.write}")
     return 0
 

@@ -29,9 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from firmware_sim import fast  # noqa: E402
 from firmware_sim.weights import SensorWeights  # noqa: E402
+from benchmarks._common import cpu_name, update_section  # noqa: E402
 
-MARK_BEGIN = "<!-- sensor_fps:begin -->"
-MARK_END = "<!-- sensor_fps:end -->"
 
 
 def median_time(fn, repeats: int) -> float:
@@ -42,16 +41,6 @@ def median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:
@@ -101,9 +90,6 @@ def main(argv=None) -> int:
 
     fps = dict(rows)
     lines = [
-        MARK_BEGIN,
-        "## Sensor stage throughput (issue 2)",
-        "",
         f"Command: `python benchmarks/sensor_fps.py --clips {args.clips} --repeats {args.repeats}"
         f" --write docs/BENCHMARKS.md`  ",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores (1 thread used), {platform.system()} "
@@ -131,19 +117,10 @@ def main(argv=None) -> int:
                   f"({1e6 / cost['time_us']:,.0f} frames/s possible on the array)",
                   f"- estimated energy: {cost['energy_uj']:.2f} uJ/frame on the 64x64 elements the "
                   f"program uses; {full:.1f} uJ/frame if all 256x256 SCAMP-5 elements are clocked"]
-    lines.append(MARK_END)
     block = "\n".join(lines)
     print(block)
     if args.write:
-        text = args.write.read_text(encoding="utf-8") if args.write.exists() else "# Benchmarks\n"
-        if MARK_BEGIN in text and MARK_END in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            text = head + block + rest.split(MARK_END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-        tmp = args.write.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, args.write)
+        update_section(args.write, "sensor_fps", block, heading="Sensor stage throughput (issue 2)")
     return 0
 
 

@@ -11,13 +11,13 @@ import importlib.metadata
 import json
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from firmware_sim.encoding import IW, ZERO_LEVEL
+from firmware_sim.atomic import atomic_open
 from firmware_sim.errors import InputError
 from firmware_sim.weights import SensorWeights
 from pixelrnn import __version__
@@ -83,16 +83,9 @@ def build_manifest(*, directory: str | os.PathLike, files: list[str], classes: l
 def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:
     """Write ``manifest.json`` atomically (temp file in the same folder, then rename)."""
     path = Path(directory) / MANIFEST
-    fd, tmp = tempfile.mkstemp(prefix=MANIFEST + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a bundle is meant to be copied
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", encoding="utf-8", shared=True) as fh:  # a bundle is meant to be copied
+        json.dump(manifest, fh, indent=2, sort_keys=False)
+        fh.write("\n")
     return path
 
 

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from firmware_sim.atomic import atomic_open
 from firmware_sim.errors import InputError
 from firmware_sim.weights import KERNEL, N_MAPS, SensorWeights
 
@@ -105,15 +105,8 @@ def write_scamp5_text(*, model, path: str | os.PathLike) -> Path:
     path = Path(path)
     text = format_scamp5_text(scamp5_entries(sensor=model.sensor_weights(), decoder=decoder_params(model),
                                              gate_threshold=bool(model.config.gate_threshold)))
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the text is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", encoding="ascii", newline="\n", shared=True) as fh:
+        fh.write(text)
     return path
 
 

@@ -6,13 +6,13 @@ Arrays are read with ``allow_pickle=False``; outputs are written atomically (tem
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from firmware_sim.atomic import atomic_open
 from firmware_sim.errors import InputError
 
 
@@ -67,14 +67,8 @@ def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> P
     if not path.parent.exists():
         raise InputError(f"output folder does not exist: {path.parent}")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise InputError(f"cannot write to {path.parent} ({exc.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(path, "wb") as fh:
             np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except PermissionError as exc:
+        raise InputError(f"cannot write to {path.parent} ({exc.strerror})") from None
     return path

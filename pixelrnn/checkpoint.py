@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
+from firmware_sim.atomic import atomic_open
 from firmware_sim.errors import InputError
 from pixelrnn import __version__
 from pixelrnn.model import ModelConfig, PixelRNN
@@ -127,12 +127,6 @@ def save_checkpoint(model: PixelRNN, path: str | os.PathLike, *, extra: dict | N
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": __version__, "config": model.config.to_dict(),
                "state_dict": model.state_dict(), "extra": dict(extra or {})}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(payload, fh)
     return path

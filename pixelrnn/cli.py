@@ -8,20 +8,41 @@ import sys
 from pixelrnn import __version__
 
 
+# (subcommand, module, function registering its parser, extra that provides its imports)
+SUBCOMMANDS = (
+    ("simulate", "firmware_sim.cli", "add_simulate_parser", "train"),
+    ("evaluate", "pixelrnn.evaluate", "add_evaluate_parser", "train"),
+    ("train", "pixelrnn.train", "add_train_parser", "train"),
+    ("export", "export.cli", "add_export_parser", "train"),
+    ("bench", "edge.bench", "add_bench_parser", None),
+)
+
+
+def _unavailable(subparsers, name: str, extra: str | None, reason: str) -> None:
+    """A subcommand whose dependencies are not installed: it explains, in one line, what to install."""
+    p = subparsers.add_parser(name, help=f"(unavailable: {reason})", add_help=False, prefix_chars="\x00")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    hint = f"pip install -c constraints.txt -e '.[{extra}]'" if extra else "reinstall pixelrnn-edge"
+
+    def run(args):
+        raise OSError(f"'{name}' needs packages that are not installed ({reason}): {hint}")
+    p.set_defaults(func=run)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    from firmware_sim.cli import add_simulate_parser
-    from pixelrnn.evaluate import add_evaluate_parser
-    from export.cli import add_export_parser
-    from pixelrnn.train import add_train_parser
+    import importlib
 
     parser = argparse.ArgumentParser(prog="pixelrnn", description="PixelRNN edge: in-pixel binarized RNNs")
     parser.add_argument("--version", action="version", version=f"pixelrnn-edge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    add_simulate_parser(sub)
-    add_evaluate_parser(sub)
-    add_train_parser(sub)
-    add_export_parser(sub)
+    for name, module, function, extra in SUBCOMMANDS:
+        try:
+            register = getattr(importlib.import_module(module), function)
+        except ImportError as exc:   # e.g. torch absent on a device that has only the base install
+            _unavailable(sub, name, extra, f"no module {exc.name!r}" if exc.name else str(exc))
+            continue
+        register(sub)
     return parser
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from firmware_sim.atomic import atomic_open
 from firmware_sim.cli import check_noise_model, noise_arg
 from firmware_sim.clips import load_clips
 from firmware_sim.errors import InputError
@@ -79,14 +79,8 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
     path = Path(path)
     if not path.parent.exists():
         raise InputError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
 
 
 def add_evaluate_parser(subparsers) -> None:

@@ -2,13 +2,12 @@
 per-class accuracy and a confusion-matrix PNG."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from firmware_sim.atomic import atomic_open
 from firmware_sim.noise import NoiseModel
 from firmware_sim.simulate import simulate
 from pixelrnn.checkpoint import load_model
@@ -72,14 +71,11 @@ def plot_confusion(confusion, classes: list[str], path: Path, *, title: str) -> 
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center",
                         color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, dpi=100, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from firmware_sim.atomic import atomic_open
 from firmware_sim.errors import InputError
 from firmware_sim.noise import NoiseModel
 from pixelrnn import __version__
@@ -280,17 +281,6 @@ def sign_agreement(model: PixelRNN, init: dict[str, torch.Tensor]) -> float:
     return same / total
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_model(cfg: TrainConfig, train_set: Dataset) -> PixelRNN:
     if cfg.normalize == "dataset":
         g = train_set.frames.astype(np.float64) / 255.0
@@ -436,10 +426,11 @@ def train(*, config: TrainConfig, resume: bool = False, progress: bool = True,
             if improved:
                 save_checkpoint(model, best_path, extra={"train_config": cfg.to_dict(), "epoch": epoch + 1,
                                                          "val_acc": val_acc, "code_version": version})
-            _atomic_torch_save({"format": STATE_FORMAT, "train_config": cfg.to_dict(), "code_version": version,
+            with atomic_open(state_path, "wb") as fh:
+                torch.save({"format": STATE_FORMAT, "train_config": cfg.to_dict(), "code_version": version,
                                 "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict() if sched is not None else None,
-                                "init_signs": init_signs, "history": history, "best": best}, state_path)
+                            "init_signs": init_signs, "history": history, "best": best}, fh)
             from pixelrnn.evaluate import write_json_atomic
             write_json_atomic(out / "metrics.json", {"config": cfg.to_dict(), "code_version": version,
                                                      "epochs": history, "best": best})

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import REPO
 from firmware_sim.fast import STAGES
 
 
@@ -116,3 +117,15 @@ def test_bad_input_one_line_error_exit_2(case, ref_dir, tmp_path):
         assert len(lines) == 1, (case, stderr)
     assert "Traceback" not in stderr and "error" in lines[-1]
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_subcommand_without_its_extra_explains_what_to_install():
+    """On a device with only the base install (no torch), `pixelrnn train` says what to install."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from pixelrnn.cli import main\n"
+            "sys.exit(main(['train', '--dataset', 'grid']))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs packages that are not installed" in lines[0]
+    assert "pip install -c constraints.txt -e '.[train]'" in lines[0]

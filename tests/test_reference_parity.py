@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 
 from firmware_sim import fast
 from firmware_sim.encoding import decode_binary, encode_analog
