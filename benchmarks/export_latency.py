@@ -133,6 +133,9 @@ def main() -> int:
         *rows, "",
         f"Export of all formats took {export_s:.1f} s (one `pixelrnn export --format all`, TensorFlow "
         f"start-up included). File sizes: " + ", ".join(f"{n} {s / 1024:.0f} KB" for n, s in sorted(sizes.items())) + ".",
+        "Round-robin means every call starts with caches holding another runtime's graph: these are "
+        "cold-cache latencies, including Python call overhead. The edge benchmark below calls one "
+        "graph repeatedly (warm caches), as the camera loop does. "
         "LCE has no optimized x86 kernels in its Python wheel (reference kernels); its number says "
         "nothing about an aarch64 device running LCE's C++ runtime.",
     ])

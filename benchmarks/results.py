@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import sys
 import time
 from datetime import date
@@ -23,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import update_section  # noqa: E402
+from benchmarks._common import cpu_name, update_section  # noqa: E402
 from firmware_sim.noise import NoiseModel  # noqa: E402
 from pixelrnn.baselines import chance, linear_baseline  # noqa: E402
 from pixelrnn.checkpoint import load_model  # noqa: E402
@@ -167,8 +167,7 @@ def render(results: dict, sets: list[str], seeds: list[int], variants: list[str]
     epoch_s = [c for k, r in results.items() if isinstance(r, dict) and k[0] == "grid" for c in r["epoch_s"]]
     signs = {v: [s for k, r in results.items() if isinstance(r, dict) and k[1] == v for s in r["signs"]] for v in variants}
     lines = [
-        f"Measured {date.today().isoformat()} on {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads; seeds {','.join(map(str, seeds))}; "
+        f"Measured {date.today().isoformat()} on {cpu_name()} ({os.cpu_count()} cores); seeds {','.join(map(str, seeds))}; "
         f"epochs {args.epochs}. Accuracy in %, mean ± std over seeds, on the test split, through "
         f"firmware_sim (8-bit readout), noise off unless stated.", "",
         "Command: `python benchmarks/results.py --runs runs/results --seeds "
@@ -176,8 +175,9 @@ def render(results: dict, sets: list[str], seeds: list[int], variants: list[str]
         *rows, "", "Noise robustness (trained with the authors' noise model unless 'nonoise'):", "", *noise_rows, "",
         f"- PyTorch evaluation and firmware_sim agree on every test clip of every run (readout bytes and "
         f"predictions): {agree}.",
-        f"- Training speed (GRID, 800 training clips, batch 32, {args.threads} threads): median "
-        f"{np.median(speed):.1f} clips/s; one epoch {np.median(epoch_s):.1f} s." if speed else "",
+        f"- Training speed during these runs (1 thread per run, two runs sharing the 2 cores, so "
+        f"about a quarter of a quiet machine's speed): median {np.median(speed):.1f} clips/s; one GRID "
+        f"epoch {np.median(epoch_s):.1f} s. Quiet-machine figures: see 'Training speed' below." if speed else "",
         "- Binary weights still at their initial sign after training: " + ", ".join(
             f"{v} {100 * np.mean(s):.1f}%" for v, s in signs.items() if s) + ".",
     ]

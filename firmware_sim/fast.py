@@ -100,6 +100,20 @@ def _normal(rng: np.random.Generator | None, shape) -> np.ndarray:
     return rng.standard_normal(shape)
 
 
+def output_stage(o: np.ndarray, noise: NoiseModel, rng: np.random.Generator | None) -> np.ndarray:
+    """The analog output stage on (..., H, W) float64 o: ``out_gain * o + N(0, out_sigma^2) + offsets``.
+
+    The offset is ``out_offset`` plus the per-pixel ``offset_map`` of a calibration file, if any.
+    """
+    if noise.out_gain != 1.0:
+        o = o * noise.out_gain
+    if noise.out_sigma:
+        o = o + noise.out_sigma * _normal(rng, o.shape)
+    if noise.has_offset:
+        o = o + noise.output_offset(o.shape[-2:])
+    return o
+
+
 def run_clips(binary: np.ndarray, weights: SensorWeights, *, noise: NoiseModel | None = None,
               rng: np.random.Generator | None = None, stages: tuple[str, ...] = (),
               chunk: int = 1) -> SensorResult:
@@ -165,11 +179,7 @@ def _run_chunk(binary, weights, noise, rng, stages):
         if gate_seq is not None:
             gate_seq[:, step] = gate
         if step == t - 1:
-            o = (oi[:, step] + hh[1]).astype(np.float64)
-            if noise.out_sigma:
-                o = o + noise.out_sigma * _normal(rng, o.shape)
-            if noise.out_offset:
-                o = o + noise.out_offset
+            o = output_stage((oi[:, step] + hh[1]).astype(np.float64), noise, rng)
         hidden = gate * hidden
     if hid_seq is not None:
         out["4_hidden"] = encode_binary(hid_seq)
@@ -213,10 +223,6 @@ class SensorStream:
         if self.step < self.weights.timesteps:
             self.hidden = gate * self.hidden
             return None
-        o = (xi[1] + hh[1]).astype(np.float64)
-        if self.noise.out_sigma:
-            o = o + self.noise.out_sigma * _normal(self.rng, o.shape)
-        if self.noise.out_offset:
-            o = o + self.noise.out_offset
+        o = output_stage((xi[1] + hh[1]).astype(np.float64), self.noise, self.rng)
         self.reset()
         return encode_analog(o)[0]

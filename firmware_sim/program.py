@@ -41,10 +41,13 @@ One frame (all B clips of a batch at once):
     not analog values: digital moves are exact on the hardware.
 (e) the RNN on the mosaic, with one walk that moves x_t, h_{t-1} and the validity plane together:
     fi = W_fi * x_t and fh = W_fh * h_{t-1} in separate registers (and, in the readout frame only,
-    oi = W_oi * x_t and oh = W_oh * h_{t-1}); o = oi + oh (+ noise and offset, injected) is read
-    out through the 8-bit ADC. The gate compares fi (+ N(0, gate_sigma^2)) against the comparand
-    ``rnn_threshold - fh``, built as -fh plus constant chunks of at most 25 of the same sign
-    (monotone, so it saturates only if its final value would). Without gate noise fi + fh is an
+    oi = W_oi * x_t and oh = W_oh * h_{t-1}); o = oi + oh (+ gain error, noise and offsets,
+    injected: see :mod:`firmware_sim.noise`) is read out through the 8-bit ADC. Those act on the
+    register's saturated value (|o| <= 25.6), the fast path's on the unbounded sum: with noise
+    off and no output perturbation the readouts are identical; with a gain error or offsets they
+    can differ only at pixels where |oi + oh| > 25.6. The gate compares fi (+ N(0, gate_sigma^2))
+    against the comparand ``rnn_threshold - fh``, built as -fh plus constant chunks of at most 25
+    of the same sign (monotone, so it saturates only if its final value would). Without gate noise fi + fh is an
     integer and ``fi + fh >= thr`` equals ``fi + fh >= ceil(thr)``, so the loaded constant is
     ``ceil(thr)`` and every register value is an exact integer; with noise it is ``thr`` itself.
     Either way it is clipped to [-51, 51], beyond which the comparand saturates for every fh.
@@ -247,10 +250,12 @@ class _Program:
         ppa.all()
         if last:
             ppa.add(OI, OI, OH)
+            if self.noise.out_gain != 1.0:               # analog scale error of the o register
+                ppa.inject(OI, (self.noise.out_gain - 1.0) * ppa.peek(OI))
             if self.noise.out_sigma:
                 ppa.inject(OI, self.noise.out_sigma * self._normal(ppa.shape))
-            if self.noise.out_offset:
-                ppa.inject(OI, self.noise.out_offset)
+            if self.noise.has_offset:                    # global and per-pixel fixed-pattern offset
+                ppa.inject(OI, self.noise.output_offset(ppa.shape[-2:]))
             probes["output"] = ppa.peek(OI)
             probes["readout"] = ppa.readout(OI)
         if self.noise.gate_sigma:

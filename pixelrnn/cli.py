@@ -14,6 +14,7 @@ SUBCOMMANDS = (
     ("evaluate", "pixelrnn.evaluate", "add_evaluate_parser", "train"),
     ("train", "pixelrnn.train", "add_train_parser", "train"),
     ("export", "export.cli", "add_export_parser", "train"),
+    ("calib", "calib.cli", "add_calib_parser", "train"),
     ("bench", "edge.bench", "add_bench_parser", None),
 )
 

@@ -186,10 +186,12 @@ class PixelRNN(nn.Module):
                 states["gate"].append(gate)
             if step == t - 1:
                 out = xi[:, step, 1:2] + hh[:, 1:2]
+                if noise.out_gain != 1.0:   # calibrated analog gain of the output (firmware_sim.noise)
+                    out = out * noise.out_gain
                 if noise.out_sigma:
                     out = out + randn(out) * noise.out_sigma
-                if noise.out_offset:
-                    out = out + noise.out_offset
+                if noise.has_offset:        # scalar out_offset, plus a per-pixel map if calibrated
+                    out = out + torch.as_tensor(noise.output_offset((h, w)), dtype=out.dtype, device=out.device)
             hidden = gate * hidden
         recorded = {}
         if record:

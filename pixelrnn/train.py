@@ -53,6 +53,7 @@ class TrainConfig:
     noise_conv: float = 0.6            # training noise in MAC units (the authors' noise model)
     noise_gate: float = 0.6
     noise_out: float = 1.0
+    noise_file: str = ""               # a `pixelrnn calib noise` JSON: replaces the three sigmas above
     freeze_binary: bool = False        # keep binary weights at their random init signs (baseline b)
     learn_theta0: bool = True
     gate_threshold: bool = True
@@ -96,9 +97,19 @@ class TrainConfig:
         check(self.limit >= 0 and self.threads >= 0 and self.seed >= 0, "limit, threads and seed must be >= 0")
         check(self.max_shift >= 0 and self.max_time_shift >= 0, "max_shift and max_time_shift must be >= 0")
         check(bool(self.out_dir), "out_dir must not be empty")
+        if self.noise_file:
+            NoiseModel.from_spec(self.noise_file)   # one-line error now, not after loading the data
 
     @property
     def train_noise(self) -> NoiseModel:
+        """The noise injected while training: the calibration file's, else the three sigmas.
+
+        A calibration file describes a chip (its sigmas, gain and fixed-pattern offset map); its
+        ``model_id`` names the program it was measured with and is not checked here, because
+        training changes the program.
+        """
+        if self.noise_file:
+            return NoiseModel.from_spec(self.noise_file)
         return NoiseModel(self.noise_conv, self.noise_gate, self.noise_out)
 
     def to_dict(self) -> dict:
@@ -372,6 +383,7 @@ def train(*, config: TrainConfig, resume: bool = False, progress: bool = True,
     else:
         ddp = model
     version = code_version()
+    noise = cfg.train_noise
 
     n = len(train_idx)
     steps = math.ceil(n / cfg.batch_size)
@@ -392,7 +404,7 @@ def train(*, config: TrainConfig, resume: bool = False, progress: bool = True,
                 continue
             local_idx = global_idx[dist.rank::dist.world]
             frames, labels, gens = batch_tensors(ds, local_idx, epoch=epoch, cfg=cfg, train=True)
-            logits = ddp(frames, generators=gens)
+            logits = ddp(frames, generators=gens, noise=noise)
             losses = F.cross_entropy(logits, labels, reduction="none")
             # DDP averages gradients over ranks: scale so the result is the mean over the global batch
             loss = losses.sum() * dist.world / len(global_idx)

@@ -37,3 +37,17 @@ def intermediates(ref_dir):
         with np.load(need(ref_dir / f"{name}_intermediates_subset.npz"), allow_pickle=False) as d:
             out[task] = {k: d[k] for k in d.files}
     return out
+
+
+@pytest.fixture(scope="session")
+def edge_models(tmp_path_factory) -> Path:
+    """Bundles of the authors' weights in the default-model layout (<root>/<task>/), exported once
+    per session for the edge tests."""
+    root = tmp_path_factory.getbasetemp() / "edge_models"
+    for task, weights in (("lips", "lips_no_noise.pt"), ("gesture", "cam_noise.pt")):
+        if not (root / task / "manifest.json").is_file():
+            from export.api import export_model
+
+            root.mkdir(exist_ok=True)
+            export_model(weights=need(REF / "pretrained" / weights), out=root / task, formats=["onnx", "tflite"])
+    return root

@@ -167,6 +167,7 @@ def _cli(*args, cwd=REPO):
     ("schedule: [cosine\n", "not valid YAML"),
     ("- a\n- b\n", "expected a mapping"),
     ("lr: fast\n", "lr must be a finite number"),
+    ("noise_file: nope.json\n", "not 'off', 'authors' or an existing JSON file"),
 ])
 def test_bad_config_gives_one_line_error(tmp_path, content, message):
     cfg = tmp_path / "bad.yaml"
@@ -241,3 +242,19 @@ def test_shipped_configs_are_valid():
     for f in files:
         cfg = TrainConfig.from_dict(load_config_file(f), source=str(f))
         assert cfg.dataset in ("grid", "avletters", "cambridge")
+
+
+def test_training_with_a_noise_calibration_file(tmp_path, grid_data):
+    """A `calib noise` file replaces the three sigmas; gain and offset map reach the training forward."""
+    from pixelrnn.train import train
+    noise = tmp_path / "noise.json"
+    offset = np.zeros((64, 64))
+    offset[:, :32] = 1.5
+    noise.write_text(json.dumps({"model_id": "measured-on-another-program", "noise": {
+        "conv_sigma": 0.5, "gate_sigma": 0.5, "out_sigma": 1.0, "out_gain": 0.6,
+        "offset_map": offset.tolist()}}))
+    cfg = _cfg(tmp_path / "run", grid_data, limit=16, noise_file=str(noise))
+    assert cfg.train_noise.out_gain == 0.6 and cfg.train_noise.has_offset
+    report = train(config=cfg, progress=False)
+    assert report["config"]["noise_file"] == str(noise)
+    assert report["simulator_agrees"]

@@ -1,0 +1,155 @@
+"""Real sensor readouts: loading, validation, and the stratified splits every calib command uses.
+
+A readouts file is an ``.npz`` with ``readouts``: (N, 64, 64) uint8 readout levels, or SCAMP-5
+full-array frames (N, 256, 256) whose 64x64 output sits at rows and columns 128:192; and, for
+commands that score accuracy, ``labels`` (N,) integers. Anything else is refused with one line.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from firmware_sim.errors import InputError
+
+SIZE = 64
+FULL = 256
+WINDOW = slice(128, 192)       # where SCAMP-5 puts the 64x64 output in its 256x256 array
+
+
+@dataclass(frozen=True)
+class Readouts:
+    """Validated readouts (N, 64, 64) uint8, with labels (N,) int64 and names when the file has them."""
+
+    readouts: np.ndarray
+    labels: np.ndarray | None
+    names: np.ndarray | None
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.readouts.shape[0])
+
+    def subset(self, idx: np.ndarray) -> "Readouts":
+        return Readouts(readouts=self.readouts[idx],
+                        labels=None if self.labels is None else self.labels[idx],
+                        names=None if self.names is None else self.names[idx], source=self.source)
+
+
+def check_readouts(readouts, *, what: str = "readouts") -> np.ndarray:
+    """A readout array -> contiguous (N, 64, 64) uint8 (a (N, 256, 256) SCAMP-5 frame is cropped).
+
+    Raises a one-line :class:`InputError` for NaNs, another dtype, another shape or N = 0.
+    """
+    if not isinstance(readouts, np.ndarray):
+        raise InputError(f"{what} must be a numpy array, got {type(readouts).__name__}")
+    if readouts.dtype.kind == "f" and np.isnan(readouts).any():
+        raise InputError(f"{what} contain {int(np.isnan(readouts).sum())} NaN values: readouts are "
+                         "8-bit sensor levels (uint8 0..255)")
+    if readouts.dtype != np.uint8:
+        raise InputError(f"{what} must be uint8 readout levels (0..255), got dtype {readouts.dtype}")
+    if readouts.ndim != 3 or readouts.shape[1:] not in ((SIZE, SIZE), (FULL, FULL)):
+        raise InputError(f"{what} must have shape (N, {SIZE}, {SIZE}) or SCAMP-5 full-array "
+                         f"(N, {FULL}, {FULL}), got {readouts.shape}")
+    if readouts.shape[0] < 1:
+        raise InputError(f"{what} hold no readouts (N = 0)")
+    if readouts.shape[1] == FULL:
+        readouts = readouts[:, WINDOW, WINDOW]
+    return np.ascontiguousarray(readouts)
+
+
+def check_labels(labels, *, n: int, num_classes: int | None, what: str = "labels") -> np.ndarray:
+    """Labels (n,) integers in 0..num_classes-1 -> int64, or a one-line :class:`InputError`."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f" and np.isnan(labels).any():
+        raise InputError(f"{what} contain NaN values: labels are class indices")
+    if labels.dtype.kind not in "iu":
+        raise InputError(f"{what} must be integers (class indices), got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise InputError(f"{what} must have shape ({n},), one per readout, got {labels.shape}")
+    if n and labels.min() < 0:
+        raise InputError(f"{what} must be >= 0, found {int(labels.min())}")
+    if num_classes is not None and n and labels.max() >= num_classes:
+        raise InputError(f"{what} must lie in 0..{num_classes - 1} for this model, found {int(labels.max())}")
+    return labels.astype(np.int64)
+
+
+def load_readouts(path: str | os.PathLike, *, need_labels: bool = False,
+                  num_classes: int | None = None) -> Readouts:
+    """Load and validate a readouts ``.npz`` (``allow_pickle=False``); see the module docstring."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise InputError(f"readouts must be a file path, got {path!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"readouts file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            files = set(data.files)
+            if "readouts" not in files:
+                raise InputError(f"{path} has no 'readouts' array (found {sorted(files) or 'nothing'}); "
+                                 "expected readouts (N,64,64) or (N,256,256) uint8")
+            raw = data["readouts"]
+            labels = data["labels"] if "labels" in files else None
+            names = data["names"] if "names" in files else None
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{path} is not a readable .npz file ({first[:120]})") from None
+    readouts = check_readouts(raw, what=f"{path.name}: readouts")
+    n = readouts.shape[0]
+    if labels is None:
+        if need_labels:
+            raise InputError(f"{path} has no 'labels' array: this command needs the class of every readout")
+    else:
+        labels = check_labels(labels, n=n, num_classes=num_classes, what=f"{path.name}: labels")
+    if names is not None and names.shape != (n,):
+        names = None
+    return Readouts(readouts=readouts, labels=labels, names=names, source=str(path))
+
+
+def _check_split_args(labels, k_or_fraction, seed) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.size == 0:
+        raise InputError("labels must be a non-empty 1-D integer array")
+    if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
+        raise InputError(f"seed must be an integer, got {seed!r}")
+    return labels
+
+
+def stratified_folds(labels: np.ndarray, *, k: int, seed: int) -> np.ndarray:
+    """Fold id (0..k-1) of every sample: each class is shuffled (fixed seed) and dealt round-robin,
+    so every fold holds floor or ceil of (class size / k) samples of each class."""
+    labels = _check_split_args(labels, k, seed)
+    if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 2):
+        raise InputError(f"the number of folds must be an integer >= 2, got {k!r}")
+    smallest = np.bincount(labels)[np.unique(labels)].min()
+    if smallest < k:
+        raise InputError(f"{k} folds need at least {k} readouts of every class; the smallest class has {smallest}")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(labels.size, dtype=np.int64)
+    offset = 0
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        folds[idx] = (np.arange(idx.size) + offset) % k   # rotate so fold sizes stay balanced
+        offset += idx.size
+    return folds
+
+
+def stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first, second) index arrays: ``fraction`` of every class (rounded, at least one) goes second."""
+    labels = _check_split_args(labels, fraction, seed)
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        raise InputError(f"fraction must be a number strictly between 0 and 1, got {fraction!r}")
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        m = min(max(1, int(round(fraction * idx.size))), idx.size - 1) if idx.size > 1 else 0
+        second.append(idx[:m])
+        first.append(idx[m:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))

@@ -1,0 +1,109 @@
+"""Model bundles for the edge: the package's bundled default per task, or a bundle folder.
+
+The defaults live in the installed ``pixelrnn`` package at ``pixelrnn/models/<task>/`` (export
+bundles: ``manifest.json``, ``sensor_weights.npz``, ``host.onnx``, ``host.tflite``, ...). They are
+found from the package's location without importing ``pixelrnn.model`` (so no PyTorch);
+``$PIXELRNN_MODELS`` points to another folder with the same ``<task>/`` layout. A bundle is
+verified (``export.bundle.verify_bundle``: every file's size and sha256) before anything is loaded.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.bundle import BundleError, verify_bundle
+from firmware_sim.errors import InputError
+from firmware_sim.weights import SensorWeights
+
+TASKS = ("gesture", "lips")
+DEFAULT_TASK = "gesture"
+SENSOR_FILE = "sensor_weights.npz"
+ENV_MODELS = "PIXELRNN_MODELS"
+
+
+def models_root() -> Path:
+    """``$PIXELRNN_MODELS`` if set, else ``pixelrnn/models`` next to the installed package."""
+    env = os.environ.get(ENV_MODELS)
+    if env:
+        return Path(env)
+    spec = importlib.util.find_spec("pixelrnn")
+    if spec is None or not spec.submodule_search_locations:
+        raise BundleError("the pixelrnn package is not installed, so there is no bundled model: "
+                          "pass --model BUNDLE")
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def default_bundle_dir(task: str) -> Path:
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    return models_root() / task
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified export bundle: its folder, manifest, and the sensor program it was made for."""
+
+    path: Path
+    manifest: dict
+    sensor: SensorWeights
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest.get("task", ""))
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.manifest.get("classes", [])]
+
+    @property
+    def model_id(self) -> str:
+        return self.sensor.program_hash()
+
+    def file(self, name: str, *, hint: str = "") -> Path:
+        """A file listed in the manifest (checked by verify_bundle), or a one-line BundleError."""
+        if name not in self.manifest.get("files", {}):
+            raise BundleError(f"bundle {self.path} has no {name}{': ' + hint if hint else ''}")
+        return self.path / name
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Verify a bundle folder and load its sensor program (``allow_pickle=False``)."""
+    path = Path(path)
+    manifest = verify_bundle(path)
+    if SENSOR_FILE not in manifest.get("files", {}):
+        raise BundleError(f"bundle {path} has no {SENSOR_FILE}: re-export it with pixelrnn export")
+    try:
+        with np.load(path / SENSOR_FILE, allow_pickle=False) as data:
+            sensor = SensorWeights.from_npz_dict(data)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"{path / SENSOR_FILE} is not a sensor program ({str(exc)[:120]})") from None
+    recorded = manifest.get("sensor_program_hash")
+    if recorded != sensor.program_hash():
+        raise BundleError(f"{path}: {SENSOR_FILE} is program {sensor.program_hash()}, the manifest says "
+                          f"{recorded}: the bundle is inconsistent; re-export it")
+    classes = manifest.get("classes")
+    if not (isinstance(classes, list) and len(classes) >= 2):
+        raise BundleError(f"{path}: manifest lists no classes")
+    return Bundle(path=path, manifest=manifest, sensor=sensor)
+
+
+def resolve_bundle(*, model: str | os.PathLike | None, task: str | None) -> Bundle:
+    """``--model`` (a bundle folder, or ``default``/None for the bundled model of ``task``) and
+    ``--task`` (None: the bundle's own; with a bundle, it must agree) -> a verified Bundle."""
+    if task is not None and task not in TASKS:
+        raise InputError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    if model is None or str(model) == "default":
+        chosen = task or DEFAULT_TASK
+        path = default_bundle_dir(chosen)
+        if not (path / "manifest.json").is_file():
+            raise BundleError(f"no bundled model for task {chosen} at {path}: pass --model BUNDLE")
+        bundle = load_bundle(path)
+    else:
+        bundle = load_bundle(model)
+    if task is not None and bundle.task and bundle.task != task:
+        raise InputError(f"--task {task} but {bundle.path} is a {bundle.task} model")
+    return bundle

@@ -1,0 +1,223 @@
+"""The camera loop: capture -> front end -> sensor stage -> readout link -> host stage -> decisions.
+
+:func:`run_pipeline` wires the stages for one run and returns its summary. The host runs in this
+process (``inproc``: packets go through an in-process queue and are decoded right away) or in a
+child process fed by UDP datagrams (``udp``). Either way only readout packets cross to the host.
+Files and the test pattern are processed as fast as the loop runs (every frame, none dropped)
+unless ``realtime`` paces them at their own fps.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from edge.capture import END_EOF, END_LOST, Capture, CaptureOptions, End
+from edge.display import Display, draw_overlay
+from edge.host import HostDecoder, HostStage
+from edge.link import InprocLink, LinkSpec, UdpSender
+from edge.models import Bundle
+from edge.packet import OVERHEAD_BYTES, payload_bytes
+from edge.remote import RemoteConfig, RemoteHost
+from edge.roi import MouthOptions, make_roi
+from edge.sensor_stage import Preprocessor, SensorOptions, SensorStage
+from edge.stats import Latency, summarize
+from firmware_sim.errors import InputError
+
+RAW_64 = 64 * 64               # bytes of one 8-bit 64x64 frame
+RAW_256 = 256 * 256            # bytes of one 8-bit 256x256 frame (the SCAMP-5 array)
+POLL_S = 0.1                   # how often a waiting loop checks for Ctrl-C / stop
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    link: LinkSpec = field(default_factory=LinkSpec)
+    roi: object = "center"                     # "center" | "mouth" | (x, y, w, h)
+    sensor: SensorOptions = field(default_factory=SensorOptions)
+    capture: CaptureOptions = field(default_factory=CaptureOptions)
+    mouth: MouthOptions = field(default_factory=MouthOptions)
+    max_frames: int | None = None
+    frame_timeout: float = 2.0                 # live source: seconds without a frame = one failed read
+
+    def __post_init__(self) -> None:
+        if self.max_frames is not None and not (isinstance(self.max_frames, int) and self.max_frames >= 1):
+            raise InputError(f"--max-frames must be an integer >= 1, got {self.max_frames!r}")
+        if not (isinstance(self.frame_timeout, (int, float)) and self.frame_timeout > 0):
+            raise InputError(f"frame_timeout must be > 0 s, got {self.frame_timeout!r}")
+        if not isinstance(self.link, LinkSpec):
+            raise InputError(f"link must be a LinkSpec, got {type(self.link).__name__}")
+
+
+@dataclass
+class RunResult:
+    end: str                                   # eof | max_frames | interrupted | quit | lost
+    message: str
+    summary: dict
+
+
+def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
+                 on_decision: Callable[[dict], None] = lambda d: None,
+                 on_note: Callable[[str], None] = lambda s: None,
+                 display: Display | None = None, stop: threading.Event | None = None) -> RunResult:
+    """Run the loop until the source ends, ``max_frames``, Ctrl-C, ``stop``, q in the ``display``
+    window (an open :class:`edge.display.Display`, or None: headless) or a lost camera."""
+    if not isinstance(bundle, Bundle):
+        raise InputError(f"bundle must be an edge.models.Bundle, got {type(bundle).__name__}")
+    stop = stop or threading.Event()
+    sensor = SensorStage(weights=bundle.sensor, options=options.sensor)
+    pre = Preprocessor(make_roi(options.roi, mouth=options.mouth), size=sensor.size)
+    lat = {name: Latency() for name in ("read", "preprocess", "link")}
+    counts = {"frames": 0, "decisions": 0, "readout_bytes": 0}
+    last = {"decision": None}
+    end, message = END_EOF, ""
+
+    def emit(decision: dict) -> None:
+        counts["decisions"] += 1
+        last["decision"] = decision
+        on_decision(decision)
+
+    with ExitStack() as stack:
+        remote = host = None
+        if options.link.kind == "inproc":
+            decoder = HostDecoder(bundle=bundle, runtime=options.runtime, threads=options.threads)
+            host = HostStage(decoder=decoder, expect_model=sensor.model_id)
+            tx = stack.enter_context(InprocLink())
+            host_info = decoder.describe()
+        else:
+            remote = stack.enter_context(RemoteHost(RemoteConfig(
+                bundle_dir=str(bundle.path), runtime=options.runtime, threads=options.threads,
+                host=options.link.host, port=options.link.port)))
+            tx = stack.enter_context(UdpSender(options.link.host, remote.port))
+            host_info = remote.decoder
+        if display is not None and not display.available:
+            display = None
+        capture = stack.enter_context(Capture(source, options.capture))
+        t_start = time.perf_counter()
+        t_first = None
+        t_item = time.perf_counter()
+        try:
+            while not stop.is_set():
+                item = capture.get(timeout=POLL_S)
+                if item is None:
+                    if remote is not None:
+                        for d in remote.poll():
+                            emit(d)
+                    waited = time.perf_counter() - t_item
+                    if capture.live and waited >= options.frame_timeout * (options.capture.retries + 1):
+                        end, message = END_LOST, (f"{source.name} delivered no frame for {waited:.1f} s; "
+                                                  f"gave up after {options.capture.retries} retries")
+                        break
+                    continue
+                t_item = time.perf_counter()
+                if isinstance(item, End):
+                    end, message = item.reason, item.message
+                    break
+                t_ns = time.monotonic_ns()
+                t0 = time.perf_counter()
+                t_first = t_first or t0
+                lat["read"].add(item.read_s)
+                image = pre(item.image, last_of_window=sensor.next_is_last)
+                lat["preprocess"].add(time.perf_counter() - t0)
+                packet = sensor.push(image, t_ns=t_ns)
+                if packet is not None:
+                    t1 = time.perf_counter()
+                    tx.send(packet)
+                    counts["readout_bytes"] += len(packet)
+                    lat["link"].add(time.perf_counter() - t1)
+                    if host is not None:
+                        decision = host.handle(tx.recv())
+                        if decision is not None:
+                            emit(decision)
+                if remote is not None:
+                    for d in remote.poll():
+                        emit(d)
+                counts["frames"] += 1
+                if display is not None:
+                    elapsed = max(time.perf_counter() - t_first, 1e-9)
+                    shown = draw_overlay(item.image, decision=last["decision"],
+                                         fps=counts["frames"] / elapsed, link_bps=tx.bytes_out / elapsed,
+                                         readout=sensor.last_readout, roi=pre.last_box)
+                    if not display.show(shown):
+                        end = "quit"
+                        break
+                if options.max_frames is not None and counts["frames"] >= options.max_frames:
+                    end = "max_frames"
+                    break
+            else:
+                end = "stopped"
+        except KeyboardInterrupt:
+            end = "interrupted"
+        t_end = time.perf_counter()
+        capture.stop()
+        # end of stream: the host counts windows that never arrived
+        tx.send(sensor.end_packet())
+        if host is not None:
+            host.handle(tx.recv())
+            host_stats = host.stats()
+        else:
+            for d in remote.finish():
+                emit(d)
+            host_stats = remote.stats or {}
+            if remote.failure:
+                on_note(f"the host process failed: {remote.failure}")
+            elif not host_stats:
+                on_note("the host process did not report its statistics")
+        summary = _summary(source=source, bundle=bundle, options=options, sensor=sensor, capture=capture,
+                           tx=tx, lat=lat, counts=counts, host_stats=host_stats, host_info=host_info,
+                           seconds=(t_end - t_first) if t_first else 0.0, wall=t_end - t_start, end=end,
+                           roi=pre.roi)
+    return RunResult(end=end, message=message, summary=summary)
+
+
+def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_stats, host_info,
+             seconds, wall, end, roi) -> dict:
+    frames = counts["frames"]
+    windows = sensor.windows
+    fps = frames / seconds if seconds > 0 else 0.0
+    src_fps = getattr(source, "fps", None)
+    per_window = counts["readout_bytes"] / windows if windows else 0.0
+    payload = payload_bytes((sensor.size, sensor.size), sensor.encoding)
+    t = sensor.timesteps
+
+    def ms(latency: Latency) -> dict:
+        return _short(latency.summary(unit="ms"))
+
+    latency = {"read": ms(lat["read"]), "preprocess": ms(lat["preprocess"]),
+               "sensor": ms(sensor.sensor_latency), "encode": ms(sensor.encode_latency),
+               "link_send": ms(lat["link"]),
+               "host": _short(summarize(host_stats.get("host_s", []), unit="ms")),
+               "e2e": _short(summarize(host_stats.get("e2e_s", []), unit="ms"))}
+    roi_info = {"mode": options.roi if isinstance(options.roi, str) else "fixed",
+                "fallback_frames": getattr(roi, "fallback_frames", 0)}
+    if hasattr(roi, "detections"):
+        roi_info["face_detections"] = roi.detections
+    return {
+        "end": end, "source": getattr(source, "name", str(source)), "source_fps": src_fps,
+        "task": bundle.task, "model": str(bundle.path), "model_id": sensor.model_id,
+        "runtime": host_info, "link": options.link.url if options.link.kind == "inproc" else
+        f"udp://{options.link.host}:{getattr(tx, 'address', ('', 0))[1]}",
+        "payload": options.sensor.payload,
+        "frames": frames, "windows": windows, "decisions": counts["decisions"],
+        "drops": {"capture": capture.drops, "lost_windows": host_stats.get("lost", 0),
+                  "reconnects": capture.reconnects, "partial_window_frames": frames - windows * t},
+        "malformed": host_stats.get("malformed", {}),
+        "seconds": round(seconds, 4), "wall_seconds": round(wall, 4), "fps": round(fps, 2),
+        "headroom_vs_source": round(fps / src_fps, 2) if src_fps else None,
+        "latency_ms": latency,
+        "bytes": {"sent": tx.bytes_out, "per_window": round(per_window, 1), "payload_per_window": payload,
+                  "header_per_window": OVERHEAD_BYTES, "raw_per_window_64": t * RAW_64,
+                  "raw_per_window_256": t * RAW_256,
+                  "ratio_64": round(t * RAW_64 / per_window, 2) if per_window else None,
+                  "ratio_256": round(t * RAW_256 / per_window, 2) if per_window else None,
+                  "received_by_host": host_stats.get("bytes_in", 0)},
+        "roi": roi_info,
+    }
+
+
+def _short(stats: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()
+            if k in ("n", "p50", "p99", "mean", "max")}
