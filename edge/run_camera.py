@@ -219,9 +219,12 @@ def run(args: argparse.Namespace, *, source=None, stop: threading.Event | None =
 def main(argv: list[str] | None = None, *, source=None, stop: threading.Event | None = None) -> int:
     """Parse ``argv`` and run; ``source`` replaces ``--source`` with a frame-source object (tests)."""
     args = get_args_parser().parse_args(argv)
-    previous = None
+    previous = previous_int = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        # Ctrl-C must work even when started from a shell that ignores SIGINT for background jobs
+        # (Python keeps an inherited SIG_IGN): install the default KeyboardInterrupt handler.
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run(args, source=source, stop=stop)
     except KeyboardInterrupt:
@@ -244,6 +247,8 @@ def main(argv: list[str] | None = None, *, source=None, stop: threading.Event | 
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _one_line(exc: BaseException) -> str:
