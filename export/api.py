@@ -161,10 +161,9 @@ def load_representative(path: str | os.PathLike, *, model) -> np.ndarray:
 
         clips = load_clips(path, timesteps=model.config.timesteps)
         return simulate(weights=model.sensor_weights(), frames=clips.frames, stages=()).readout
-    if readouts.dtype != np.uint8 or readouts.ndim != 3 or readouts.shape[1:] not in ((64, 64), (256, 256)):
-        raise InputError(f"{path}: readouts must be (N,64,64) or (N,256,256) uint8, got "
-                         f"{readouts.shape} {readouts.dtype}")
-    return np.ascontiguousarray(readouts[:, 128:192, 128:192] if readouts.shape[1] == 256 else readouts)
+    from calib.readouts import check_readouts
+
+    return check_readouts(readouts, what=f"{path}: readouts")
 
 
 def _write_formats(model, staging: Path, chosen: tuple[str, ...], calib: np.ndarray | None) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from firmware_sim.atomic import atomic_open
 from firmware_sim.errors import InputError
 
 FORMATS = ("tflite", "lce")
@@ -63,14 +64,8 @@ def check_representative(representative) -> np.ndarray:
 
 def _write(path: Path, data: bytes) -> Path:
     """Write atomically (temp file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
     return path
 
 

@@ -80,7 +80,7 @@ def plot_confusion(confusion, classes: list[str], path: Path, *, title: str) -> 
 
 
 def final_report(*, best_path: Path, ds: Dataset, test_idx: np.ndarray, out: Path, history: list[dict],
-                 config: dict) -> dict:
+                 best_epoch: int, config: dict) -> dict:
     """Evaluate the best checkpoint on the test split; write report.json and confusion.png."""
     model = load_model(best_path)
     test = ds.subset(test_idx)
@@ -91,7 +91,7 @@ def final_report(*, best_path: Path, ds: Dataset, test_idx: np.ndarray, out: Pat
     readout_equal = bool(np.array_equal(sim_readout, torch_readout(model, test.frames)))
     test_metrics = metrics(labels=test.labels, preds=sim_preds, class_names=model.config.class_names)
     report = {
-        "dataset": ds.name, "config": config, "best_epoch": max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))["epoch"] if history else None,
+        "dataset": ds.name, "config": config, "best_epoch": best_epoch,
         "test": test_metrics,
         "test_accuracy_pytorch": float((torch_preds == test.labels).mean()),
         "simulator_agrees": bool(readout_equal and np.array_equal(sim_preds, torch_preds)),

@@ -454,7 +454,7 @@ def train(*, config: TrainConfig, resume: bool = False, progress: bool = True,
     if dist.main and last == cfg.epochs:
         from pixelrnn.report import final_report
         report = final_report(best_path=best_path, ds=ds, test_idx=parts["test"], out=out,
-                              history=history, config=cfg.to_dict())
+                              history=history, best_epoch=best["epoch"], config=cfg.to_dict())
     dist.barrier()
     if dist.world > 1:
         torch.distributed.destroy_process_group()

@@ -61,5 +61,5 @@ def test_bad_representative_is_one_line(tmp_path):
                           "--format", "tflite", "--int8", "--representative", str(bad),
                           "--out", str(tmp_path / "b")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
-    assert res.stderr.count("\n") == 1 and "readouts must be (N,64,64) or (N,256,256) uint8" in res.stderr
+    assert res.stderr.count("\n") == 1 and "readouts must have shape (N, 64, 64) or SCAMP-5 full-array (N, 256, 256), got (4, 32, 32)" in res.stderr
     assert not (tmp_path / "b").exists()
