@@ -165,12 +165,35 @@ class AutoregressiveImageModel(nn.Module):
         return NLL(nats, nats / (x.shape[1] * x.shape[2] * math.log(2)))
 
     # --- sampling -----------------------------------------------------------------------------
+    def stepper(self, *, batch: int, image_shape: tuple[int, int], cond=None, cached: bool = True) -> "Stepper":
+        """A :class:`Stepper` that yields next-pixel logits in raster order.
+
+        ``cached=False`` gives :class:`NaiveStepper` (re-runs the whole network per pixel).
+        Subclasses override :meth:`cached_stepper` to reuse work between pixels; the base class
+        has no cache and falls back to the naive stepper.
+        """
+        _check_int("batch", batch, minimum=1)
+        height, width = _check_shape(image_shape)
+        cond = self.check_cond(cond, batch)
+        if cached:
+            stepper = self.cached_stepper(batch=batch, image_shape=(height, width), cond=cond)
+            if stepper is not None:
+                return stepper
+        return NaiveStepper(self, batch=batch, image_shape=(height, width), cond=cond)
+
+    def cached_stepper(self, *, batch: int, image_shape: tuple[int, int], cond) -> "Stepper | None":
+        """Override to return a caching :class:`Stepper` (``cond`` is already validated)."""
+        return None
+
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator, cond=None, image_shape=None):
+    def sample(self, n: int, *, generator: torch.Generator, cond=None, image_shape=None,
+               cached: bool = True):
         """Draw ``n`` images pixel by pixel in raster order.
 
-        Re-runs the whole network once per pixel (O(H*W) passes; fine for small images). Pixels
-        not yet drawn are 0 in the network input; causality makes their value irrelevant.
+        ``cached=True`` uses the model's caching stepper where it has one (same distribution,
+        equal up to float rounding; see the cached == naive tests); ``cached=False`` re-runs the
+        whole network once per pixel (O(H*W) passes). Pixels not yet drawn are 0 in the network
+        input; causality makes their value irrelevant.
         Returns ``(images (n, H, W) long, log_prob (n,))`` with the log-probability accumulated
         from the very softmaxes that were sampled.
         """
@@ -178,13 +201,54 @@ class AutoregressiveImageModel(nn.Module):
         if not isinstance(generator, torch.Generator):
             raise ValueError("generator must be a torch.Generator (sampling must be reproducible)")
         height, width = _check_shape(self.image_shape if image_shape is None else image_shape)
-        cond = self.check_cond(cond, n)
+        stepper = self.stepper(batch=n, image_shape=(height, width), cond=cond, cached=cached)
         x = torch.zeros(n, height, width, dtype=torch.long)
         total = torch.zeros(n, dtype=self.dtype)
         for r in range(height):
             for c in range(width):
-                logp = F.log_softmax(self(self.encode(x), cond)[:, :, r, c], dim=1)
+                logp = F.log_softmax(stepper.logits(x, r, c), dim=1)
                 v = torch.multinomial(logp.exp().float(), 1, generator=generator).squeeze(1)
                 x[:, r, c] = v
                 total += logp.gather(1, v.unsqueeze(1)).squeeze(1)
         return x, total
+
+
+class Stepper:
+    """Next-pixel logits in raster order: the engine of sampling and of the readout coder.
+
+    Call :meth:`logits` for (0, 0), (0, 1), ... strictly in raster order, each time with the
+    batch ``x`` (B, H, W) long whose pixels before (r, c) are final (later pixels may hold
+    anything and must not matter). Returns the logits (B, K) of p(x[:, r, c] | x_<(r, c)).
+    A stepper is a pure function of the pixels before (r, c): two steppers fed the same pixels
+    return bit-identical logits (encoder and decoder of the readout coder rely on this).
+    """
+
+    def __init__(self, model: AutoregressiveImageModel, *, batch: int, image_shape: tuple[int, int], cond):
+        self.model, self.batch, self.cond = model, batch, cond
+        self.height, self.width = image_shape
+        self._next = 0
+
+    def _advance(self, x: Tensor, r: int, c: int) -> None:
+        if r * self.width + c != self._next:
+            raise ValueError(f"pixels must be visited in raster order: expected index {self._next}, got ({r}, {c})")
+        if tuple(x.shape) != (self.batch, self.height, self.width):
+            raise ValueError(f"x must have shape {(self.batch, self.height, self.width)}, got {tuple(x.shape)}")
+        self._next += 1
+
+    def logits(self, x: Tensor, r: int, c: int) -> Tensor:
+        raise NotImplementedError
+
+
+class NaiveStepper(Stepper):
+    """Re-runs the full network on the whole image for every pixel (reference; O(H*W) passes).
+
+    Pixels at and after (r, c) are zeroed before each pass so the result depends only on the past.
+    """
+
+    @torch.no_grad()
+    def logits(self, x: Tensor, r: int, c: int) -> Tensor:
+        self._advance(x, r, c)
+        past = x.clone()
+        flat = past.view(self.batch, -1)
+        flat[:, r * self.width + c:] = 0
+        return self.model(self.model.encode(past), self.cond)[:, :, r, c]
