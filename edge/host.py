@@ -198,17 +198,20 @@ def _dequantizer(detail: dict):
 class HostStage:
     """Packets in, decisions out: checks each packet (:class:`edge.packet.PacketDecoder`), decodes
     accepted readouts, and times the host work and the end-to-end latency (from the ``t_ns`` of
-    the window's last frame, a ``time.monotonic_ns()`` shared by processes on one machine)."""
+    the window's last frame, a ``time.monotonic_ns()`` shared by processes on one machine).
+    ``coder``: the prior coder (``edge.prior_coder.PriorCoder``) for prior-coded packets."""
 
     decoder: HostDecoder
     expect_model: str
+    coder: object = None
     packets: PacketDecoder = field(init=False)
+    packet_latency: Latency = field(default_factory=Latency)   # per readout: checks + payload decoding
     host_latency: Latency = field(default_factory=Latency)
     e2e_latency: Latency = field(default_factory=Latency)
     ended: bool = False
 
     def __post_init__(self) -> None:
-        self.packets = PacketDecoder(expect_model=self.expect_model, shape=self.decoder.shape)
+        self.packets = PacketDecoder(expect_model=self.expect_model, shape=self.decoder.shape, coder=self.coder)
 
     def handle(self, data: bytes) -> dict | None:
         """One packet -> a decision dict (see :meth:`decision`), or None (rejected / end)."""
@@ -220,6 +223,7 @@ class HostStage:
             self.packets.end_lost(packet)
             self.ended = True
             return None
+        self.packet_latency.add(time.perf_counter() - t0)
         logits = self.decoder(packet.readout)
         k, score = softmax_top(logits)
         t_done = time.monotonic_ns()
@@ -238,4 +242,5 @@ class HostStage:
         return {"accepted": self.packets.accepted, "lost": self.packets.lost,
                 "malformed": dict(self.packets.rejected), "bytes_in": self.packets.bytes_in,
                 "host_s": list(self.host_latency.samples), "e2e_s": list(self.e2e_latency.samples),
+                "packet_s": list(self.packet_latency.samples),
                 "decoder": self.decoder.describe()}

@@ -9,19 +9,31 @@ offset   type    field
 0        4s      magic ``b"PXRN"``
 4        u8      version (1)
 5        u8      kind: 0 = readout, 1 = end of stream (no payload)
-6        u8      encoding: 8 = 8-bit analog levels, 1 = 1-bit packed (sign of o)
-7        u8      level: 1-bit only, the host maps bits to ``127 +- level`` (0 for 8-bit)
+6        u8      encoding: 8 = 8-bit analog levels, 1 = 1-bit packed (sign of o),
+                 2 = 1-bit signs, arithmetic-coded with a learned prior
+7        u8      level: 1-bit and prior, the host maps bits to ``127 +- level`` (0 for 8-bit)
 8        u32     stream id (random per sensor run: a restarted sensor is a new stream)
 12       u32     window sequence number (0, 1, 2, ... per stream)
 16       u64     timestamp of the window's last frame, ``time.monotonic_ns()`` of the sender
 24       8s      model id: the sensor program hash (``SensorWeights.program_hash()``, 16 hex)
 32       u16     height, u16 width of the readout
 36       u32     payload length in bytes
-40       ...     payload: H*W bytes (8-bit) or ceil(H*W/8) bytes (1-bit, ``np.packbits``)
+40       ...     payload: H*W bytes (8-bit), ceil(H*W/8) bytes (1-bit, ``np.packbits``) or, prior:
+                 8-byte prior id + ``edge.prior_coder.PriorCoder`` payload (variable length)
 end-4    u32     CRC32 of everything before it
 =======  ======  =========================================================================
 
-A 64x64 window is 4,096 + 44 bytes with the 8-bit payload and 512 + 44 with the 1-bit one.
+A 64x64 window is 4,096 + 44 bytes with the 8-bit payload and 512 + 44 with the 1-bit one; with
+the prior payload it is 44 + 8 (prior id) + 4 (CRC32 of the bits) + the arithmetic code, about
+``-log2 p(bits) / 8`` bytes under the prior: small for readouts like the prior's training data,
+slightly over 512 for an untrained prior. The decoder accepts at most :func:`max_payload_bytes`
+(2 * ceil(H*W/8) + 64); a readout the prior would code longer than that is sent 1-bit instead.
+
+Prior payload: the same bits as the 1-bit payload, coded losslessly by
+:class:`edge.prior_coder.PriorCoder` (both ends load the same prior file). The prior id is the
+first 8 bytes of the coder's ``prior_hash``: a host without a prior rejects the packet
+(``no_prior``), a host with another prior too (``wrong_prior``); a payload whose decoded bits fail
+their CRC32 is ``bad_prior_decode`` (never a silently wrong readout).
 
 1-bit payload: bit = ``readout >= 127`` (o >= 0, sign(0) = +1). The host rebuilds levels
 ``127 + level`` / ``127 - level`` (default level 50, i.e. o = +-5 MAC, about the mean |o| of the
@@ -49,7 +61,10 @@ KIND_READOUT = 0
 KIND_END = 1
 ENC_8BIT = 8
 ENC_1BIT = 1
-PAYLOADS = {"8bit": ENC_8BIT, "1bit": ENC_1BIT}
+ENC_PRIOR = 2
+PAYLOADS = {"8bit": ENC_8BIT, "1bit": ENC_1BIT, "prior": ENC_PRIOR}
+PRIOR_ID_BYTES = 8
+PRIOR_MIN_BYTES = PRIOR_ID_BYTES + 4     # prior id + the CRC32 of the bits (the code may be empty)
 ZERO_LEVEL = 127
 DEFAULT_LEVEL = 50           # 1-bit: levels 127 +- 50 (o = +-5 MAC)
 MAX_SIDE = 4096
@@ -60,7 +75,7 @@ CRC_BYTES = 4
 OVERHEAD_BYTES = HEADER_BYTES + CRC_BYTES  # 44
 
 REASONS = ("short", "bad_magic", "bad_version", "bad_kind", "bad_encoding", "bad_length", "bad_crc",
-           "bad_shape", "wrong_model", "stale_seq")
+           "bad_shape", "wrong_model", "stale_seq", "no_prior", "wrong_prior", "bad_prior_decode")
 
 
 class PacketError(ValueError):
@@ -102,9 +117,28 @@ def model_id_bytes(model_id: str) -> bytes:
 
 
 def payload_bytes(shape: tuple[int, int], encoding: int) -> int:
-    """Payload size of a readout of ``shape`` in ``encoding``."""
+    """Payload size of a readout of ``shape`` in ``encoding`` (8-bit or 1-bit: the prior payload's
+    size varies per readout, see :func:`max_payload_bytes`)."""
     n = int(shape[0]) * int(shape[1])
+    if encoding == ENC_PRIOR:
+        raise ValueError("the prior payload has a variable size: use max_payload_bytes or the packet's length")
     return n if encoding == ENC_8BIT else (n + 7) // 8
+
+
+def max_payload_bytes(shape: tuple[int, int], encoding: int) -> int:
+    """The largest payload a decoder accepts: the fixed size for 8-bit and 1-bit, and for the prior
+    payload twice the 1-bit size + 64 (id, CRC and the worst a reasonable prior spends)."""
+    if encoding == ENC_PRIOR:
+        return 2 * payload_bytes(shape, ENC_1BIT) + 64
+    return payload_bytes(shape, encoding)
+
+
+def _check_coder(coder) -> None:
+    """A prior coder (``edge.prior_coder.PriorCoder``) over 2 symbols, the 1-bit readout's."""
+    if not all(hasattr(coder, a) for a in ("prior_id", "encode", "decode", "num_classes")):
+        raise ValueError(f"coder must be an edge.prior_coder.PriorCoder, got {type(coder).__name__}")
+    if coder.num_classes != 2:
+        raise ValueError(f"the prior must model 2 levels (1-bit readouts), this one has {coder.num_classes}")
 
 
 def _frame(header: bytes, payload: bytes) -> bytes:
@@ -113,8 +147,10 @@ def _frame(header: bytes, payload: bytes) -> bytes:
 
 
 def encode_readout(readout: np.ndarray, *, model_id: str, stream_id: int, seq: int, t_ns: int = 0,
-                   encoding: int = ENC_8BIT, level: int = DEFAULT_LEVEL) -> bytes:
-    """Frame one (H, W) uint8 readout as a packet (8-bit levels or 1-bit packed signs)."""
+                   encoding: int = ENC_8BIT, level: int = DEFAULT_LEVEL, coder=None) -> bytes:
+    """Frame one (H, W) uint8 readout as a packet: 8-bit levels, 1-bit packed signs, or the signs
+    coded with the prior ``coder`` (an ``edge.prior_coder.PriorCoder``; a readout it would code
+    longer than :func:`max_payload_bytes` goes out 1-bit)."""
     readout = np.asarray(readout)
     if readout.dtype != np.uint8 or readout.ndim != 2:
         raise ValueError(f"readout must be an (H, W) uint8 array, got {readout.shape} {readout.dtype}")
@@ -123,12 +159,23 @@ def encode_readout(readout: np.ndarray, *, model_id: str, stream_id: int, seq: i
         raise ValueError(f"readout side must be 1..{MAX_SIDE}, got {h}x{w}")
     if encoding == ENC_8BIT:
         payload, level = np.ascontiguousarray(readout).tobytes(), 0
-    elif encoding == ENC_1BIT:
+    elif encoding in (ENC_1BIT, ENC_PRIOR):
         if not (isinstance(level, int) and 1 <= level <= ZERO_LEVEL):
             raise ValueError(f"1-bit level must be an integer 1..{ZERO_LEVEL}, got {level!r}")
-        payload = np.packbits(readout >= ZERO_LEVEL, axis=None).tobytes()
+        bits = readout >= ZERO_LEVEL
+        payload = None
+        if encoding == ENC_PRIOR:
+            if coder is None:
+                raise ValueError("the prior encoding needs a coder (edge.prior_coder.load_prior(FILE))")
+            _check_coder(coder)
+            payload = bytes(coder.prior_id) + coder.encode(bits.view(np.uint8))
+            if len(payload) > max_payload_bytes((h, w), ENC_PRIOR):
+                payload, encoding = None, ENC_1BIT          # the prior does not fit this readout
+        if payload is None:
+            payload = np.packbits(bits, axis=None).tobytes()
     else:
-        raise ValueError(f"encoding must be {ENC_8BIT} (8-bit) or {ENC_1BIT} (1-bit), got {encoding!r}")
+        raise ValueError(f"encoding must be {ENC_8BIT} (8-bit), {ENC_1BIT} (1-bit) or {ENC_PRIOR} (prior), "
+                         f"got {encoding!r}")
     _check_ids(stream_id, seq, t_ns)
     header = _HEADER.pack(MAGIC, VERSION, KIND_READOUT, encoding, level, stream_id, seq, t_ns,
                           model_id_bytes(model_id), h, w, len(payload))
@@ -149,8 +196,14 @@ def _check_ids(stream_id: int, seq: int, t_ns: int) -> None:
             raise ValueError(f"{name} must be an integer in [0, 2^{bits}), got {value!r}")
 
 
-def decode_packet(data: bytes, *, expect_model: str | None = None) -> Packet:
-    """Parse and check one packet; raise :class:`PacketError` (with a reason) if it is malformed."""
+def decode_packet(data: bytes, *, expect_model: str | None = None, coder=None,
+                  expect_shape: tuple[int, int] | None = None) -> Packet:
+    """Parse and check one packet; raise :class:`PacketError` (with a reason) if it is malformed.
+    ``coder``: the host's prior coder (``edge.prior_coder.PriorCoder``), needed for prior payloads.
+    ``expect_shape``: the readout shape the host takes (``bad_shape``), checked before a prior
+    payload is decoded (decoding costs time in proportion to H * W)."""
+    if coder is not None:
+        _check_coder(coder)
     data = bytes(data)
     if len(data) < OVERHEAD_BYTES:
         raise PacketError("short", f"packet of {len(data)} bytes is shorter than the {OVERHEAD_BYTES}-byte frame")
@@ -167,7 +220,7 @@ def decode_packet(data: bytes, *, expect_model: str | None = None) -> Packet:
         raise PacketError("bad_version", f"packet version {version}, this host reads {VERSION}")
     if kind not in (KIND_READOUT, KIND_END):
         raise PacketError("bad_kind", f"unknown packet kind {kind}")
-    if encoding not in (ENC_8BIT, ENC_1BIT) or (encoding == ENC_1BIT and not 1 <= level <= ZERO_LEVEL):
+    if encoding not in (ENC_8BIT, ENC_1BIT, ENC_PRIOR) or (encoding != ENC_8BIT and not 1 <= level <= ZERO_LEVEL):
         raise PacketError("bad_encoding", f"unknown encoding {encoding} (level {level})")
     model_id = model_raw.hex()
     if expect_model is not None and model_id != expect_model:
@@ -178,15 +231,42 @@ def decode_packet(data: bytes, *, expect_model: str | None = None) -> Packet:
         return Packet(KIND_END, encoding, stream_id, seq, t_ns, model_id, (0, 0), None, len(data))
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise PacketError("bad_shape", f"readout shape {h}x{w}")
-    if length != payload_bytes((h, w), encoding):
+    if encoding == ENC_PRIOR:
+        if not PRIOR_MIN_BYTES <= length <= max_payload_bytes((h, w), encoding):
+            raise PacketError("bad_length", f"prior payload of {length} bytes for a {h}x{w} readout (allowed "
+                              f"{PRIOR_MIN_BYTES}..{max_payload_bytes((h, w), encoding)})")
+    elif length != payload_bytes((h, w), encoding):
         raise PacketError("bad_length", f"payload of {length} bytes for a {h}x{w} {encoding}-bit readout")
-    payload = np.frombuffer(data, dtype=np.uint8, count=length, offset=HEADER_BYTES)
-    if encoding == ENC_8BIT:
+    if expect_shape is not None and (h, w) != tuple(expect_shape):
+        raise PacketError("bad_shape", f"readout {(h, w)}, host model takes {tuple(expect_shape)}")
+    if encoding == ENC_PRIOR:
+        bits = _decode_prior(data[HEADER_BYTES:HEADER_BYTES + length], (h, w), coder)
+    elif encoding == ENC_8BIT:
+        payload = np.frombuffer(data, dtype=np.uint8, count=length, offset=HEADER_BYTES)
         readout = payload.reshape(h, w).copy()
     else:
+        payload = np.frombuffer(data, dtype=np.uint8, count=length, offset=HEADER_BYTES)
         bits = np.unpackbits(payload, count=h * w).reshape(h, w)
+    if encoding != ENC_8BIT:
         readout = np.where(bits, ZERO_LEVEL + level, ZERO_LEVEL - level).astype(np.uint8)
     return Packet(KIND_READOUT, encoding, stream_id, seq, t_ns, model_id, (h, w), readout, len(data))
+
+
+def _decode_prior(payload: bytes, shape: tuple[int, int], coder) -> np.ndarray:
+    """Prior id + PriorCoder payload -> (H, W) bits, or a PacketError."""
+    if coder is None:
+        raise PacketError("no_prior", "prior-coded packet, but this host has no prior (--prior FILE)")
+    prior_id = payload[:PRIOR_ID_BYTES]
+    if prior_id != bytes(coder.prior_id):
+        raise PacketError("wrong_prior", f"packet coded with prior {prior_id.hex()}, the host's is "
+                          f"{bytes(coder.prior_id).hex()}")
+    try:
+        bits = coder.decode(payload[PRIOR_ID_BYTES:], shape=shape)
+    except ValueError as exc:                      # PriorMismatch: the bits fail their CRC
+        raise PacketError("bad_prior_decode", f"prior payload does not decode: {exc}") from None
+    if bits.shape != tuple(shape) or (bits > 1).any():
+        raise PacketError("bad_prior_decode", "prior payload decoded to symbols other than 1-bit signs")
+    return bits
 
 
 @dataclass
@@ -195,12 +275,14 @@ class PacketDecoder:
 
     ``expect_model``: the host model's sensor program hash; packets from another program are
     rejected (``wrong_model``). ``shape``: the readout shape the host model takes (``bad_shape``).
+    ``coder``: the prior coder for prior-coded packets (without one they are ``no_prior``).
     Per stream, a sequence number at or below the last accepted one is ``stale_seq``; a gap
     counts the skipped windows as ``lost``.
     """
 
     expect_model: str | None = None
     shape: tuple[int, int] | None = None
+    coder: object = None
     accepted: int = 0
     lost: int = 0
     bytes_in: int = 0
@@ -211,9 +293,7 @@ class PacketDecoder:
         """The packet, or None if it was rejected (the reason is counted in ``rejected``)."""
         self.bytes_in += len(data)
         try:
-            packet = decode_packet(data, expect_model=self.expect_model)
-            if not packet.is_end and self.shape is not None and packet.shape != tuple(self.shape):
-                raise PacketError("bad_shape", f"readout {packet.shape}, host model takes {tuple(self.shape)}")
+            packet = decode_packet(data, expect_model=self.expect_model, coder=self.coder, expect_shape=self.shape)
             last = self._last_seq.get(packet.stream_id)
             if packet.is_end:
                 return packet

@@ -19,10 +19,10 @@ from edge.display import Display, draw_overlay
 from edge.host import HostDecoder, HostStage
 from edge.link import InprocLink, LinkSpec, UdpSender
 from edge.models import Bundle
-from edge.packet import OVERHEAD_BYTES, payload_bytes
+from edge.packet import ENC_PRIOR, OVERHEAD_BYTES, payload_bytes
 from edge.remote import RemoteConfig, RemoteHost
 from edge.roi import MouthOptions, make_roi
-from edge.sensor_stage import Preprocessor, SensorOptions, SensorStage
+from edge.sensor_stage import Preprocessor, SensorOptions, SensorStage, open_prior
 from edge.stats import Latency, summarize
 from firmware_sim.errors import InputError
 
@@ -84,13 +84,15 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
         remote = host = None
         if options.link.kind == "inproc":
             decoder = HostDecoder(bundle=bundle, runtime=options.runtime, threads=options.threads)
-            host = HostStage(decoder=decoder, expect_model=sensor.model_id)
+            coder = open_prior(options.sensor.prior) if sensor.encoding == ENC_PRIOR else None   # the host's copy
+            host = HostStage(decoder=decoder, expect_model=sensor.model_id, coder=coder)
             tx = stack.enter_context(InprocLink())
             host_info = decoder.describe()
         else:
             remote = stack.enter_context(RemoteHost(RemoteConfig(
                 bundle_dir=str(bundle.path), runtime=options.runtime, threads=options.threads,
-                host=options.link.host, port=options.link.port)))
+                host=options.link.host, port=options.link.port,
+                prior=None if options.sensor.prior is None else str(options.sensor.prior))))
             tx = stack.enter_context(UdpSender(options.link.host, remote.port))
             host_info = remote.decoder
         if display is not None and not display.available:
@@ -179,8 +181,11 @@ def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_
     windows = sensor.windows
     fps = frames / seconds if seconds > 0 else 0.0
     src_fps = getattr(source, "fps", None)
-    per_window = counts["readout_bytes"] / windows if windows else 0.0
-    payload = payload_bytes((sensor.size, sensor.size), sensor.encoding)
+    per_window = round(counts["readout_bytes"] / windows, 1) if windows else 0.0
+    if sensor.encoding == ENC_PRIOR:   # the real mean: prior payloads vary per window
+        payload = round(sensor.payload_bytes / windows, 1) if windows else None
+    else:
+        payload = payload_bytes((sensor.size, sensor.size), sensor.encoding)
     t = sensor.timesteps
 
     def ms(latency: Latency) -> dict:
@@ -189,6 +194,7 @@ def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_
     latency = {"read": ms(lat["read"]), "preprocess": ms(lat["preprocess"]),
                "sensor": ms(sensor.sensor_latency), "encode": ms(sensor.encode_latency),
                "link_send": ms(lat["link"]),
+               "packet_decode": _short(summarize(host_stats.get("packet_s", []), unit="ms")),
                "host": _short(summarize(host_stats.get("host_s", []), unit="ms")),
                "e2e": _short(summarize(host_stats.get("e2e_s", []), unit="ms"))}
     roi_info = {"mode": options.roi if isinstance(options.roi, str) else "fixed",
@@ -208,13 +214,15 @@ def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_
         "seconds": round(seconds, 4), "wall_seconds": round(wall, 4), "fps": round(fps, 2),
         "headroom_vs_source": round(fps / src_fps, 2) if src_fps else None,
         "latency_ms": latency,
-        "bytes": {"sent": tx.bytes_out, "per_window": round(per_window, 1), "payload_per_window": payload,
+        "bytes": {"sent": tx.bytes_out, "per_window": per_window, "payload_per_window": payload,
                   "header_per_window": OVERHEAD_BYTES, "raw_per_window_64": t * RAW_64,
                   "raw_per_window_256": t * RAW_256,
                   "ratio_64": round(t * RAW_64 / per_window, 2) if per_window else None,
                   "ratio_256": round(t * RAW_256 / per_window, 2) if per_window else None,
                   "received_by_host": host_stats.get("bytes_in", 0)},
         "roi": roi_info,
+        **({"prior": {"file": str(options.sensor.prior), "prior_hash": sensor.coder.prior_hash,
+                      "fallback_1bit_windows": sensor.prior_fallbacks}} if sensor.coder is not None else {}),
     }
 
 

@@ -24,6 +24,7 @@ class RemoteConfig:
     threads: int
     host: str
     port: int
+    prior: str | None = None          # --payload prior: the host loads its own copy of the prior file
 
 
 def host_main(conn, config: RemoteConfig) -> None:
@@ -36,11 +37,15 @@ def host_main(conn, config: RemoteConfig) -> None:
 
         bundle = load_bundle(config.bundle_dir)          # verified again: trust nothing across processes
         decoder = HostDecoder(bundle=bundle, runtime=config.runtime, threads=config.threads)
+        coder = None
+        if config.prior is not None:
+            from edge.sensor_stage import open_prior
+            coder = open_prior(config.prior)
         receiver = UdpReceiver(config.host, config.port)
     except (InputError, OSError, ImportError, RuntimeError) as exc:
         conn.send(("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
         return
-    stage = HostStage(decoder=decoder, expect_model=bundle.model_id)
+    stage = HostStage(decoder=decoder, expect_model=bundle.model_id, coder=coder)
     try:
         conn.send(("ready", receiver.port, decoder.describe()))
         with receiver:

@@ -3,7 +3,7 @@ host decoder, one decision per 16-frame window.
 
     python edge/run_camera.py [--source auto|INDEX|PATH|test] [--model BUNDLE|default]
         [--task gesture|lips] [--runtime onnxruntime|tflite|lce] [--headless] [--max-frames N]
-        [--json-out FILE] [--link inproc|udp://127.0.0.1:PORT] [--payload 8bit|1bit]
+        [--json-out FILE] [--link inproc|udp://127.0.0.1:PORT] [--payload 8bit|1bit|prior [--prior FILE]]
 
 Run as a script, BLAS is limited to one thread (unless OPENBLAS_NUM_THREADS etc. are set): the
 sensor stage's small matrix products measured faster and far steadier that way (p99 per frame
@@ -42,6 +42,7 @@ from edge.packet import DEFAULT_LEVEL, PAYLOADS  # noqa: E402
 from edge.pipeline import PipelineOptions, RunResult, run_pipeline  # noqa: E402
 from edge.roi import parse_roi  # noqa: E402
 from edge.sensor_stage import SensorOptions  # noqa: E402
+from firmware_sim.argtypes import positive_int as _positive_int  # noqa: E402
 from firmware_sim.errors import InputError  # noqa: E402
 from firmware_sim.noise import NoiseModel  # noqa: E402
 
@@ -54,16 +55,6 @@ END_TEXT = {"eof": "end of file", "max_frames": "--max-frames reached", "interru
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):      # one line, exit 2 (argparse prints usage over two)
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _seconds(text: str) -> float:
@@ -101,7 +92,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--link", type=str, default="inproc", metavar="inproc|udp://127.0.0.1:PORT",
                    help="readout link: in-process queue (default) or UDP to a host process (port 0: any free port)")
     p.add_argument("--payload", choices=tuple(PAYLOADS), default="8bit",
-                   help="readout payload: 8bit levels (4,096 B/window) or 1bit signs (512 B/window, less accurate)")
+                   help="readout payload: 8bit levels (4,096 B/window), 1bit signs (512 B/window, less accurate) "
+                        "or prior: the 1bit signs losslessly arithmetic-coded under a learned prior (--prior)")
+    p.add_argument("--prior", type=Path, default=None, metavar="FILE.npz",
+                   help="--payload prior: the prior file (pixelrnn generate export-prior); sensor and host "
+                        "both load it")
     p.add_argument("--level", type=_positive_int, default=DEFAULT_LEVEL,
                    help=f"1bit only: the host maps bits to levels 127 +- LEVEL (default {DEFAULT_LEVEL}, o = +-5)")
     p.add_argument("--roi", default=None, metavar="center|mouth|x,y,w,h",
@@ -142,7 +137,7 @@ def build(args: argparse.Namespace, *, source=None):
         source, note = make_source(args.source)
     options = PipelineOptions(
         runtime=args.runtime, threads=args.threads, link=link, roi=roi,
-        sensor=SensorOptions(payload=args.payload, level=args.level, noise=noise, seed=args.seed),
+        sensor=SensorOptions(payload=args.payload, level=args.level, noise=noise, seed=args.seed, prior=args.prior),
         capture=CaptureOptions(realtime=args.realtime, retries=args.retries, retry_delay=args.retry_delay),
         max_frames=args.max_frames, frame_timeout=args.frame_timeout)
     return bundle, source, options, note

@@ -3,7 +3,9 @@
 Per frame: grayscale, region of interest and resize to 64x64 (``firmware_sim.frontend``, the code
 training uses), the sensor's input binarization (``FrontEnd.binarize``) and one step of the
 sensor program (``firmware_sim.fast.SensorStream``, the fast path). Every ``timesteps`` frames the
-readout is framed as a packet (``edge.packet``): that packet is all that leaves this stage.
+readout is framed as a packet (``edge.packet``): that packet is all that leaves this stage. With
+``payload="prior"`` the readout's signs are arithmetic-coded under a learned prior loaded from a
+prior file (``edge.prior_coder``, numpy only), which the host loads too.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.packet import DEFAULT_LEVEL, ENC_1BIT, ENC_8BIT, PAYLOADS, encode_end, encode_readout
+from edge.packet import DEFAULT_LEVEL, ENC_PRIOR, OVERHEAD_BYTES, PAYLOADS, encode_end, encode_readout
+from edge.prior_coder import PriorCoder, load_prior
 from edge.stats import Latency
 from firmware_sim.errors import InputError
 from firmware_sim.fast import SensorStream
@@ -39,11 +42,12 @@ class Preprocessor:
 
 @dataclass(frozen=True)
 class SensorOptions:
-    payload: str = "8bit"                 # 8bit levels or 1bit packed signs (see edge.packet)
+    payload: str = "8bit"                 # 8bit levels, 1bit packed signs or prior-coded signs (edge.packet)
     level: int = DEFAULT_LEVEL            # 1-bit: the host rebuilds levels 127 +- level
     noise: NoiseModel = field(default_factory=NoiseModel.off)
     seed: int = 0                         # noise seed
     stream_id: int | None = None          # None: random
+    prior: str | os.PathLike | None = None  # payload "prior": the prior file (edge.prior_coder)
 
     def __post_init__(self) -> None:
         if self.payload not in PAYLOADS:
@@ -54,6 +58,20 @@ class SensorOptions:
             raise InputError(f"noise must be a NoiseModel, got {type(self.noise).__name__}")
         if self.stream_id is not None and not (isinstance(self.stream_id, int) and 0 <= self.stream_id < 2**32):
             raise InputError(f"stream_id must be an integer in [0, 2^32), got {self.stream_id!r}")
+        if self.prior is not None and not isinstance(self.prior, (str, os.PathLike)):
+            raise InputError(f"prior must be a file path, got {type(self.prior).__name__}")
+        if self.payload == "prior" and self.prior is None:
+            raise InputError("--payload prior needs --prior FILE.npz (write one with: pixelrnn generate export-prior --checkpoint CKPT --out FILE.npz)")
+        if self.payload != "prior" and self.prior is not None:
+            raise InputError(f"--prior is only used with --payload prior (the payload is {self.payload})")
+
+
+def open_prior(path) -> PriorCoder:
+    """``--prior FILE`` -> the prior coder, or a one-line InputError."""
+    try:
+        return load_prior(path)
+    except ValueError as exc:
+        raise InputError(f"--prior: {exc}") from None
 
 
 class SensorStage:
@@ -67,7 +85,8 @@ class SensorStage:
         self.model_id = weights.program_hash()
         self.size = weights.frontend.size
         self.timesteps = weights.timesteps
-        self.encoding = ENC_8BIT if self.options.payload == "8bit" else ENC_1BIT
+        self.encoding = PAYLOADS[self.options.payload]
+        self.coder = open_prior(self.options.prior) if self.encoding == ENC_PRIOR else None
         self.stream_id = (self.options.stream_id if self.options.stream_id is not None
                           else int.from_bytes(os.urandom(4), "big"))
         rng = np.random.default_rng(self.options.seed) if self.options.noise.enabled else None
@@ -76,7 +95,9 @@ class SensorStage:
         self.frames = 0
         self.last_readout: np.ndarray | None = None
         self.sensor_latency = Latency()      # per frame: binarize + one step of the program
-        self.encode_latency = Latency()      # per window: packet framing
+        self.encode_latency = Latency()      # per window: packet framing (and prior coding)
+        self.payload_bytes = 0               # readout packets' payloads, summed (they vary with the prior)
+        self.prior_fallbacks = 0             # prior payload: windows sent 1-bit (the prior's code too long)
 
     def push(self, image: np.ndarray, *, t_ns: int) -> bytes | None:
         if image.shape != (self.size, self.size) or image.dtype != np.uint8:
@@ -89,8 +110,11 @@ class SensorStage:
         if readout is None:
             return None
         packet = encode_readout(readout, model_id=self.model_id, stream_id=self.stream_id, seq=self.windows,
-                                t_ns=t_ns, encoding=self.encoding, level=self.options.level)
+                                t_ns=t_ns, encoding=self.encoding, level=self.options.level, coder=self.coder)
         self.encode_latency.add(time.perf_counter() - t1)
+        self.payload_bytes += len(packet) - OVERHEAD_BYTES
+        if packet[6] != self.encoding:       # the header's encoding byte
+            self.prior_fallbacks += 1
         self.windows += 1
         self.last_readout = readout
         return packet

@@ -36,6 +36,8 @@ def add_simulate_parser(subparsers) -> None:
     p.add_argument("--noise", type=noise_arg, default=NoiseModel.off(), metavar="off|authors|FILE",
                    help="analog noise: off (default), authors (0.6/0.6/1.0 MAC), or a calibration JSON")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--readout-only", action="store_true",
+                   help="write only readout, logits, pred (and labels, names): no per-frame stages, a far smaller file")
     p.set_defaults(func=run_simulate)
 
 
@@ -49,7 +51,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     clips = load_clips(args.clips, timesteps=weights.timesteps)
     t0 = time.perf_counter()
     result = simulate(weights=weights, frames=clips.frames, binarized_input=args.binarized_input,
-                      noise=args.noise, seed=args.seed, path=args.path)
+                      noise=args.noise, seed=args.seed, path=args.path,
+                      **({"stages": ()} if args.readout_only else {}))
     elapsed = time.perf_counter() - t0
     with torch.no_grad():
         logits = model.decode(torch.from_numpy(result.readout)).numpy().astype(np.float32)

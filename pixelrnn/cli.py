@@ -16,6 +16,7 @@ SUBCOMMANDS = (
     ("export", "export.cli", "add_export_parser", "train"),
     ("calib", "calib.cli", "add_calib_parser", "train"),
     ("bench", "edge.bench", "add_bench_parser", None),
+    ("generate", "pixelrnn.generative.cli", "add_generate_parser", "generative"),
 )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from firmware_sim.argtypes import bool_arg as _bool
 from firmware_sim.atomic import atomic_open
 from firmware_sim.errors import InputError
 from firmware_sim.noise import NoiseModel
@@ -462,15 +463,6 @@ def train(*, config: TrainConfig, resume: bool = False, progress: bool = True,
 
 
 # -- command line ---------------------------------------------------------------------------------
-def _bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def add_train_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a PixelRNN on grid, avletters or cambridge",

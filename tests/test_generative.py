@@ -228,3 +228,26 @@ def test_masks_and_skew():
     s = skew(x)
     assert s.shape == (2, 3, 4, 8) and torch.equal(s[:, :, 2, 2:7], x[:, :, 2])
     assert torch.equal(unskew(s, width=5), x)
+
+
+def test_spatial_map_conditioning():
+    """cond_channels: a (B, C, H, W) map conditions every position; causality in x is unchanged;
+    sampling falls back to the naive stepper; wrong maps are refused."""
+    torch.manual_seed(0)
+    model = GatedPixelCNN(num_classes=3, hidden=4, num_layers=2, cond_channels=2).double().eval()
+    x = torch.randint(0, 3, (2, 4, 5), generator=torch.Generator().manual_seed(1))
+    m1 = torch.randn(2, 2, 4, 5, dtype=torch.float64)
+    m2 = m1.clone()
+    m2[:, :, 3, 4] += 1.0                       # change the map at the last pixel only
+    with torch.no_grad():
+        a, b = model.logits(x, cond=m1), model.logits(x, cond=m2)
+    assert torch.equal(a[:, :, :3], b[:, :, :3]) and (a[:, :, 3, 4] - b[:, :, 3, 4]).abs().amax() > 0
+    assert model.cached_stepper(batch=2, image_shape=(4, 5), cond=m1) is None
+    dep = dependency(model, height=4, width=5, cond=m1, batch=2)
+    assert not (dep & ~past(4, 5)).any()
+    with pytest.raises(ValueError, match="float map"):
+        model.logits(x, cond=torch.randn(2, 3, 4, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="conditioning map"):
+        model.logits(x, cond=torch.randn(2, 2, 3, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="at most one"):
+        GatedPixelCNN(num_classes=2, cond_dim=3, cond_channels=2)

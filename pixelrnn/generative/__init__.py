@@ -8,6 +8,7 @@ from .diagbilstm import DiagonalBiLSTM
 from .gated import GatedPixelCNN
 from .pixelcnn import PixelCNN
 from .rowlstm import RowLSTM
+from .vlae import VLAE
 
 __all__ = ["NLL", "AutoregressiveImageModel", "FixedMaskConv2d", "MaskedConv2d", "raster_mask", "Stepper", "NaiveStepper",
-           "PixelCNN", "RowLSTM", "DiagonalBiLSTM", "GatedPixelCNN"]
+           "PixelCNN", "RowLSTM", "DiagonalBiLSTM", "GatedPixelCNN", "VLAE"]
