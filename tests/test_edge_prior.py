@@ -209,13 +209,6 @@ print(coder.prior_hash)
     assert proc.stdout.strip() == load_prior(path).prior_hash
 
 
-def test_generative_arith_is_the_edge_coder():
-    import edge.arith
-    import pixelrnn.generative.arith as old
-
-    assert old.ArithmeticEncoder is edge.arith.ArithmeticEncoder and old.quantize_probs is edge.arith.quantize_probs
-
-
 # --- packets --------------------------------------------------------------------------------------
 def prior_packet(readout, coder, seq=0, **kw):
     return encode_readout(readout, model_id=MODEL, stream_id=7, seq=seq, encoding=ENC_PRIOR, coder=coder, **kw)

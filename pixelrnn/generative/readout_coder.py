@@ -24,9 +24,9 @@ import math
 import numpy as np
 import torch
 
+from edge.arith import check_precision_bits
 from edge.prior_coder import PriorCoder, PriorMismatch, check_symbols
 
-from .arith import check_precision_bits
 from .gated import GatedPixelCNN, gated_prior_arrays, gated_prior_meta
 
 __all__ = ["ReadoutCoder", "PriorCoder", "PriorMismatch"]
