@@ -77,8 +77,12 @@ def check_labels(labels, *, n: int, num_classes: int | None, what: str = "labels
 
 
 def load_readouts(path: str | os.PathLike, *, need_labels: bool = False,
-                  num_classes: int | None = None) -> Readouts:
-    """Load and validate a readouts ``.npz`` (``allow_pickle=False``); see the module docstring."""
+                  num_classes: int | None = None, keys: tuple[str, ...] = ("readouts",)) -> Readouts:
+    """Load and validate a readouts ``.npz`` (``allow_pickle=False``); see the module docstring.
+
+    ``keys``: the array names accepted for the readouts, first present wins (``pixelrnn simulate``
+    writes ``readout``; real-sensor files use ``readouts``).
+    """
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise InputError(f"readouts must be a file path, got {path!r}")
     path = Path(path)
@@ -87,10 +91,13 @@ def load_readouts(path: str | os.PathLike, *, need_labels: bool = False,
     try:
         with np.load(path, allow_pickle=False) as data:
             files = set(data.files)
-            if "readouts" not in files:
-                raise InputError(f"{path} has no 'readouts' array (found {sorted(files) or 'nothing'}); "
-                                 "expected readouts (N,64,64) or (N,256,256) uint8")
-            raw = data["readouts"]
+            key = next((k for k in keys if k in files), None)
+            if key is None:
+                names = " or ".join(repr(k) for k in keys)
+                hint = "; pixelrnn simulate --readout-only writes one" if "readout" in keys else ""
+                raise InputError(f"{path} has no {names} array (found {sorted(files) or 'nothing'}); "
+                                 f"expected readouts (N,64,64) or (N,256,256) uint8{hint}")
+            raw = data[key]
             labels = data["labels"] if "labels" in files else None
             names = data["names"] if "names" in files else None
     except InputError:
@@ -98,7 +105,7 @@ def load_readouts(path: str | os.PathLike, *, need_labels: bool = False,
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"{path} is not a readable .npz file ({first[:120]})") from None
-    readouts = check_readouts(raw, what=f"{path.name}: readouts")
+    readouts = check_readouts(raw, what=f"{path.name}: {key}")
     n = readouts.shape[0]
     if labels is None:
         if need_labels:

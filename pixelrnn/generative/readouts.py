@@ -11,7 +11,6 @@ split, fold 1 validation, folds 2-4 training.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,24 +28,9 @@ def readout_bits(readouts: np.ndarray) -> np.ndarray:
 
 def load_readout_arrays(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     """(readouts (N, 64, 64) uint8, labels or None) from a simulate output or a readouts file."""
-    from calib.readouts import check_labels, check_readouts
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"readouts file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            key = "readouts" if "readouts" in data.files else "readout" if "readout" in data.files else None
-            if key is None:
-                raise ValueError(f"{path} has neither 'readouts' nor 'readout' (found {sorted(data.files)}); "
-                                 "make one with: pixelrnn simulate --weights W.pt --clips C.npz --out F.npz")
-            raw = data[key]
-            labels = data["labels"] if "labels" in data.files else None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable .npz file ({exc})") from None
-    readouts = check_readouts(raw, what=f"{path.name}: {key}")
-    if labels is not None:
-        labels = check_labels(labels, n=len(readouts), num_classes=None, what=f"{path.name}: labels")
-    return readouts, labels
+    from calib.readouts import load_readouts
+    loaded = load_readouts(path, keys=("readouts", "readout"))
+    return loaded.readouts, loaded.labels
 
 
 def load_readout_dataset(path: str | os.PathLike) -> ImageDataset:
