@@ -70,39 +70,43 @@ def categorical_baseline(*, train, val, test, num_classes: int) -> BaselineResul
                    f"alpha={best}")
 
 
-def _linear_ar_probs(train_flat, eval_flat, *, num_classes: int, C: float, cat: np.ndarray, progress=None):
-    """(N_eval, D, K) conditional probabilities of the linear AR model fitted on ``train_flat``."""
+def _linear_ar_probs(train_flat, evals, *, num_classes: int, C: float, cat: np.ndarray, progress=None):
+    """Conditional probabilities (N_eval, D, K) of the linear AR model fitted once on
+    ``train_flat``, for each array in ``evals``."""
     from sklearn.linear_model import LogisticRegression
-    n_eval, dims = eval_flat.shape
-    out = np.empty((n_eval, dims, num_classes))
+    dims = train_flat.shape[1]
+    outs = [np.empty((len(e), dims, num_classes)) for e in evals]
     scale = 1.0 / (num_classes - 1)
     for i in range(dims):
         y = train_flat[:, i]
         classes = np.unique(y)
         if i == 0 or len(classes) == 1:
-            out[:, i] = cat[i]
+            for out in outs:
+                out[:, i] = cat[i]
         else:
             model = LogisticRegression(C=C, max_iter=2000).fit(train_flat[:, :i] * scale, y)
-            probs = np.zeros((n_eval, num_classes))
-            probs[:, model.classes_] = model.predict_proba(eval_flat[:, :i] * scale)
-            out[:, i] = (1 - MIX) * probs + MIX * cat[i]
+            for out, e in zip(outs, evals):
+                probs = np.zeros((len(e), num_classes))
+                probs[:, model.classes_] = model.predict_proba(e[:, :i] * scale)
+                out[:, i] = (1 - MIX) * probs + MIX * cat[i]
         if progress is not None:
             progress(1)
-    return out
+    return outs
 
 
 def linear_ar_baseline(*, train, val, test, num_classes: int, progress=None) -> BaselineResult:
-    """Logistic regression on all previous pixels, C chosen on validation."""
+    """Logistic regression on all previous pixels, C chosen on validation (one fit per C scores
+    both validation and test)."""
     trflat, vflat, tflat = (_check(a, num_classes) for a in (train, val, test))
     cat = categorical_probs(train, num_classes=num_classes, alpha=0.1)
     scores = {}
     for C in CS:
-        probs = _linear_ar_probs(trflat, vflat, num_classes=num_classes, C=C, cat=cat, progress=progress)
-        scores[C] = _nll_from_probs(probs, vflat).mean()
-    best = min(scores, key=scores.get)
-    probs = _linear_ar_probs(trflat, tflat, num_classes=num_classes, C=best, cat=cat, progress=progress)
+        val_probs, test_probs = _linear_ar_probs(trflat, (vflat, tflat), num_classes=num_classes, C=C, cat=cat,
+                                                 progress=progress)
+        scores[C] = (_nll_from_probs(val_probs, vflat).mean(), _nll_from_probs(test_probs, tflat).mean())
+    best = min(scores, key=lambda C: scores[C][0])
     return _result("linear autoregressive (logistic regression on all previous pixels)",
-                   _nll_from_probs(probs, tflat).mean(), tflat.shape[1], f"C={best}")
+                   scores[best][1], tflat.shape[1], f"C={best}")
 
 
 def all_baselines(*, train, val, test, num_classes: int, linear: bool = True, progress=None) -> list[BaselineResult]:

@@ -186,7 +186,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_baselines(args: argparse.Namespace) -> int:
-    from .baselines import all_baselines
+    from .baselines import CS, all_baselines
     from .train import load_data
 
     data = load_data(args.data)
@@ -194,7 +194,7 @@ def run_baselines(args: argparse.Namespace) -> int:
     bar = None
     if not args.no_linear:
         from tqdm import tqdm
-        bar = tqdm(total=4 * tr.shape[1] * tr.shape[2], desc="linear AR fits", unit="pixel", leave=False)
+        bar = tqdm(total=len(CS) * tr.shape[1] * tr.shape[2], desc="linear AR fits", unit="pixel", leave=False)
     results = all_baselines(train=tr, val=va, test=te, num_classes=data.num_classes,
                             linear=not args.no_linear, progress=None if bar is None else bar.update)
     if bar is not None:
