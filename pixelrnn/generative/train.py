@@ -8,7 +8,6 @@ continues exactly. All checkpoints are written atomically and loaded with ``weig
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -148,10 +147,8 @@ def mean_nll(model, images: np.ndarray, labels: np.ndarray | None, *, cfg: Gener
 
 
 def _save(obj: dict, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    with atomic_open(path, "wb") as fh:
-        fh.write(buf.getvalue())
+    with atomic_open(path, "wb") as fh:      # as pixelrnn.checkpoint does: straight into the temp file
+        torch.save(obj, fh)
 
 
 def _meta(data: ImageDataset) -> dict:
@@ -251,12 +248,11 @@ def train_generative(*, config: GenerateConfig, resume: bool = False, progress: 
         record = {"epoch": epoch, "train_nats": running / seen, "val_nats": val,
                   "seconds": time.perf_counter() - t0}
         history.append(record)
+        weights = {"format": FORMAT, "config": asdict(cfg), "meta": meta, "model": model.state_dict(), "epoch": epoch}
         if val < best["val_nats"]:
             best = {"val_nats": val, "epoch": epoch}
-            _save({"format": FORMAT, "config": asdict(cfg), "meta": meta, "model": model.state_dict(),
-                   "epoch": epoch}, best_path)
-        _save({"format": FORMAT, "config": asdict(cfg), "meta": meta, "model": model.state_dict(),
-               "optimizer": opt.state_dict(), "epoch": epoch, "history": history, "best": best}, last_path)
+            _save(weights, best_path)
+        _save({**weights, "optimizer": opt.state_dict(), "history": history, "best": best}, last_path)
         with atomic_open(out / "metrics.json", "w", encoding="utf-8") as fh:
             json.dump(history, fh, indent=1)
         if stop_after is not None and epoch + 1 - start_epoch >= stop_after and epoch + 1 < cfg.epochs:
