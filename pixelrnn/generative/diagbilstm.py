@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import AutoregressiveImageModel, MaskedConv2d, Stepper, _check_int, output_head
-from .pixelcnn import PixelInput, dense
-from .rowlstm import lstm_step
+from .stepping import PixelInput, dense, lstm_step
 
 
 def skew(x: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import AutoregressiveImageModel, MaskedConv2d, Stepper, _check_int, output_head
-from .pixelcnn import PixelInput, dense
+from .stepping import PixelInput, dense, lstm_step
 
 
 class RowLSTMLayer(nn.Module):
@@ -68,13 +68,6 @@ class RowLSTM(AutoregressiveImageModel):
         if type(self).forward is not RowLSTM.forward:   # a subclass changed the network
             return None
         return CachedRowLSTMStepper(self, batch=batch, image_shape=image_shape, cond=cond)
-
-
-def lstm_step(gates: Tensor, cell: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
-    """One LSTM update from (B, 4*hidden) gates ordered o, f, i, g (as in the layers' ``chunk``)."""
-    s = torch.sigmoid(gates[:, :3 * hidden])
-    cell = torch.addcmul(s[:, hidden:2 * hidden] * cell, s[:, 2 * hidden:], torch.tanh(gates[:, 3 * hidden:]))
-    return s[:, :hidden] * torch.tanh(cell), cell
 
 
 class CachedRowLSTMStepper(Stepper):
