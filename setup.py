@@ -27,10 +27,22 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["pixelrnn", "pixelrnn.*", "firmware_sim", "firmware_sim.*",
+    packages=find_packages(include=["core", "core.*", "pixelrnn", "pixelrnn.*", "firmware_sim", "firmware_sim.*",
                                     "edge", "edge.*", "export", "export.*", "calib", "calib.*"]),
     package_data={"pixelrnn": ["models/*.pt", "models/*.md", "models/*/*"]},
     install_requires=BASE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["pixelrnn=pixelrnn.cli:main"]},
+    entry_points={
+        "console_scripts": ["pixelrnn=core.cli:main", "pixelrnn-camera=edge.run_camera:main"],
+        # the pixelrnn subcommands, each registered by its own room (core.cli): name = module:function [extra]
+        "pixelrnn.commands": [
+            "simulate = pixelrnn.simulate:add_simulate_parser [train]",
+            "evaluate = pixelrnn.evaluate:add_evaluate_parser [train]",
+            "train = pixelrnn.train:add_train_parser [train]",
+            "generate = pixelrnn.generative.cli:add_generate_parser [generative]",
+            "export = export.cli:add_export_parser [train]",
+            "calib = calib.cli:add_calib_parser [train]",
+            "bench = edge.bench:add_bench_parser",
+        ],
+    },
 )

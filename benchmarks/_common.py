@@ -4,7 +4,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from firmware_sim.atomic import atomic_open
+from core.atomic import atomic_open
 
 
 def cpu_name() -> str:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks._common import update_section  # noqa: E402
 from edge.bench import BenchOptions, format_table, plot_histograms, run_bench  # noqa: E402
 from edge.packet import OVERHEAD_BYTES  # noqa: E402
-from firmware_sim.errors import InputError  # noqa: E402
+from core.errors import InputError  # noqa: E402
 
 HEADING = "Edge runtime latency (issue 5)"
 DATA = Path(os.environ.get("PIXELRNN_DATA", REPO.parent / "shared" / "data"))

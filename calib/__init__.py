@@ -5,7 +5,7 @@
 - ``calib.noise`` (with ``calib.distance``): fit the simulator's noise model so simulated readouts
   match the real ones in distribution, and write a calibration file for ``--noise FILE``;
 - ``calib.int8``: static int8 quantization of a bundle's host decoder, calibrated on real readouts;
-- ``calib.readouts``: loading and validation of readout files, and the shared stratified splits.
+- ``core.readouts``: loading and validation of readout files, and the shared stratified splits.
 
 Commands: ``pixelrnn calib decoder|noise|int8`` (``calib.cli``).
 """

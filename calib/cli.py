@@ -91,7 +91,7 @@ def add_calib_parser(subparsers) -> None:
 
 def _write_json(path: str | None, data: dict) -> None:
     if path:
-        from pixelrnn.evaluate import write_json_atomic
+        from core.atomic import write_json_atomic
         write_json_atomic(path, data)
         print(f"wrote {path}")
 

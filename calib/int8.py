@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from calib.readouts import load_readouts, stratified_folds
-from firmware_sim.atomic import atomic_open
-from firmware_sim.errors import InputError
+from core.readouts import load_readouts, stratified_folds
+from core.atomic import atomic_open
+from core.errors import InputError
 
 ONNX_FLOAT, ONNX_INT8 = "host.onnx", "host_int8.onnx"
 TFLITE_FLOAT, TFLITE_INT8 = "host.tflite", "host_int8.tflite"

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from calib.distance import PRIMARY, distance_floor, distance_report, per_pixel_cdf, per_pixel_w1
-from calib.readouts import load_readouts, stratified_split
-from firmware_sim.atomic import atomic_open
+from core.readouts import load_readouts, stratified_split
+from core.atomic import atomic_open
 from firmware_sim.encoding import IW, ZERO_LEVEL
-from firmware_sim.errors import InputError
+from core.errors import InputError
 from firmware_sim.noise import NoiseModel
 
 FORMAT = "pixelrnn-edge-noise/1"

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from edge.device import device_info, peak_rss_mb
 from edge.stats import summarize
-from firmware_sim.atomic import atomic_open
-from firmware_sim.errors import InputError
+from core.atomic import atomic_open
+from core.errors import InputError
 
 SCHEMA = "pixelrnn-edge-bench/1"
 STAGES = ("capture", "preprocess", "sensor_frame", "sensor_readout_frame", "packet_encode",
@@ -65,7 +65,7 @@ class BenchOptions:
     blas_threads: int = 1
 
     def __post_init__(self) -> None:
-        from edge.host import BACKENDS
+        from edge.decoder import BACKENDS
         from edge.packet import PAYLOADS
 
         for name in ("warmup", "runs", "loop_frames", "realtime_windows", "blas_threads"):
@@ -172,7 +172,8 @@ def _stages_job(job: dict) -> dict:
 
 def _runtime_job(job: dict) -> dict:
     """Load, first inference, host and e2e latency per thread count, and the whole loop, for one runtime."""
-    from edge.host import HostDecoder, HostStage, backend_version
+    from edge.decoder import HostDecoder, backend_version
+    from edge.host import HostStage
     from edge.link import InprocLink
     from edge.models import load_bundle
 
@@ -286,7 +287,7 @@ def _run_child(kind: str, job: dict, *, env: dict) -> dict:
 # -- orchestration -------------------------------------------------------------------------------
 def chosen_backends(runtimes: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     """Requested runtimes -> (installed backends to run, {backend: why skipped})."""
-    from edge.host import BACKENDS, backend_installed, resolve_backend
+    from edge.decoder import BACKENDS, backend_installed, resolve_backend
 
     if "all" in runtimes:
         run = [b for b in BACKENDS if backend_installed(b)]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_sim.errors import InputError
+from core.errors import InputError
 
 END_EOF = "eof"
 END_LOST = "lost"

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from firmware_sim.errors import InputError
+from core.errors import InputError
 
 MAX_DATAGRAM = 65_507
 RECV_BUFFER = 1 << 20

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.bundle import BundleError, verify_bundle
-from firmware_sim.errors import InputError
+from core.bundle import BundleError, verify_bundle
+from core.errors import InputError
 from firmware_sim.weights import SensorWeights
 
 TASKS = ("gesture", "lips")

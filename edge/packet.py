@@ -19,7 +19,7 @@ offset   type    field
 32       u16     height, u16 width of the readout
 36       u32     payload length in bytes
 40       ...     payload: H*W bytes (8-bit), ceil(H*W/8) bytes (1-bit, ``np.packbits``) or, prior:
-                 8-byte prior id + ``edge.prior_coder.PriorCoder`` payload (variable length)
+                 8-byte prior id + ``core.prior_coder.PriorCoder`` payload (variable length)
 end-4    u32     CRC32 of everything before it
 =======  ======  =========================================================================
 
@@ -30,7 +30,7 @@ slightly over 512 for an untrained prior. The decoder accepts at most :func:`max
 (2 * ceil(H*W/8) + 64); a readout the prior would code longer than that is sent 1-bit instead.
 
 Prior payload: the same bits as the 1-bit payload, coded losslessly by
-:class:`edge.prior_coder.PriorCoder` (both ends load the same prior file). The prior id is the
+:class:`core.prior_coder.PriorCoder` (both ends load the same prior file). The prior id is the
 first 8 bytes of the coder's ``prior_hash``: a host without a prior rejects the packet
 (``no_prior``), a host with another prior too (``wrong_prior``); a payload whose decoded bits fail
 their CRC32 is ``bad_prior_decode`` (never a silently wrong readout).
@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.constants import ZERO_LEVEL
+
 MAGIC = b"PXRN"
 VERSION = 1
 KIND_READOUT = 0
@@ -65,7 +67,6 @@ ENC_PRIOR = 2
 PAYLOADS = {"8bit": ENC_8BIT, "1bit": ENC_1BIT, "prior": ENC_PRIOR}
 PRIOR_ID_BYTES = 8
 PRIOR_MIN_BYTES = PRIOR_ID_BYTES + 4     # prior id + the CRC32 of the bits (the code may be empty)
-ZERO_LEVEL = 127
 DEFAULT_LEVEL = 50           # 1-bit: levels 127 +- 50 (o = +-5 MAC)
 MAX_SIDE = 4096
 
@@ -134,9 +135,9 @@ def max_payload_bytes(shape: tuple[int, int], encoding: int) -> int:
 
 
 def _check_coder(coder) -> None:
-    """A prior coder (``edge.prior_coder.PriorCoder``) over 2 symbols, the 1-bit readout's."""
+    """A prior coder (``core.prior_coder.PriorCoder``) over 2 symbols, the 1-bit readout's."""
     if not all(hasattr(coder, a) for a in ("prior_id", "encode", "decode", "num_classes")):
-        raise ValueError(f"coder must be an edge.prior_coder.PriorCoder, got {type(coder).__name__}")
+        raise ValueError(f"coder must be an core.prior_coder.PriorCoder, got {type(coder).__name__}")
     if coder.num_classes != 2:
         raise ValueError(f"the prior must model 2 levels (1-bit readouts), this one has {coder.num_classes}")
 
@@ -149,7 +150,7 @@ def _frame(header: bytes, payload: bytes) -> bytes:
 def encode_readout(readout: np.ndarray, *, model_id: str, stream_id: int, seq: int, t_ns: int = 0,
                    encoding: int = ENC_8BIT, level: int = DEFAULT_LEVEL, coder=None) -> bytes:
     """Frame one (H, W) uint8 readout as a packet: 8-bit levels, 1-bit packed signs, or the signs
-    coded with the prior ``coder`` (an ``edge.prior_coder.PriorCoder``; a readout it would code
+    coded with the prior ``coder`` (an ``core.prior_coder.PriorCoder``; a readout it would code
     longer than :func:`max_payload_bytes` goes out 1-bit)."""
     readout = np.asarray(readout)
     if readout.dtype != np.uint8 or readout.ndim != 2:
@@ -166,7 +167,7 @@ def encode_readout(readout: np.ndarray, *, model_id: str, stream_id: int, seq: i
         payload = None
         if encoding == ENC_PRIOR:
             if coder is None:
-                raise ValueError("the prior encoding needs a coder (edge.prior_coder.load_prior(FILE))")
+                raise ValueError("the prior encoding needs a coder (core.prior_coder.load_prior(FILE))")
             _check_coder(coder)
             payload = bytes(coder.prior_id) + coder.encode(bits.view(np.uint8))
             if len(payload) > max_payload_bytes((h, w), ENC_PRIOR):
@@ -199,7 +200,7 @@ def _check_ids(stream_id: int, seq: int, t_ns: int) -> None:
 def decode_packet(data: bytes, *, expect_model: str | None = None, coder=None,
                   expect_shape: tuple[int, int] | None = None) -> Packet:
     """Parse and check one packet; raise :class:`PacketError` (with a reason) if it is malformed.
-    ``coder``: the host's prior coder (``edge.prior_coder.PriorCoder``), needed for prior payloads.
+    ``coder``: the host's prior coder (``core.prior_coder.PriorCoder``), needed for prior payloads.
     ``expect_shape``: the readout shape the host takes (``bad_shape``), checked before a prior
     payload is decoded (decoding costs time in proportion to H * W)."""
     if coder is not None:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from edge.capture import END_EOF, END_LOST, Capture, CaptureOptions, End
 from edge.display import Display, draw_overlay
-from edge.host import HostDecoder, HostStage
+from edge.decoder import HostDecoder
+from edge.host import HostStage
 from edge.link import InprocLink, LinkSpec, UdpSender
 from edge.models import Bundle
 from edge.packet import ENC_PRIOR, OVERHEAD_BYTES, payload_bytes
@@ -24,7 +25,7 @@ from edge.remote import RemoteConfig, RemoteHost
 from edge.roi import MouthOptions, make_roi
 from edge.sensor_stage import Preprocessor, SensorOptions, SensorStage, open_prior
 from edge.stats import Latency, summarize
-from firmware_sim.errors import InputError
+from core.errors import InputError
 
 RAW_64 = 64 * 64               # bytes of one 8-bit 64x64 frame
 RAW_256 = 256 * 256            # bytes of one 8-bit 256x256 frame (the SCAMP-5 array)

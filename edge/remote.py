@@ -11,7 +11,7 @@ import multiprocessing
 import signal
 from dataclasses import dataclass
 
-from firmware_sim.errors import InputError
+from core.errors import InputError
 
 READY_TIMEOUT = 120.0      # model load (LCE imports TensorFlow: seconds)
 FINISH_TIMEOUT = 10.0
@@ -31,7 +31,8 @@ def host_main(conn, config: RemoteConfig) -> None:
     """Child process: load the bundle, bind UDP, decode packets until the end packet or ``stop``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        from edge.host import HostDecoder, HostStage
+        from edge.decoder import HostDecoder
+        from edge.host import HostStage
         from edge.link import UdpReceiver
         from edge.models import load_bundle
 

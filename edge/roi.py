@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from firmware_sim.errors import InputError
+from core.errors import InputError
 from firmware_sim.frontend import center_square
 
 ROI_MODES = ("center", "mouth")

@@ -35,15 +35,15 @@ from contextlib import ExitStack  # noqa: E402
 
 from edge.capture import END_LOST, CameraLost, CaptureOptions, make_source  # noqa: E402
 from edge.display import Display  # noqa: E402
-from edge.host import RUNTIMES  # noqa: E402
+from edge.decoder import RUNTIMES  # noqa: E402
 from edge.link import parse_link  # noqa: E402
 from edge.models import TASKS, resolve_bundle  # noqa: E402
 from edge.packet import DEFAULT_LEVEL, PAYLOADS  # noqa: E402
 from edge.pipeline import PipelineOptions, RunResult, run_pipeline  # noqa: E402
 from edge.roi import parse_roi  # noqa: E402
 from edge.sensor_stage import SensorOptions  # noqa: E402
-from firmware_sim.argtypes import positive_int as _positive_int  # noqa: E402
-from firmware_sim.errors import InputError  # noqa: E402
+from core.argtypes import positive_int as _positive_int  # noqa: E402
+from core.errors import InputError  # noqa: E402
 from firmware_sim.noise import NoiseModel  # noqa: E402
 
 PROG = "run_camera"

@@ -5,7 +5,7 @@ training uses), the sensor's input binarization (``FrontEnd.binarize``) and one 
 sensor program (``firmware_sim.fast.SensorStream``, the fast path). Every ``timesteps`` frames the
 readout is framed as a packet (``edge.packet``): that packet is all that leaves this stage. With
 ``payload="prior"`` the readout's signs are arithmetic-coded under a learned prior loaded from a
-prior file (``edge.prior_coder``, numpy only), which the host loads too.
+prior file (``core.prior_coder``, numpy only), which the host loads too.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.packet import DEFAULT_LEVEL, ENC_PRIOR, OVERHEAD_BYTES, PAYLOADS, encode_end, encode_readout
-from edge.prior_coder import PriorCoder, load_prior
+from core.prior_coder import PriorCoder, load_prior
 from edge.stats import Latency
-from firmware_sim.errors import InputError
+from core.errors import InputError
 from firmware_sim.fast import SensorStream
 from firmware_sim.frontend import crop_resize, to_gray
 from firmware_sim.noise import NoiseModel
@@ -47,7 +47,7 @@ class SensorOptions:
     noise: NoiseModel = field(default_factory=NoiseModel.off)
     seed: int = 0                         # noise seed
     stream_id: int | None = None          # None: random
-    prior: str | os.PathLike | None = None  # payload "prior": the prior file (edge.prior_coder)
+    prior: str | os.PathLike | None = None  # payload "prior": the prior file (core.prior_coder)
 
     def __post_init__(self) -> None:
         if self.payload not in PAYLOADS:

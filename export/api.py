@@ -23,7 +23,7 @@ import numpy as np
 
 from export.bundle import (MANIFEST, BundleError, build_manifest, save_sensor_weights, verify_bundle,
                            write_manifest)
-from firmware_sim.errors import InputError
+from core.errors import InputError
 
 FORMATS = ("onnx", "tflite", "lce", "scamp5")
 ALL = "all"
@@ -161,7 +161,7 @@ def load_representative(path: str | os.PathLike, *, model) -> np.ndarray:
 
         clips = load_clips(path, timesteps=model.config.timesteps)
         return simulate(weights=model.sensor_weights(), frames=clips.frames, stages=()).readout
-    from calib.readouts import check_readouts
+    from core.readouts import check_readouts
 
     return check_readouts(readouts, what=f"{path}: readouts")
 

@@ -1,42 +1,29 @@
-"""The export bundle's ``manifest.json``: what is in the folder, how to feed it, and checksums.
+"""The export bundle's ``manifest.json``, write side: what is in the folder, how to feed it, checksums.
 
-A device loads a bundle only after :func:`verify_bundle`: every listed file exists with its
-recorded size and sha256, so a truncated copy or an edited model is refused with a one-line reason
-before anything runs. Standard library, numpy and firmware_sim only: a device verifies without PyTorch.
+The read side (``verify_bundle``, ``BundleError``) is ``core.bundle``, which a device uses without
+PyTorch; it is re-exported here for the exporters.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
 import platform
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
 from firmware_sim.encoding import IW, ZERO_LEVEL
-from firmware_sim.atomic import atomic_open
-from firmware_sim.errors import InputError
+from core.atomic import atomic_open
+from core.bundle import FORMAT, MANIFEST, BundleError, check_name, sha256_file, verify_bundle
 from firmware_sim.weights import SensorWeights
-from pixelrnn import __version__
+from core import __version__
 
-MANIFEST = "manifest.json"
-FORMAT = "pixelrnn-edge-bundle/1"
+__all__ = ["FORMAT", "MANIFEST", "BundleError", "build_manifest", "package_versions",
+           "save_sensor_weights", "sha256_file", "verify_bundle", "write_manifest"]
+
 _VERSIONED = ("numpy", "onnx", "onnxruntime", "torch", "tensorflow", "larq", "larq-compute-engine")
-
-
-class BundleError(InputError):
-    """A bundle that cannot be trusted: missing manifest or file, or a checksum that differs."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_versions() -> dict[str, str]:
@@ -56,7 +43,7 @@ def build_manifest(*, directory: str | os.PathLike, files: list[str], classes: l
     directory = Path(directory)
     entries = {}
     for name in sorted(files):
-        _check_name(name, directory)
+        check_name(name, directory)
         path = directory / name
         entries[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     t, s = sensor.timesteps, sensor.frontend.size
@@ -87,47 +74,6 @@ def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:
         json.dump(manifest, fh, indent=2, sort_keys=False)
         fh.write("\n")
     return path
-
-
-def _check_name(name: str, directory: Path) -> None:
-    pure = PurePosixPath(name)
-    if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name:
-        raise BundleError(f"{directory / MANIFEST}: file name {name!r} points outside the bundle")
-
-
-def verify_bundle(directory: str | os.PathLike) -> dict:
-    """Check every file listed in ``directory/manifest.json``; return the manifest.
-
-    Raises :class:`BundleError` (one line, naming the file) when the manifest is missing or
-    unreadable, a listed file is missing, or its size or sha256 differs from the record.
-    """
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not directory.is_dir():
-        raise BundleError(f"bundle folder not found: {directory}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"{path} is missing: not an export bundle (run pixelrnn export)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path} is unreadable ({str(exc).splitlines()[0][:120]})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path} is not a {FORMAT} manifest")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise BundleError(f"{path} lists no files")
-    for name, record in files.items():
-        _check_name(name, directory)
-        if not (isinstance(record, dict) and isinstance(record.get("sha256"), str)
-                and isinstance(record.get("bytes"), int)):
-            raise BundleError(f"{path}: the record of {name} is malformed")
-        file = directory / name
-        if not file.is_file():
-            raise BundleError(f"bundle file {name} is missing from {directory}")
-        if file.stat().st_size != record["bytes"] or sha256_file(file) != record["sha256"]:
-            raise BundleError(f"bundle file {name} does not match its sha256 in {MANIFEST}: "
-                              f"tampered or corrupt")
-    return manifest
 
 
 def save_sensor_weights(path: str | os.PathLike, sensor: SensorWeights) -> Path:

@@ -30,7 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from firmware_sim.encoding import IW, ZERO_LEVEL
-from firmware_sim.errors import InputError
+from core.errors import InputError
 from firmware_sim.weights import KERNEL, SensorWeights
 from pixelrnn import __version__
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_sim.atomic import atomic_open
-from firmware_sim.errors import InputError
+from core.atomic import atomic_open
+from core.errors import InputError
 from firmware_sim.weights import KERNEL, N_MAPS, SensorWeights
 
 KERNEL_KEYS = ("cnn_model.conv1.weight", "rnn_model.convgates_i.weight", "rnn_model.convgates_h.weight",

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_sim.atomic import atomic_open
-from firmware_sim.errors import InputError
+from core.atomic import atomic_open
+from core.errors import InputError
 
 FORMATS = ("tflite", "lce")
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "lce")

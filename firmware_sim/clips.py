@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_sim.atomic import atomic_open
-from firmware_sim.errors import InputError
+from core.atomic import atomic_open
+from core.errors import InputError
 
 
 @dataclass

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-IW = 10.0
-ZERO_LEVEL = 127.0
+from core import constants
+
+IW = float(constants.IW)
+ZERO_LEVEL = float(constants.ZERO_LEVEL)     # a float here: the analog encodings compute in float
 
 
 def encode_analog(values: np.ndarray, *, iw: float = IW) -> np.ndarray:

@@ -123,7 +123,7 @@ class NoiseModel:
 
         A file holds the fields at its top level or under ``"noise"``, and ``"model_id"`` (the
         program hash of the sensor weights it was fitted to; check it with
-        ``firmware_sim.cli.check_noise_model``).
+        :meth:`check_program`).
         """
         if spec == "off":
             return cls.off()
@@ -131,7 +131,7 @@ class NoiseModel:
             return cls.authors()
         path = Path(spec)
         if not path.is_file():
-            raise ValueError(f"--noise {spec!r}: not 'off', 'authors' or an existing JSON file")
+            raise ValueError(f"noise {spec!r}: not 'off', 'authors' or an existing JSON file")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict):
@@ -142,7 +142,13 @@ class NoiseModel:
                                                                  "out_offset", "out_gain", "offset_map"}}
             return cls.from_dict(params, model_id=str(data.get("model_id", "")))
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError) as exc:
-            raise ValueError(f"--noise {spec}: not a valid noise calibration file ({exc})") from None
+            raise ValueError(f"noise {spec}: not a valid noise calibration file ({exc})") from None
+
+    def check_program(self, program_hash: str) -> None:
+        """A calibration file names the sensor program it was fitted to; refuse another program's."""
+        if self.model_id and self.model_id != program_hash:
+            raise ValueError(f"noise calibration is for sensor program {self.model_id}, this model is "
+                             f"{program_hash}: calibrate for this model (pixelrnn calib noise)")
 
     def to_dict(self) -> dict:
         """Plain JSON-ready fields (the offset map as a list of rows, or None)."""
@@ -150,3 +156,13 @@ class NoiseModel:
         if self.offset_map is not None:
             data["offset_map"] = [list(row) for row in self.offset_map]
         return data
+
+
+def noise_arg(spec: str) -> NoiseModel:
+    """argparse type: ``off``, ``authors`` or a calibration JSON file -> a NoiseModel."""
+    import argparse
+
+    try:
+        return NoiseModel.from_spec(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

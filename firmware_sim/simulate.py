@@ -5,7 +5,7 @@ import numpy as np
 
 from firmware_sim import fast
 from firmware_sim.encoding import decode_binary
-from firmware_sim.errors import InputError
+from core.errors import InputError
 from firmware_sim.noise import NoiseModel
 from firmware_sim.weights import SensorWeights
 

@@ -4,4 +4,6 @@ The one place the model is defined. The sensor's math lives in ``firmware_sim`` 
 model here reproduces it exactly in PyTorch so it can be trained, and hands its binary weights to
 the simulator with :meth:`PixelRNN.sensor_weights`.
 """
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

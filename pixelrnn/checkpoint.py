@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from firmware_sim.atomic import atomic_open
-from firmware_sim.errors import InputError
+from core.atomic import atomic_open
+from core.errors import InputError
 from pixelrnn import __version__
 from pixelrnn.model import ModelConfig, PixelRNN
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_sim.errors import InputError
+from core.errors import InputError
 from firmware_sim.frontend import SENSOR_SIZE, crop_resize
 from pixelrnn.checkpoint import GESTURE_CLASSES, LIP_CLASSES
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from firmware_sim.atomic import atomic_open
-from firmware_sim.cli import check_noise_model, noise_arg
+from core.atomic import write_json_atomic
 from firmware_sim.clips import load_clips
-from firmware_sim.errors import InputError
-from firmware_sim.noise import NoiseModel
+from core.errors import InputError
+from firmware_sim.noise import NoiseModel, noise_arg
 from firmware_sim.simulate import PATHS, simulate
 from pixelrnn.checkpoint import load_model
 
@@ -50,7 +49,7 @@ def evaluate(*, weights: str, clips: str, path: str = "fast", noise: NoiseModel 
     model = load_model(weights)
     sensor = model.sensor_weights()
     noise = noise or NoiseModel.off()
-    check_noise_model(noise, sensor.program_hash())
+    noise.check_program(sensor.program_hash())
     data = load_clips(clips, timesteps=sensor.timesteps, need_labels=True)
     result = simulate(weights=sensor, frames=data.frames, noise=noise, seed=seed, path=path, stages=())
     with torch.no_grad():
@@ -73,14 +72,6 @@ def format_report(report: dict) -> str:
     for i, row in enumerate(report["confusion"]):
         lines.append(f"  {names[i]:>{width}s} " + " ".join(f"{v:>4d}" for v in row))
     return "\n".join(lines)
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    path = Path(path)
-    if not path.parent.exists():
-        raise InputError(f"output folder does not exist: {path.parent}")
-    with atomic_open(path, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
 
 
 def add_evaluate_parser(subparsers) -> None:

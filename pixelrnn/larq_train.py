@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_sim.errors import InputError
+from core.errors import InputError
 
 
 def _epoch_data(ds, idx: np.ndarray, *, epoch: int, cfg) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +69,7 @@ def train_larq(*, config, progress: bool = True) -> dict:
 
     from pixelrnn.checkpoint import save_checkpoint
     from pixelrnn.data import load_dataset, split
-    from pixelrnn.evaluate import write_json_atomic
+    from core.atomic import write_json_atomic
     from pixelrnn.train import build_model, code_version, predict
 
     if cfg.threads:

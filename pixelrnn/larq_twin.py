@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 import larq as lq  # noqa: E402
 from firmware_sim.encoding import IW, ZERO_LEVEL  # noqa: E402
-from firmware_sim.errors import InputError  # noqa: E402
+from core.errors import InputError  # noqa: E402
 from pixelrnn.model import KERNEL, N_MAPS, POOL, SIZE, ModelConfig, PixelRNN  # noqa: E402
 
 keras = tf.keras

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from firmware_sim.atomic import atomic_open
+from core.atomic import atomic_open
 from firmware_sim.noise import NoiseModel
 from firmware_sim.simulate import simulate
 from pixelrnn.checkpoint import load_model
 from pixelrnn.data import Dataset
-from pixelrnn.evaluate import metrics, write_json_atomic
+from core.atomic import write_json_atomic
+from pixelrnn.evaluate import metrics
 
 NOISE_SEEDS = (0, 1, 2, 3, 4)
 

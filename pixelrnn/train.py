@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from firmware_sim.argtypes import bool_arg as _bool
-from firmware_sim.atomic import atomic_open
-from firmware_sim.errors import InputError
+from core.argtypes import bool_arg as _bool
+from core.atomic import atomic_open
+from core.errors import InputError
 from firmware_sim.noise import NoiseModel
 from pixelrnn import __version__
 from pixelrnn.checkpoint import save_checkpoint
@@ -444,7 +444,7 @@ def train(*, config: TrainConfig, resume: bool = False, progress: bool = True,
                                 "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict() if sched is not None else None,
                             "init_signs": init_signs, "history": history, "best": best}, fh)
-            from pixelrnn.evaluate import write_json_atomic
+            from core.atomic import write_json_atomic
             write_json_atomic(out / "metrics.json", {"config": cfg.to_dict(), "code_version": version,
                                                      "epochs": history, "best": best})
             print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.3f}  "

@@ -16,7 +16,7 @@ from conftest import REF, need
 from export.api import FORMATS, export_model, parse_formats
 from export.bundle import MANIFEST, BundleError, verify_bundle
 from export.cli import add_export_parser, split_formats
-from firmware_sim.errors import InputError
+from core.errors import InputError
 from firmware_sim.weights import SensorWeights
 from pixelrnn.checkpoint import CheckpointError, save_checkpoint
 from pixelrnn.model import ModelConfig, PixelRNN

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from calib.readouts import check_readouts, load_readouts, stratified_folds, stratified_split
+from core.readouts import check_readouts, load_readouts, stratified_folds, stratified_split
 from conftest import need
-from firmware_sim.errors import InputError
+from core.errors import InputError
 from firmware_sim.noise import NoiseModel
 
 SMALL_DECODER = dict(scales=(0.1,), shrinkages=(0.5,))

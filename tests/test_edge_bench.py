@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from edge.bench import STAGES, BenchOptions, add_bench_parser
 from edge.device import device_info
-from firmware_sim.errors import InputError
+from core.errors import InputError
 
 PERCENTILE_KEYS = {"n", "unit", "p50", "p90", "p99", "mean", "std", "min", "max"}
 

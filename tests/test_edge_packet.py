@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from edge.link import InprocLink, LinkSpec, UdpReceiver, UdpSender, parse_link
 from edge.packet import (DEFAULT_LEVEL, ENC_1BIT, ENC_8BIT, HEADER_BYTES, OVERHEAD_BYTES, PacketDecoder,
                          PacketError, decode_packet, encode_end, encode_readout)
-from firmware_sim.errors import InputError
+from core.errors import InputError
 
 MODEL = "0123456789abcdef"
 OTHER = "fedcba9876543210"

@@ -1,4 +1,4 @@
-"""The learned readout prior on the edge (edge/prior_coder.py, edge/arith.py, the "prior" packet payload):
+"""The learned readout prior on the edge (core/prior_coder.py, core/arith.py, the "prior" packet payload):
 torch-free coding, the prior file, the packet round trip and its rejections, and the camera loop."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from edge.arith import quantize_probs
+from core.arith import quantize_probs
 from edge.packet import (DEFAULT_LEVEL, ENC_1BIT, ENC_PRIOR, OVERHEAD_BYTES, PAYLOADS, REASONS, PacketDecoder,
                          PacketError, decode_packet, encode_readout, max_payload_bytes)
-from edge.prior_coder import (FORMAT, PriorCoder, PriorMismatch, _binary_table, load_prior, prior_shapes,
+from core.prior_coder import (FORMAT, PriorCoder, PriorMismatch, _binary_table, load_prior, prior_shapes,
                               save_prior)
 
 MODEL = "0123456789abcdef"
@@ -85,7 +85,7 @@ def test_stepper_runs_on_the_numpy_core(torch_prior):
     """GatedStepper (torch-side sampling) delegates to the same numpy core the edge coder runs."""
     import torch
 
-    from edge.prior_coder import GatedPriorNet, GatedPriorSteps
+    from core.prior_coder import GatedPriorNet, GatedPriorSteps
     from pixelrnn.generative.gated import gated_prior_arrays, gated_prior_meta
 
     model = copy.deepcopy(torch_prior).double()
@@ -198,8 +198,8 @@ def test_edge_modules_import_and_code_without_torch(tmp_path):
 import sys
 sys.modules["torch"] = None
 import numpy as np
-import edge.arith, edge.prior_coder, edge.packet, edge.sensor_stage, edge.host, edge.pipeline
-coder = edge.prior_coder.load_prior({str(path)!r})
+import core.arith, core.prior_coder, edge.packet, edge.sensor_stage, edge.host, edge.pipeline
+coder = core.prior_coder.load_prior({str(path)!r})
 bits = np.random.default_rng(0).integers(0, 2, (8, 8))
 assert (coder.decode(coder.encode(bits), shape=(8, 8)) == bits).all()
 print(coder.prior_hash)

@@ -192,7 +192,7 @@ import sys
 from edge import (bench, capture, device, display, host, link, models, packet, pipeline, remote, roi,
                   run_camera, sensor_stage, stats)
 from edge.models import load_bundle
-from edge.host import HostDecoder
+from edge.decoder import HostDecoder
 bundle = load_bundle({str(edge_models / 'lips')!r})
 HostDecoder(bundle=bundle, runtime="ai-edge-litert")(__import__("numpy").zeros((64, 64), "uint8"))
 assert run_camera.main(["--source", "test", "--headless", "--max-frames", "32", "--model",
@@ -207,7 +207,7 @@ assert not heavy, heavy
 def test_host_decoder_matches_the_pytorch_model(edge_models):
     import torch
 
-    from edge.host import HostDecoder
+    from edge.decoder import HostDecoder
     from edge.models import load_bundle
     from firmware_sim.simulate import simulate
     from pixelrnn.checkpoint import load_model

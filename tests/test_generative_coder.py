@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pixelrnn.generative import GatedPixelCNN, PixelCNN
-from edge.arith import ArithmeticDecoder, ArithmeticEncoder, cumulative, quantize_probs
+from core.arith import ArithmeticDecoder, ArithmeticEncoder, cumulative, quantize_probs
 from pixelrnn.generative.gated import GatedStepper
 from pixelrnn.generative.readout_coder import PriorMismatch, ReadoutCoder
 

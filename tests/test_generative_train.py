@@ -163,7 +163,7 @@ def test_code_readouts_and_export_prior_on_real_scamp5(tmp_path):
     decodes exactly, the code length is the prior's ideal within the coder's overhead, and
     export-prior writes a torch-free prior file with the same hash."""
     path = need(DATA / "pixelrnn_ref" / "scamp5_readouts_cambridge810.npz")
-    from edge.prior_coder import load_prior
+    from core.prior_coder import load_prior
     from pixelrnn.generative.coding import code_readouts
     from pixelrnn.generative.readout_coder import ReadoutCoder
 

@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("larq")
 
 from conftest import DATA, need  # noqa: E402
-from firmware_sim.errors import InputError  # noqa: E402
+from core.errors import InputError  # noqa: E402
 from pixelrnn.larq_twin import (TanhMx, build_twin, exact_gray_threshold, make_keras_model,  # noqa: E402
                                 torch_from_twin, twin_to_state_dict)
 from pixelrnn.model import ModelConfig, PixelRNN  # noqa: E402

@@ -8,7 +8,7 @@ import torch
 from conftest import need
 from export.scamp5 import (KERNEL_KEYS, TEXT_ORDER, kernels_from_text_order, read_scamp5_text,
                            write_scamp5_text)
-from firmware_sim.errors import InputError
+from core.errors import InputError
 from pixelrnn.model import ModelConfig, PixelRNN
 
 AUTHORS = {"gesture": "cam_noise_iw10.txt", "lips": "lip_iw10.txt"}

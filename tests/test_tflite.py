@@ -17,7 +17,7 @@ pytest.importorskip("larq")
 
 from conftest import need  # noqa: E402
 from export.tflite import export_tflite, run_tflite  # noqa: E402
-from firmware_sim.errors import InputError  # noqa: E402
+from core.errors import InputError  # noqa: E402
 from firmware_sim.simulate import simulate  # noqa: E402
 
 CLIPS = {"gesture": "cambridge_test90.npz", "lips": "tulips_test10.npz"}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_sim.argtypes import bool_arg as _bool, positive_int as _positive_int
-from firmware_sim.atomic import atomic_open
+from core.argtypes import bool_arg as _bool, positive_int as _positive_int
+from core.atomic import atomic_open
 
 
 def add_generate_parser(subparsers) -> None:

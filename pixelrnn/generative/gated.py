@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.prior_coder import GatedPriorNet
+from core.prior_coder import GatedPriorNet
 
 from .common import AutoregressiveImageModel, FixedMaskConv2d, Stepper, _check_int, output_head
 
@@ -150,14 +150,14 @@ class GatedPixelCNN(AutoregressiveImageModel):
 
 
 def gated_prior_meta(model: GatedPixelCNN) -> dict[str, int]:
-    """The integer metadata of :func:`gated_prior_arrays` (``edge.prior_coder.META_KEYS``)."""
+    """The integer metadata of :func:`gated_prior_arrays` (``core.prior_coder.META_KEYS``)."""
     first = model.layers[0]
     return {"num_classes": model.num_classes, "hidden": first.h_out.weight.shape[0],
             "kernel": first.h_conv.weight.shape[-1], "layers": len(model.layers)}
 
 
 def gated_prior_arrays(model: GatedPixelCNN) -> dict[str, np.ndarray]:
-    """The model's weights as the plain numpy matrices of ``edge.prior_coder.prior_shapes`` (masked
+    """The model's weights as the plain numpy matrices of ``core.prior_coder.prior_shapes`` (masked
     convolutions cut to their unmasked taps and flattened), in the model's dtype, snapshotted now.
     Conditioning projections are not included (a prior file is unconditional); :class:`GatedStepper`
     passes them separately."""
@@ -193,7 +193,7 @@ class GatedStepper(Stepper):
     """Cached next-pixel logits of a :class:`GatedPixelCNN` (same math as :class:`NaiveStepper`).
 
     The vertical stack is computed once per row, the horizontal stack one column per pixel; the
-    numeric work is ``edge.prior_coder.GatedPriorSteps`` (numpy, the one implementation shared with
+    numeric work is ``core.prior_coder.GatedPriorSteps`` (numpy, the one implementation shared with
     the torch-free readout coder) on :func:`gated_prior_arrays` snapshotted when the stepper is
     built (later changes to the model are not seen), in the model's dtype. A conditional model's
     label embedding / vector is projected here (``cond_v``, ``cond_h`` of every layer) and passed

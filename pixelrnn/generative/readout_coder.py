@@ -6,14 +6,14 @@ gives p(x_i | x_<i) for every pixel in raster order; coding each pixel with an a
 under that distribution costs about ``-log2 p(x)`` bits for the whole readout.
 
 :class:`ReadoutCoder` is a thin wrapper: the torch model -> float64 copy ->
-:func:`~pixelrnn.generative.gated.gated_prior_arrays` -> :class:`edge.prior_coder.PriorCoder`,
+:func:`~pixelrnn.generative.gated.gated_prior_arrays` -> :class:`core.prior_coder.PriorCoder`,
 the torch-free coder the edge device runs. Encoding, decoding, the payload format (a CRC32 of the
 symbols, then the arithmetic code) and :attr:`prior_hash` are the PriorCoder's, so
-``ReadoutCoder(model).save(path)`` then ``edge.prior_coder.load_prior(path)`` gives a coder that
-produces the same payload bytes. See :mod:`edge.prior_coder` for why encoder and decoder build
+``ReadoutCoder(model).save(path)`` then ``core.prior_coder.load_prior(path)`` gives a coder that
+produces the same payload bytes. See :mod:`core.prior_coder` for why encoder and decoder build
 bit-identical frequency tables (one procedure, float64, batch size 1, the cached stepper rather
 than the teacher-forced pass) and the caveat: bit-identical floats need the same numpy/BLAS build
-and CPU dispatch on both ends (a mismatch raises :class:`edge.prior_coder.PriorMismatch`).
+and CPU dispatch on both ends (a mismatch raises :class:`core.prior_coder.PriorMismatch`).
 Only :meth:`ReadoutCoder.ideal_bits` (teacher-forced ``-log2 p``, for reporting) uses torch.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ import math
 import numpy as np
 import torch
 
-from edge.arith import check_precision_bits
-from edge.prior_coder import PriorCoder, PriorMismatch, check_symbols
+from core.arith import check_precision_bits
+from core.prior_coder import PriorCoder, PriorMismatch, check_symbols
 
 from .gated import GatedPixelCNN, gated_prior_arrays, gated_prior_meta
 
@@ -71,7 +71,7 @@ class ReadoutCoder:
         return self.coder.decode(payload, shape=shape)
 
     def save(self, path):
-        """Write the prior file the edge device loads (``edge.prior_coder.load_prior``)."""
+        """Write the prior file the edge device loads (``core.prior_coder.load_prior``)."""
         return self.coder.save(path)
 
     def ideal_bits(self, symbols) -> float:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core.constants import ZERO_LEVEL
+
 from .datasets import ImageDataset
 
-ZERO_LEVEL = 127     # edge.packet.ZERO_LEVEL: 1-bit payload bit = readout >= 127
 FOLDS, SPLIT_SEED = 5, 0
 
 
@@ -28,14 +29,14 @@ def readout_bits(readouts: np.ndarray) -> np.ndarray:
 
 def load_readout_arrays(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     """(readouts (N, 64, 64) uint8, labels or None) from a simulate output or a readouts file."""
-    from calib.readouts import load_readouts
+    from core.readouts import load_readouts
     loaded = load_readouts(path, keys=("readouts", "readout"))
     return loaded.readouts, loaded.labels
 
 
 def load_readout_dataset(path: str | os.PathLike) -> ImageDataset:
     """1-bit readouts of ``path`` split 3/1/1 (train/val/test) by stratified folds."""
-    from calib.readouts import stratified_folds
+    from core.readouts import stratified_folds
     readouts, labels = load_readout_arrays(path)
     bits = readout_bits(readouts)
     if labels is None:

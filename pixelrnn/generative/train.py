@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from firmware_sim.atomic import atomic_open
+from core.atomic import atomic_open
 
 from .datasets import ImageDataset, load_image_dataset
 

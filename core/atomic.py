@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
+from core.errors import InputError
+
 
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None,
@@ -32,3 +34,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, encoding: str | No
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
+    """``data`` as indented JSON at ``path``, atomically; strict JSON (NaN and inf are refused)."""
+    import json
+
+    path = Path(path)
+    if not path.parent.exists():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, allow_nan=False)

@@ -1,6 +1,6 @@
 """Exact integer arithmetic coding (Witten, Neal & Cleary 1987, "Arithmetic coding for data
 compression"), in pure Python (+ numpy for :func:`quantize_probs`): no torch, so the edge runtime
-(``edge.prior_coder``) and the training side (``pixelrnn.generative``, which re-exports this
+(``core.prior_coder``) and the training side (``pixelrnn.generative``, which re-exports this
 module) share one implementation.
 
 The coder keeps a 32-bit interval ``[low, high]`` and narrows it, for every symbol, to the

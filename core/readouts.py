@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_sim.errors import InputError
+from core.errors import InputError
 
 SIZE = 64
 FULL = 256

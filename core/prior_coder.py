@@ -2,7 +2,7 @@
 
 The sensor sends one H x W readout per window (64 x 64 1-bit readouts are 512 raw bytes). A small
 Gated PixelCNN (``pixelrnn.generative.gated.GatedPixelCNN``) trained on readouts gives
-p(x_i | x_<i) for every pixel in raster order; an arithmetic coder (:mod:`edge.arith`) under that
+p(x_i | x_<i) for every pixel in raster order; an arithmetic coder (:mod:`core.arith`) under that
 distribution spends about ``-log2 p(x)`` bits on the whole readout. This module is the torch-free
 half: the edge device (numpy, no torch) loads a prior file and codes with it.
 
@@ -23,7 +23,7 @@ wrong readout.
 
 Encoder and decoder must build bit-identical frequency tables, so both run one procedure,
 :meth:`PriorCoder._code`: a float64 :class:`GatedPriorSteps` with batch size 1 stepping in raster
-order, a float64 softmax, the quantisation of :func:`edge.arith.quantize_probs` (for K = 2 a
+order, a float64 softmax, the quantisation of :func:`core.arith.quantize_probs` (for K = 2 a
 scalar transcription of it that gives identical tables, see :func:`_binary_table`), then the coder.
 The batch size is fixed at 1 because matrix-product kernels choose their blocking and summation
 order by matrix size. Bit-identical float results are guaranteed only for the same numpy/BLAS
@@ -48,10 +48,10 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from edge.arith import ArithmeticDecoder, ArithmeticEncoder, check_precision_bits, quantize_probs
+from core.arith import ArithmeticDecoder, ArithmeticEncoder, check_precision_bits, quantize_probs
 
 FORMAT = "pixelrnn.edge.prior/v1"              # the format tag stored in prior files
-HASH_TAG = b"pixelrnn.edge.prior_coder/v1"
+HASH_TAG = b"pixelrnn.core.prior_coder/v1"
 META_KEYS = ("num_classes", "hidden", "kernel", "layers")
 LAYER_KEYS = ("v_w", "v_b", "h_w", "h_b", "link_w", "link_b", "out_w", "out_b")
 HEAD_KEYS = ("head.w1", "head.b1", "head.w2", "head.b2")
@@ -454,7 +454,7 @@ def save_prior(path, arrays: dict, meta: dict) -> Path:
     """Write a prior file (``.npz``, atomically): the format tag, the metadata (``num_classes``,
     ``hidden``, ``kernel``, ``layers`` and optionally ``precision_bits``, default 16) and the float64
     arrays of :func:`prior_shapes`. Validates everything first (ValueError)."""
-    from firmware_sim.atomic import atomic_open
+    from core.atomic import atomic_open
 
     bits = check_precision_bits(meta.get("precision_bits", DEFAULT_PRECISION_BITS)) if isinstance(meta, dict) \
         else DEFAULT_PRECISION_BITS
@@ -476,7 +476,7 @@ def load_prior(path) -> PriorCoder:
     """Read a prior file written by :func:`save_prior` -> :class:`PriorCoder`. Every problem is a
     one-line ValueError naming the file and what is wrong."""
     path = Path(path)
-    hint = "write one with ReadoutCoder(model).save(path) or edge.prior_coder.save_prior"
+    hint = "write one with ReadoutCoder(model).save(path) or core.prior_coder.save_prior"
     if not path.is_file():
         raise ValueError(f"prior file not found: {path} ({hint})")
     try:

@@ -1,4 +1,5 @@
-"""``pixelrnn simulate``: run the sensor program on clips and write every stage to an .npz."""
+"""``pixelrnn simulate``: run the sensor program (firmware_sim) on clips and write every stage to an
+.npz, plus the logits of the model's off-sensor decoder (PyTorch, so this command lives here)."""
 from __future__ import annotations
 
 import argparse
@@ -8,16 +9,8 @@ import time
 import numpy as np
 
 from firmware_sim.clips import load_clips, save_npz_atomic
-from firmware_sim.errors import InputError
-from firmware_sim.noise import NoiseModel
+from firmware_sim.noise import NoiseModel, noise_arg
 from firmware_sim.simulate import PATHS, simulate
-
-
-def noise_arg(spec: str) -> NoiseModel:
-    try:
-        return NoiseModel.from_spec(spec)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_simulate_parser(subparsers) -> None:
@@ -47,7 +40,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     model = load_model(args.weights)
     weights = model.sensor_weights()
-    check_noise_model(args.noise, weights.program_hash())
+    args.noise.check_program(weights.program_hash())
     clips = load_clips(args.clips, timesteps=weights.timesteps)
     t0 = time.perf_counter()
     result = simulate(weights=weights, frames=clips.frames, binarized_input=args.binarized_input,
@@ -69,14 +62,3 @@ def run_simulate(args: argparse.Namespace) -> int:
     if clips.labels is not None:
         print(f"accuracy {float((arrays['pred'] == clips.labels).mean()):.4f}")
     return 0
-
-
-def check_noise_model(noise: NoiseModel, program_hash: str) -> None:
-    """A calibration file names the sensor program it was fitted to; refuse one from another model."""
-    if noise.model_id and noise.model_id != program_hash:
-        raise InputError(f"noise calibration is for model {noise.model_id}, these weights are "
-                         f"{program_hash}: calibrate for this model (pixelrnn calib noise)")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: pixelrnn simulate ...")
