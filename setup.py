@@ -16,7 +16,7 @@ EXTRAS = {
     "train": ["torch>=2.2", "onnx>=1.16", "onnxscript>=0.1", "tqdm>=4.60", "matplotlib>=3.7", "PyYAML>=6"],
     "larq": ["tensorflow>=2.15", "tf-keras>=2.15", "larq>=0.13", "larq-compute-engine>=0.13", "tflite-runtime"],
     "generative": ["torch>=2.2", "tqdm>=4.60", "scikit-learn>=1.3", "mlxtend>=0.23,<0.25"],
-    "test": ["pytest>=8", "hypothesis>=6.80"],
+    "test": ["pytest>=8", "hypothesis>=6.80", "ruff>=0.6"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

@@ -61,7 +61,8 @@ def simulated_check(*, weights: dict[str, Path], clips: Path, noise_file: Path, 
     data = load_clips(clips, need_labels=True)
     models = {k: load_model(p) for k, p in weights.items()}
     sensor = next(iter(models.values())).sensor_weights()
-    noises = {"off": NoiseModel.off(), "authors": NoiseModel.authors(), "calibrated": NoiseModel.from_spec(str(noise_file))}
+    noises = {"off": NoiseModel.off(), "authors": NoiseModel.authors(),
+              "calibrated": NoiseModel.from_spec(str(noise_file))}
     out = {}
     for nname, noise in noises.items():
         readouts = [simulate(weights=sensor, frames=data.frames, noise=noise, seed=s, stages=()).readout
@@ -126,9 +127,11 @@ def main() -> int:
     nolab = out / "bad_nolabels.npz"
     np.savez(nolab, readouts=np.zeros((4, 64, 64), np.uint8))
     for name, argv in {
-        "readouts of the wrong shape": ["calib", "decoder", "--weights", weights, "--readouts", shapes, "--out", out / "x.pt"],
+        "readouts of the wrong shape": ["calib", "decoder", "--weights", weights, "--readouts", shapes,
+                                        "--out", out / "x.pt"],
         "NaN readouts": ["calib", "int8", "--bundle", bundle, "--readouts", nan],
-        "readouts without labels": ["calib", "decoder", "--weights", weights, "--readouts", nolab, "--out", out / "x.pt"],
+        "readouts without labels": ["calib", "decoder", "--weights", weights, "--readouts", nolab,
+                                    "--out", out / "x.pt"],
         "a calibration file from another model": ["simulate", "--weights", ref / "pretrained" / "lips_no_noise.pt",
                                                   "--clips", ref / "tulips_test10.npz", "--out", out / "x.npz",
                                                   "--noise", noise_json],
@@ -165,7 +168,8 @@ def render(*, dec, noise, check, q, bad, seconds, cmds, runs) -> str:
               "5-fold stratified cross-validation (seed 0; every fold holds 18 readouts of each class). Per fold, "
               "our decoder's feature scale and LDA shrinkage are chosen on an inner 20% validation split of the "
               "training folds only.", "",
-              "| fold | (a) simulation decoder | (b) ours, calibrated | (c) authors' fine-tuned* | (d) authors' recipe, refitted per fold |",
+              "| fold | (a) simulation decoder | (b) ours, calibrated | (c) authors' fine-tuned* "
+              "| (d) authors' recipe, refitted per fold |",
               "| --- | ---: | ---: | ---: | ---: |"]
     for r in dec["folds"]:
         lines.append(f"| {r['fold']} | {pct(r['simulation'])} | {pct(r['calibrated'])} | {pct(r['reference'])} | "
@@ -190,7 +194,8 @@ def render(*, dec, noise, check, q, bad, seconds, cmds, runs) -> str:
               "refitted on each fold's training readouts only. Against it, ours is "
               f"{100 * (m['calibrated'] - m['recipe_refit']):+.1f} points.",
               f"- Final decoder (`calibrated.pt`, all 810 readouts): scale {dec['final']['scale']:g}, shrinkage "
-              f"{dec['final']['shrinkage']:g}, temperature {dec['final']['temperature']:.1f}. `pixelrnn evaluate`/`export` "
+              f"{dec['final']['shrinkage']:g}, temperature {dec['final']['temperature']:.1f}. "
+              "`pixelrnn evaluate`/`export` "
               "accept it like any checkpoint.", ""]
 
     # noise
@@ -224,7 +229,8 @@ def render(*, dec, noise, check, q, bad, seconds, cmds, runs) -> str:
     lines += [f"| real readouts | floor {met['floor']:.1f} | floor {ho['floor']['pooled_w1']:.1f} | | | | "
               f"{pct(r['sat_low_real'])} | {pct(r['sat_high_real'])} |", "",
               f"Fitted (all data, `noise.json`): conv_sigma {nz['conv_sigma']:g}, gate_sigma {nz['gate_sigma']:g}, "
-              f"out_gain {nz['out_gain']:g}, out_sigma {nz['out_sigma']:g}, out_offset {nz['out_offset']:.2f} MAC, and a "
+              f"out_gain {nz['out_gain']:g}, out_sigma {nz['out_sigma']:g}, "
+              f"out_offset {nz['out_offset']:.2f} MAC, and a "
               f"per-pixel offset map of RMS {noise['fit']['offset_map_rms']:.2f} MAC (shrinkage factor "
               f"{noise['fit']['offset_map_shrinkage']:.2f}). Held out, the distance falls from "
               f"{met['before']:.1f} to {met['after']:.1f} levels (floor {met['floor']:.1f}).", "",

@@ -29,9 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._common import update_section  # noqa: E402
-from edge.bench import BenchOptions, format_table, plot_histograms, run_bench  # noqa: E402
-from edge.packet import OVERHEAD_BYTES  # noqa: E402
 from core.errors import InputError  # noqa: E402
+from edge.bench import BenchOptions, format_table, plot_histograms, run_bench  # noqa: E402
+from edge.packet import OVERHEAD_BYTES, payload_bytes  # noqa: E402
+from edge.tables import markdown_table  # noqa: E402
 
 HEADING = "Edge runtime latency (issue 5)"
 DATA = Path(os.environ.get("PIXELRNN_DATA", REPO.parent / "shared" / "data"))
@@ -75,51 +76,51 @@ def section(results: dict, *, command: str, source: str) -> str:
         f"threads 1, BLAS 1 thread. A shared machine (load average {d.get('load_average_1min', '?')} "
         f"from other jobs when the run started): p99s include their preemptions.",
         "",
-        "| goal | measured (ONNX Runtime, 1 thread, 1 core) | target | met |",
-        "| --- | ---: | ---: | :---: |",
-        f"| camera loop on the video, as fast as it runs (capture thread, preprocess, sensor, link, host) "
-        f"| {loop['fps']:.0f} fps = **{g['headroom']['value']:.1f}x** a 30 fps camera | >= 3x | "
-        f"{yes(g['headroom']['met'])} |",
-        f"| host decoder per window, p99 | **{g['host_p99_us']['value']:.1f} us** (p50 {t1['host']['p50']:.1f}) "
-        f"| <= 100 us | {yes(g['host_p99_us']['met'])} |",
-        f"| decision latency after a window's last frame (preprocess + sensor step + packet + link + "
-        f"decode + decoder), p99 | **{g['e2e_p99_ms']['value']:.2f} ms** (isolated: p50 "
-        f"{t1['e2e']['p50'] / 1e3:.2f}, p99 {t1['e2e']['p99'] / 1e3:.2f} over {t1['e2e']['n']} windows"
-        f"{paced_text}) | <= 5 ms | {yes(g['e2e_p99_ms']['met'])} |",
+        *markdown_table(("goal", "measured (ONNX Runtime, 1 thread, 1 core)", "target", "met"), [
+            ("camera loop on the video, as fast as it runs (capture thread, preprocess, sensor, link, host)",
+             f"{loop['fps']:.0f} fps = **{g['headroom']['value']:.1f}x** a 30 fps camera", ">= 3x",
+             yes(g['headroom']['met'])),
+            ("host decoder per window, p99",
+             f"**{g['host_p99_us']['value']:.1f} us** (p50 {t1['host']['p50']:.1f})", "<= 100 us",
+             yes(g['host_p99_us']['met'])),
+            ("decision latency after a window's last frame (preprocess + sensor step + packet + link + "
+             "decode + decoder), p99",
+             f"**{g['e2e_p99_ms']['value']:.2f} ms** (isolated: p50 {t1['e2e']['p50'] / 1e3:.2f}, p99 "
+             f"{t1['e2e']['p99'] / 1e3:.2f} over {t1['e2e']['n']} windows{paced_text})", "<= 5 ms",
+             yes(g['e2e_p99_ms']['met']))], align="lrrc"),
         "",
         "Every runtime (host.onnx / host.tflite; LCE runs host.tflite in its own interpreter):",
         "",
-        "| runtime | version | load ms | first inference ms | host p50 / p90 / p99 us | e2e p50 / p99 us "
-        "| paced loop e2e p50 / p99 ms | loop fps | peak RSS MB |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    rows = []
     for backend, r in results["runtimes"].items():
-        if not r.get("available"):
-            lines.append(f"| {backend} | - | - | - | {r['reason']} | - | - | - | - |")
-            continue
-        if "error" in r:
-            lines.append(f"| {backend} | - | - | - | error: {r['error']} | - | - | - | - |")
+        if not r.get("available") or "error" in r:
+            note = r["reason"] if not r.get("available") else f"error: {r['error']}"
+            rows.append((backend, "-", "-", "-", note, "-", "-", "-", "-"))
             continue
         rt = r.get("loop_realtime", {}).get("latency_ms", {}).get("e2e", {})
         rt_text = f"{rt['p50']:.2f} / {rt['p99']:.2f}" if "p99" in rt else "-"
-        for threads, e in r["threads"].items():
+        for e in r["threads"].values():
             h, x = e["host"], e["e2e"]
-            lines.append(f"| {backend} | {r['version']} | {e['load_ms']:.1f} | {e['first_inference_ms']:.2f} | "
-                         f"{h['p50']:.1f} / {h['p90']:.1f} / {h['p99']:.1f} | {x['p50']:.0f} / {x['p99']:.0f} | "
-                         f"{rt_text} | {r['loop']['fps']:.0f} | {r['peak_rss_mb']:.0f} |")
-    lines += ["", "Stages (per frame or per packet, microseconds):", "",
-              "| stage | p50 | p90 | p99 | mean | max |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for name, s in results["stages"].items():
-        lines.append(f"| {name} | {s['p50']:.1f} | {s['p90']:.1f} | {s['p99']:.1f} | {s['mean']:.1f} | {s['max']:.1f} |")
+            rows.append((backend, r["version"], f"{e['load_ms']:.1f}", f"{e['first_inference_ms']:.2f}",
+                         f"{h['p50']:.1f} / {h['p90']:.1f} / {h['p99']:.1f}", f"{x['p50']:.0f} / {x['p99']:.0f}",
+                         rt_text, f"{r['loop']['fps']:.0f}", f"{r['peak_rss_mb']:.0f}"))
+    lines += markdown_table(("runtime", "version", "load ms", "first inference ms", "host p50 / p90 / p99 us",
+                             "e2e p50 / p99 us", "paced loop e2e p50 / p99 ms", "loop fps", "peak RSS MB"),
+                            rows, align="llrrrrrrr")
+    lines += ["", "Stages (per frame or per packet, microseconds):", ""]
+    lines += markdown_table(("stage", "p50", "p90", "p99", "mean", "max"),
+                            ([name] + [f"{s[k]:.1f}" for k in ("p50", "p90", "p99", "mean", "max")]
+                             for name, s in results["stages"].items()), align="lrrrrr")
     p = results["packet"]
     raw64, raw256 = p["raw_64"], p["raw_256"]
-    one_bit = 512 + OVERHEAD_BYTES
+    eight_bit, one_bit = (payload_bytes((64, 64), name) + OVERHEAD_BYTES for name in ("8bit", "1bit"))
     lines += [
         "",
         f"Readout link per 16-frame window (sizes fixed by the packet format, `edge/packet.py`): 8-bit "
-        f"payload {4096 + OVERHEAD_BYTES:,} bytes (4,096 + {OVERHEAD_BYTES} header and CRC), "
-        f"{raw64 / (4096 + OVERHEAD_BYTES):.1f}x less than 16 raw 64x64 frames ({raw64:,} bytes) and "
-        f"{raw256 / (4096 + OVERHEAD_BYTES):.0f}x less than 16 raw 256x256 frames ({raw256:,}); 1-bit "
+        f"payload {eight_bit:,} bytes ({eight_bit - OVERHEAD_BYTES:,} + {OVERHEAD_BYTES} header and CRC), "
+        f"{raw64 / eight_bit:.1f}x less than 16 raw 64x64 frames ({raw64:,} bytes) and "
+        f"{raw256 / eight_bit:.0f}x less than 16 raw 256x256 frames ({raw256:,}); 1-bit "
         f"payload {one_bit} bytes ({raw64 / one_bit:.0f}x and {raw256 / one_bit:,.0f}x).",
         "",
         f"In the unpaced loop (the headroom row) the host step (packet check + decoder) took p50 "

@@ -19,12 +19,14 @@ import time
 from datetime import date
 from pathlib import Path
 
-import tflite_runtime.interpreter as tflite_rt  # noqa: I001  (before anything that may load TensorFlow)
 import numpy as np
+import tflite_runtime.interpreter as tflite_rt  # noqa: I001  (before anything that may load TensorFlow)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks._common import cpu_name, update_section  # noqa: E402
+from edge.tables import markdown_table  # noqa: E402
+
 DATA = Path(os.environ.get("PIXELRNN_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -62,6 +64,7 @@ def lce_runner(path: Path):
 
 def torch_runners(weights: Path):
     import torch
+
     from pixelrnn.checkpoint import load_model
     torch.set_num_threads(1)
     model = load_model(weights)
@@ -84,10 +87,11 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--write", type=Path, default=None, help="update the section in this markdown file")
     args = ap.parse_args()
+    from ai_edge_litert.interpreter import Interpreter as LiteRT
+
     from firmware_sim.clips import load_clips
     from firmware_sim.simulate import simulate
     from firmware_sim.weights import SensorWeights
-    from ai_edge_litert.interpreter import Interpreter as LiteRT
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "bundle"
@@ -121,9 +125,9 @@ def main() -> int:
                 dt = time.perf_counter_ns() - t
                 if i >= args.warmup:
                     times[key].append(dt / 1000)
-    rows = ["| graph | runtime | median (us) | p99 (us) |", "| --- | --- | --- | --- |"]
-    for (graph, runtime), ts in times.items():
-        rows.append(f"| {graph} | {runtime} | {np.median(ts):,.1f} | {np.percentile(ts, 99):,.1f} |")
+    rows = markdown_table(("graph", "runtime", "median (us)", "p99 (us)"),
+                          ((graph, runtime, f"{np.median(ts):,.1f}", f"{np.percentile(ts, 99):,.1f}")
+                           for (graph, runtime), ts in times.items()))
     text = "\n".join([
         f"Measured {date.today().isoformat()} on {cpu_name()} ({os.cpu_count()} cores, shared), "
         f"Python {platform.python_version()}, 1 thread per runtime, {args.runs} timed inferences each "
@@ -132,7 +136,8 @@ def main() -> int:
         f"Command: `python benchmarks/export_latency.py --runs {args.runs} --write docs/BENCHMARKS.md`", "",
         *rows, "",
         f"Export of all formats took {export_s:.1f} s (one `pixelrnn export --format all`, TensorFlow "
-        f"start-up included). File sizes: " + ", ".join(f"{n} {s / 1024:.0f} KB" for n, s in sorted(sizes.items())) + ".",
+        f"start-up included). File sizes: "
+        + ", ".join(f"{n} {s / 1024:.0f} KB" for n, s in sorted(sizes.items())) + ".",
         "Round-robin means every call starts with caches holding another runtime's graph: these are "
         "cold-cache latencies, including Python call overhead. The edge benchmark below calls one "
         "graph repeatedly (warm caches), as the camera loop does. "

@@ -68,7 +68,8 @@ def camera_prior_lines(prior: Path) -> list[str]:
         for payload in ("1bit", "prior"):
             out = Path(tmp) / f"{payload}.jsonl"
             cmd = [sys.executable, "edge/run_camera.py", "--source", str(video), "--task", "lips", "--headless",
-                   "--payload", payload, "--json-out", str(out)] + (["--prior", str(prior)] if payload == "prior" else [])
+                   "--payload", payload, "--json-out", str(out)] + (["--prior", str(prior)]
+                                                                     if payload == "prior" else [])
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
@@ -78,12 +79,14 @@ def camera_prior_lines(prior: Path) -> list[str]:
     lines = ["### The prior as the packet payload in the camera loop", "",
              f"`python edge/run_camera.py --source {video.name} --task lips --headless --payload 1bit|prior "
              f"--prior {prior.name}` (bundled lips model, in-process link, {len(runs['prior'][0])} windows):", "",
-             "| payload | bytes/window (incl. 44 B frame) | encode ms p50 | host packet decode ms p50 | end-to-end ms p50 | fps |",
+             "| payload | bytes/window (incl. 44 B frame) | encode ms p50 | host packet decode ms p50 "
+             "| end-to-end ms p50 | fps |",
              "| --- | --- | --- | --- | --- | --- |"]
     for payload, (_, s) in runs.items():
         lat = s["latency_ms"]
         lines.append(f"| {payload} | {s['bytes']['per_window']:.1f} | {lat['encode']['p50']:.2f} | "
-                     f"{lat.get('packet_decode', {}).get('p50', float('nan')):.2f} | {lat['e2e']['p50']:.1f} | {s['fps']:.1f} |")
+                     f"{lat.get('packet_decode', {}).get('p50', float('nan')):.2f} | {lat['e2e']['p50']:.1f} | "
+                     f"{s['fps']:.1f} |")
     lines += ["", f"Decisions and logits identical with both payloads: {'yes' if same else 'NO'}.", ""]
     return lines
 
@@ -111,24 +114,29 @@ def main() -> int:
         "The runs read here were made with these commands (`R=runs/generate`, 1 thread each):", "",
         "```bash",
         "for m in pixelcnn rowlstm diagbilstm gated; do for e in 60 200; do",
-        "  pixelrnn generate train --model $m --data digits --epochs $e --threads 1 --out-dir $R/$m-digits-e$e; done; done",
-        "pixelrnn generate train --model gated --conditional true --data digits --epochs 60 --samples 80 --out-dir $R/gatedc-digits  # and --epochs 200: gatedc-digits-e200",
-        "pixelrnn generate train --model vlae --layers 2 --kl-warmup 50 --epochs 200 --data digits --out-dir $R/vlae-digits",
+        "  pixelrnn generate train --model $m --data digits --epochs $e --threads 1 --out-dir $R/$m-digits-e$e; "
+        "done; done",
+        "pixelrnn generate train --model gated --conditional true --data digits --epochs 60 --samples 80 "
+        "--out-dir $R/gatedc-digits  # and --epochs 200: gatedc-digits-e200",
+        "pixelrnn generate train --model vlae --layers 2 --kl-warmup 50 --epochs 200 --data digits "
+        "--out-dir $R/vlae-digits",
         "pixelrnn generate train --model pixelcnn --data mnist5k --epochs 20 --out-dir $R/pixelcnn-mnist5k",
         "pixelrnn generate train --model rowlstm --data mnist5k --epochs 12 --out-dir $R/rowlstm-mnist5k",
         "pixelrnn generate train --model diagbilstm --data mnist5k --epochs 16 --out-dir $R/diagbilstm-mnist5k-e16",
         "pixelrnn simulate --weights pixelrnn/models/lips.pt --clips ../shared/data/grid_s1_digits.npz --readout-only "
         "--out $R/readouts_lips_grid.npz",
         "pixelrnn simulate --weights ../shared/data/pixelrnn_ref/pretrained/cam_noise.pt --clips "
-        "../shared/data/pixelrnn_ref/cambridge_test90.npz --noise authors --readout-only --out $R/readouts_camnoise_sim90.npz",
+        "../shared/data/pixelrnn_ref/cambridge_test90.npz --noise authors --readout-only "
+        "--out $R/readouts_camnoise_sim90.npz",
         "S=../shared/data/pixelrnn_ref/scamp5_readouts_cambridge810.npz",
         "for d in $R/readouts_lips_grid.npz:lips $S:scamp5; do",
         "  pixelrnn generate train --model gated --hidden 16 --layers 4 --batch-size 32 --lr 3e-3 --epochs 20 "
         "--data ${d%:*} --out-dir $R/prior-${d##*:}; done",
-        "pixelrnn generate code --checkpoint $R/prior-lips/best.pt --readouts $R/readouts_lips_grid.npz --json $R/code-lips.json",
+        "pixelrnn generate code --checkpoint $R/prior-lips/best.pt --readouts $R/readouts_lips_grid.npz "
+        "--json $R/code-lips.json",
         "pixelrnn generate code --checkpoint $R/prior-scamp5/best.pt --readouts $S --json $R/code-scamp5.json",
-        "pixelrnn generate code --checkpoint $R/prior-scamp5/best.pt --readouts $R/readouts_camnoise_sim90.npz --split all "
-        "--json $R/code-xfer-scamp5prior-on-sim90.json",
+        "pixelrnn generate code --checkpoint $R/prior-scamp5/best.pt --readouts $R/readouts_camnoise_sim90.npz "
+        "--split all --json $R/code-xfer-scamp5prior-on-sim90.json",
         "pixelrnn generate export-prior --checkpoint $R/prior-lips/best.pt --out $R/prior-lips.npz",
         "python benchmarks/generative_results.py --runs $R --camera-prior $R/prior-lips.npz --write docs/RESULTS.md",
         "```", "",
@@ -159,7 +167,9 @@ def main() -> int:
     tr, va, te = (digits.split(s)[0] for s in ("train", "val", "test"))
     base = all_baselines(train=tr, val=va, test=te, num_classes=17)
     lines += ["### Test NLL on sklearn digits (8x8, 17 levels; train 1000 / val 350 / test 447, file order)", "",
-              "Lower is better. Every model is the epoch with the best validation NLL (each autoregressive model was trained for 60 and for 200 epochs and the row is the run with the better validation NLL -- all overfit 1,000 images well before epoch 200; the VLAE was trained for 200); test images were "
+              "Lower is better. Every model is the epoch with the best validation NLL (each autoregressive model "
+              "was trained for 60 and for 200 epochs and the row is the run with the better validation NLL -- all "
+              "overfit 1,000 images well before epoch 200; the VLAE was trained for 200); test images were "
               "never used for any choice. Baselines are fitted on the same train split, their smoothing / "
               "regularisation chosen on validation.", "",
               "| model | test nats/image | bits/dim | best epoch | parameters | train time |",
@@ -186,7 +196,8 @@ def main() -> int:
         if key == "gatedc":
             nats, note = rep["marginal_nats"], " (-log p(x) = -log sum_y p(y) p(x given y))"
         elif key == "vlae":
-            nats, note = rep["iw_nats"], f" (importance-weighted bound, {rep['iw_samples']} samples; ELBO {fmt(rep['nats'])}; KL {fmt(rep['kl_nats'])} nats)"
+            nats, note = rep["iw_nats"], (f" (importance-weighted bound, {rep['iw_samples']} samples; "
+                                          f"ELBO {fmt(rep['nats'])}; KL {fmt(rep['kl_nats'])} nats)")
         else:
             nats, note = rep["nats"], ""
         bpd = nats / (64 * math.log(2))
@@ -239,9 +250,9 @@ def main() -> int:
     lines += ["", "The paper reports 81.30 (PixelCNN) and 79.20 nats (Diagonal BiLSTM) on the full binarized "
               "MNIST: 50,000 training images (12.5x ours), a fixed stochastic binarization, much larger models "
               "(up to 12 layers) trained for days on GPUs. Ours train on 4,000 images for 10-32 minutes on one CPU "
-              "core (still improving when stopped), binarized at 0.5 deterministically (a different, easier-to-model data set: no "
-              "binarization noise), and are evaluated on 500 test images; the numbers are not comparable "
-              "beyond their order of magnitude.", ""]
+              "core (still improving when stopped), binarized at 0.5 deterministically (a different, "
+              "easier-to-model data set: no binarization noise), and are evaluated on 500 test images; the "
+              "numbers are not comparable beyond their order of magnitude.", ""]
 
     # --- sampling speed ------------------------------------------------------------------------
     if speeds:
@@ -263,12 +274,13 @@ def main() -> int:
                   "and decoder run the same float64 numpy stepper; every window is decoded and compared bit "
                   "for bit. B/window is the coder's payload including its 4-byte CRC of the symbols; a packet "
                   "adds an 8-byte prior id and the 44-byte frame.", "",
-                  "| prior trained on | readouts coded (split) | windows | mean B/window | max B | ideal B (-log2 p / 8) | vs 1-bit 512 B | "
-                  "vs 8-bit 4,096 B | round trip | encode ms | decode ms |",
+                  "| prior trained on | readouts coded (split) | windows | mean B/window | max B "
+                  "| ideal B (-log2 p / 8) | vs 1-bit 512 B | vs 8-bit 4,096 B | round trip | encode ms | decode ms |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for path in codes:
             c = json.loads(path.read_text())
-            lines.append(f"| {Path(c['checkpoint']).parent.name} | {Path(c['readouts']).name} ({c['split']}) | {c['windows']} | {c['mean_bytes']:.1f} | {c['max_bytes']} | "
+            lines.append(f"| {Path(c['checkpoint']).parent.name} | {Path(c['readouts']).name} ({c['split']}) | "
+                         f"{c['windows']} | {c['mean_bytes']:.1f} | {c['max_bytes']} | "
                          f"{c['ideal_bits'] / 8:.1f} | x{c['ratio_vs_1bit']:.2f} | x{c['ratio_vs_8bit']:.1f} | "
                          f"{'all exact' if c['all_round_trip'] else str(c['round_trip_failures']) + ' FAILED'} | "
                          f"{c['encode_ms_median']:.0f} | {c['decode_ms_median']:.0f} |")

@@ -107,7 +107,7 @@ def main() -> int:
         lin, ch = [], []
         for fold in folds:
             p = split(ds, fold=fold)
-            sub = lambda i: (ds.frames[i], ds.labels[i])  # noqa: E731
+            sub = lambda i, ds=ds: (ds.frames[i], ds.labels[i])  # noqa: E731
             lin.append(linear_baseline(train=sub(p["train"]), val=sub(p["val"]), test=sub(p["test"]),
                                        num_classes=len(ds.classes))["test_accuracy"] * len(p["test"]))
             ch.append(chance(ds.labels[p["train"]], ds.labels[p["test"]]) * len(p["test"]))
@@ -148,7 +148,8 @@ def render(results: dict, sets: list[str], seeds: list[int], variants: list[str]
              "tulips": "Tulips1 (4 classes, 10 clips; GRID-trained model, outputs one..four)"}
     rows = ["| dataset | (a) trained PixelRNN | (b) frozen random signs | (c) linear, raw pixels | (d) chance |",
             "| --- | --- | --- | --- | --- |"]
-    noise_rows = ["| dataset | model | test noise off | authors' noise at test (5 draws) |", "| --- | --- | --- | --- |"]
+    noise_rows = ["| dataset | model | test noise off | authors' noise at test (5 draws) |",
+                  "| --- | --- | --- | --- |"]
     per = lambda name, v: [results[(name, v, s)] for s in seeds if (name, v, s) in results]  # noqa: E731
     for name in sets + (["tulips"] if "grid" in sets else []):
         if name == "tulips":
@@ -165,9 +166,11 @@ def render(results: dict, sets: list[str], seeds: list[int], variants: list[str]
     agree = all(all(r["agree"]) for k, r in results.items() if isinstance(r, dict))
     speed = [c for k, r in results.items() if isinstance(r, dict) and k[0] == "grid" for c in r["cps"]]
     epoch_s = [c for k, r in results.items() if isinstance(r, dict) and k[0] == "grid" for c in r["epoch_s"]]
-    signs = {v: [s for k, r in results.items() if isinstance(r, dict) and k[1] == v for s in r["signs"]] for v in variants}
+    signs = {v: [s for k, r in results.items() if isinstance(r, dict) and k[1] == v for s in r["signs"]]
+             for v in variants}
     lines = [
-        f"Measured {date.today().isoformat()} on {cpu_name()} ({os.cpu_count()} cores); seeds {','.join(map(str, seeds))}; "
+        f"Measured {date.today().isoformat()} on {cpu_name()} ({os.cpu_count()} cores); "
+        f"seeds {','.join(map(str, seeds))}; "
         f"epochs {args.epochs}. Accuracy in %, mean ± std over seeds, on the test split, through "
         f"firmware_sim (8-bit readout), noise off unless stated.", "",
         "Command: `python benchmarks/results.py --runs runs/results --seeds "

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.readouts import Readouts, load_readouts, stratified_folds, stratified_split
 from core.errors import InputError
+from core.readouts import Readouts, load_readouts, stratified_folds, stratified_split
 
 METHOD = "shrinkage-lda"
 

@@ -59,7 +59,8 @@ def per_pixel_w1(sim: np.ndarray, real: np.ndarray) -> float:
 
 def pooled_w1(sim: np.ndarray, real: np.ndarray) -> float:
     """W1 distance (levels) between the level distributions pooled over all pixels."""
-    return float(np.abs(np.cumsum(pooled_hist(_check(sim, "sim"))) - np.cumsum(pooled_hist(_check(real, "real")))).sum())
+    return float(np.abs(np.cumsum(pooled_hist(_check(sim, "sim")))
+                        - np.cumsum(pooled_hist(_check(real, "real")))).sum())
 
 
 def distance_report(sim: np.ndarray, real: np.ndarray) -> dict[str, float]:

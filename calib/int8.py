@@ -8,6 +8,7 @@ as ONNX Runtime recommends) and a :class:`~onnxruntime.quantization.CalibrationD
 the quantizers see the training folds only, and accuracy (float and int8) is measured on the
 held-out fold. Sizes and the median latency per inference (1 thread, float and int8 timed
 round-robin in one run) are reported, and the bundle's manifest is rewritten to list the new files.
+The graphs run on the registered host runtimes (:mod:`core.runtimes`: onnxruntime, ai-edge-litert).
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.readouts import load_readouts, stratified_folds
+from core import runtimes
 from core.atomic import atomic_open
 from core.errors import InputError
+from core.readouts import load_readouts, stratified_folds
 
 ONNX_FLOAT, ONNX_INT8 = "host.onnx", "host_int8.onnx"
 TFLITE_FLOAT, TFLITE_INT8 = "host.tflite", "host_int8.tflite"
@@ -114,42 +116,17 @@ def model_from_bundle(bundle: Path, manifest: dict):
 
 
 # -- runners -----------------------------------------------------------------------------------------
-def _ort_session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x[None]})[0][0]
+ONNX_RUNTIME, TFLITE_RUNTIME = "onnxruntime", "ai-edge-litert"   # tflite-runtime refuses after TensorFlow
 
 
-def _tflite_interpreter(path: Path):
-    from ai_edge_litert.interpreter import Interpreter
+def _runner(runtime: str):
+    """A factory ``path -> run(readout (64, 64) uint8) -> logits`` on a registered runtime, 1 thread."""
+    entry = runtimes.resolve(runtime)
 
-    interp = Interpreter(model_path=str(path), num_threads=1)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    interp.resize_tensor_input(inp["index"], (1, 64, 64))
-    interp.allocate_tensors()
-    scale, zero = inp.get("quantization", (0.0, 0)) or (0.0, 0)
-    dtype = np.dtype(inp["dtype"])
-
-    def run(x: np.ndarray) -> np.ndarray:
-        if scale and dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            v = np.clip(np.round(x.astype(np.float64) / scale + zero), info.min, info.max).astype(dtype)
-        else:
-            v = x.astype(dtype)
-        interp.set_tensor(inp["index"], v[None])
-        interp.invoke()
-        y = interp.get_tensor(out["index"])[0]
-        o_scale, o_zero = out.get("quantization", (0.0, 0)) or (0.0, 0)
-        if o_scale and np.dtype(out["dtype"]).kind in "iu":
-            return (y.astype(np.float32) - o_zero) * o_scale
-        return y.astype(np.float32)
-    return run
+    def make(path: Path):
+        run = entry.load(path, threads=1)
+        return lambda x: run(x[None])[0]
+    return make
 
 
 def _outputs(run, readouts: np.ndarray) -> np.ndarray:
@@ -243,6 +220,8 @@ def quantize_bundle(*, bundle: str | os.PathLike, readouts: str | os.PathLike,
         raise InputError(f"bundle must be a folder path, got {bundle!r}")
     bundle = Path(bundle)
     manifest = verify_bundle(bundle)
+    for runtime in (ONNX_RUNTIME,) + ((TFLITE_RUNTIME,) if options.tflite else ()):
+        runtimes.resolve(runtime)                    # a missing runtime fails before any work
     if ONNX_FLOAT not in manifest["files"]:
         raise InputError(f"bundle {bundle} has no {ONNX_FLOAT}: export it with --format onnx")
     sensor = _load_sensor(bundle)
@@ -260,12 +239,12 @@ def quantize_bundle(*, bundle: str | os.PathLike, readouts: str | os.PathLike,
         with tempfile.TemporaryDirectory(prefix="pixelrnn_int8_") as tmp:
             tmp = Path(tmp)
             quantize_onnx(src=bundle / ONNX_FLOAT, dst=tmp / ONNX_INT8, calibration=cal.readouts)
-            pairs = {"onnx": (bundle / ONNX_FLOAT, tmp / ONNX_INT8, _ort_session)}
+            pairs = {"onnx": (bundle / ONNX_FLOAT, tmp / ONNX_INT8, _runner(ONNX_RUNTIME))}
             if options.tflite:
                 model = model_from_bundle(bundle, manifest)
                 files = quantize_tflite(model=model, out_dir=tmp / "tflite", calibration=cal.readouts)
                 float_tfl = bundle / TFLITE_FLOAT if TFLITE_FLOAT in manifest["files"] else files["host"]
-                pairs["tflite"] = (float_tfl, files["host_int8"], _tflite_interpreter)
+                pairs["tflite"] = (float_tfl, files["host_int8"], _runner(TFLITE_RUNTIME))
             runners = {}
             for rt, (fp, qp, make) in pairs.items():
                 runners[(rt, "float")], runners[(rt, "int8")] = make(fp), make(qp)

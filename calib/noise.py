@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from calib.distance import PRIMARY, distance_floor, distance_report, per_pixel_cdf, per_pixel_w1
-from core.readouts import load_readouts, stratified_split
 from core.atomic import atomic_open
-from firmware_sim.encoding import IW, ZERO_LEVEL
 from core.errors import InputError
+from core.readouts import load_readouts, stratified_split
+from firmware_sim.encoding import IW, ZERO_LEVEL
 from firmware_sim.noise import NoiseModel
 
 FORMAT = "pixelrnn-edge-noise/1"
@@ -371,7 +371,8 @@ def format_noise_report(report: NoiseReport) -> str:
              f"out_sigma {n.out_sigma:g}, out_offset {n.out_offset:.3f} MAC"
              + (f", offset map RMS {np.sqrt(np.mean(n.offset_array ** 2)):.3f} MAC" if n.offset_map else ""),
              f"distance ({m['name']}, {m['unit']}; {m['protocol']}):",
-             f"  before (authors' noise) {m['before']:.2f}   after {m['after']:.2f}   floor (real vs real) {m['floor']:.2f}"]
+             f"  before (authors' noise) {m['before']:.2f}   after {m['after']:.2f}   "
+             f"floor (real vs real) {m['floor']:.2f}"]
     table = m["held_out"] or m["in_sample"]
     keys = ("pooled_w1", "mean_map_rmse", "std_map_rmse", "hist_tv_32bins", "sat_low_sim", "sat_high_sim")
     lines.append("  " + " ".join(f"{k:>15s}" for k in ("",) + keys))

@@ -18,34 +18,37 @@ included) on the source as fast as it runs, with its fps and headroom over ``--t
 Each measurement runs in a fresh child process, one after another (clean imports: tflite-runtime
 and TensorFlow cannot share a process; honest peak RSS per runtime), with BLAS single-threaded.
 Warm-up iterations first, then the timed runs; p50/p90/p99/mean/std/min/max in microseconds.
+``packet`` gives the bytes per window of the chosen payload (``edge.payloads``): exact for a
+fixed-size payload, the mean over the windows sent for a variable-size one (the prior).
+
+This module holds the options, the orchestration and the command; the measurements are in
+:mod:`edge.bench_jobs`, the goals, text table and plot in :mod:`edge.bench_report`.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import importlib.util
 import json
-import multiprocessing
 import os
-import signal
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edge.device import device_info, peak_rss_mb
-from edge.stats import summarize
 from core.atomic import atomic_open
 from core.errors import InputError
+from edge.bench_jobs import STAGES, run_child
+from edge.bench_report import GOALS, format_table, goals, plot_histograms
+from edge.device import device_info
+from edge.packet import OVERHEAD_BYTES
+from edge.payloads import PayloadOptions, file_payload_names, payload_help, payload_names
+from edge.stats import summarize
+
+__all__ = ["SCHEMA", "STAGES", "RUNTIME_STAGES", "GOALS", "BenchOptions", "chosen_backends", "run_bench",
+           "measured_anything", "goals", "format_table", "plot_histograms", "add_bench_parser", "main_bench"]
 
 SCHEMA = "pixelrnn-edge-bench/1"
-STAGES = ("capture", "preprocess", "sensor_frame", "sensor_readout_frame", "packet_encode",
-          "packet_decode", "link_inproc", "link_udp")
 RUNTIME_STAGES = ("host", "e2e")
-CHILD_TIMEOUT = 900.0
-E2E_WINDOWS = 8            # distinct windows whose last frame is replayed for e2e and host timing
-GOALS = {"headroom": 3.0, "host_p99_us": 100.0, "e2e_p99_ms": 5.0}
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ class BenchOptions:
     warmup: int = 20
     runs: int = 200
     source: str = "test"                     # test | video path
-    payload: str = "8bit"
+    payload: str = "8bit"                    # a payload name from edge.payloads
+    prior: str | None = None                 # the payload's file, for payloads with one (the prior file)
     loop_frames: int = 480
     realtime_windows: int = 0                # also run the loop paced at the source's fps for N windows
     target_fps: float = 30.0
@@ -66,7 +70,6 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         from edge.decoder import BACKENDS
-        from edge.packet import PAYLOADS
 
         for name in ("warmup", "runs", "loop_frames", "realtime_windows", "blas_threads"):
             value = getattr(self, name)
@@ -78,8 +81,9 @@ class BenchOptions:
         bad = [r for r in self.runtimes if r not in BACKENDS + ("all", "tflite")]
         if bad or not self.runtimes:
             raise InputError(f"unknown runtime(s) {bad}; choose all or from {', '.join(BACKENDS)}")
-        if self.payload not in PAYLOADS:
-            raise InputError(f"--payload must be one of {', '.join(PAYLOADS)}, got {self.payload!r}")
+        PayloadOptions(name=self.payload, file=self.prior)       # a registered payload, with its file if it needs one
+        if self.prior is not None and not isinstance(self.prior, str):
+            object.__setattr__(self, "prior", str(self.prior))  # a plain path: it goes to child processes
         if not (isinstance(self.target_fps, (int, float)) and self.target_fps > 0):
             raise InputError(f"--target-fps must be > 0, got {self.target_fps!r}")
         if self.source != "test" and not Path(self.source).is_file():
@@ -92,199 +96,6 @@ class BenchOptions:
                                  f"{sorted(os.sched_getaffinity(0))}")
 
 
-# -- child jobs ----------------------------------------------------------------------------------
-def _open_source(spec: str, *, loop: bool):
-    from edge.capture import FileSource, TestPattern
-
-    source = TestPattern() if spec == "test" else FileSource(spec, loop=loop)
-    source.open()
-    return source
-
-
-def _pipeline_parts(bundle, payload: str):
-    from edge.roi import make_roi
-    from edge.sensor_stage import Preprocessor, SensorOptions, SensorStage
-
-    roi = "mouth" if bundle.task == "lips" else "center"
-    pre = Preprocessor(make_roi(roi), size=bundle.sensor.frontend.size)
-    sensor = SensorStage(weights=bundle.sensor, options=SensorOptions(payload=payload, stream_id=1))
-    return pre, sensor, roi
-
-
-def _stages_job(job: dict) -> dict:
-    """Runtime-independent stages, streamed over warm-up + timed windows of the source."""
-    import numpy as np
-
-    from edge.link import InprocLink, UdpReceiver, UdpSender
-    from edge.models import load_bundle
-    from edge.packet import decode_packet
-
-    bundle = load_bundle(job["bundle"])
-    warmup, runs = job["warmup"], job["runs"]
-    source = _open_source(job["source"], loop=True)
-    pre, sensor, _ = _pipeline_parts(bundle, job["payload"])
-    t = sensor.timesteps
-    samples = {name: [] for name in STAGES}
-    packets = []
-    for i in range((warmup + runs) * t):
-        timed = i >= warmup * t
-        t0 = time.perf_counter()
-        frame = source.read()
-        t1 = time.perf_counter()
-        image = pre(frame, last_of_window=sensor.next_is_last)
-        t2 = time.perf_counter()
-        last = sensor.next_is_last
-        packet = sensor.push(image, t_ns=time.monotonic_ns())
-        t3 = time.perf_counter()
-        if timed:
-            samples["capture"].append(t1 - t0)
-            samples["preprocess"].append(t2 - t1)
-            samples["sensor_frame"].append(t3 - t2)
-            if last:
-                samples["sensor_readout_frame"].append(t3 - t2)
-                samples["packet_encode"].append(sensor.encode_latency.samples[-1])
-                packets.append(packet)
-    source.release()
-    for i, packet in enumerate(packets[:1] * warmup + packets):
-        t0 = time.perf_counter()
-        decode_packet(packet, expect_model=bundle.model_id)
-        if i >= warmup:
-            samples["packet_decode"].append(time.perf_counter() - t0)
-    link = InprocLink()
-    for i in range(warmup + len(packets)):
-        packet = packets[i % len(packets)]
-        t0 = time.perf_counter()
-        link.send(packet)
-        link.recv()
-        if i >= warmup:
-            samples["link_inproc"].append(time.perf_counter() - t0)
-    with UdpReceiver("127.0.0.1", 0) as rx, UdpSender("127.0.0.1", rx.port) as tx:
-        for i in range(warmup + len(packets)):
-            packet = packets[i % len(packets)]
-            t0 = time.perf_counter()
-            tx.send(packet)
-            rx.recv(timeout=1.0)
-            if i >= warmup:
-                samples["link_udp"].append(time.perf_counter() - t0)
-    return {"samples": samples, "packet_bytes": int(np.mean([len(p) for p in packets])),
-            "peak_rss_mb": peak_rss_mb()}
-
-
-def _runtime_job(job: dict) -> dict:
-    """Load, first inference, host and e2e latency per thread count, and the whole loop, for one runtime."""
-    from edge.decoder import HostDecoder, backend_version
-    from edge.host import HostStage
-    from edge.link import InprocLink
-    from edge.models import load_bundle
-
-    bundle = load_bundle(job["bundle"])
-    backend, warmup, runs = job["backend"], job["warmup"], job["runs"]
-    source = _open_source(job["source"], loop=True)
-    pre, sensor, roi = _pipeline_parts(bundle, job["payload"])
-    t = sensor.timesteps
-    windows = []                                     # (sensor after T-1 frames, raw last frame, readout)
-    for _ in range(E2E_WINDOWS):
-        for _ in range(t - 1):
-            sensor.push(pre(source.read()), t_ns=1)
-        snapshot, last = copy.deepcopy(sensor), source.read()
-        sensor.push(pre(last, last_of_window=True), t_ns=1)
-        windows.append((snapshot, last, sensor.last_readout.copy()))
-    source.release()
-    result = {"version": backend_version(backend), "threads": {}}
-    for threads in job["threads"]:
-        decoder = HostDecoder(bundle=bundle, runtime=backend, threads=threads)
-        decoder(windows[0][2])
-        entry = {"load_ms": decoder.load_s * 1e3, "first_inference_ms": decoder.first_s * 1e3}
-        host = []
-        for i in range(warmup + runs):
-            readout = windows[i % len(windows)][2]
-            t0 = time.perf_counter()
-            decoder(readout)
-            if i >= warmup:
-                host.append(time.perf_counter() - t0)
-        stage, link, e2e = HostStage(decoder=decoder, expect_model=bundle.model_id), InprocLink(), []
-        for i in range(warmup + runs):
-            snapshot, last, _ = windows[i % len(windows)]
-            s = copy.deepcopy(snapshot)
-            s.windows = i                            # a fresh sequence number: not a stale packet
-            t0 = time.perf_counter()
-            image = pre(last, last_of_window=True)
-            link.send(s.push(image, t_ns=time.monotonic_ns()))
-            decision = stage.handle(link.recv())
-            if i >= warmup:
-                e2e.append(time.perf_counter() - t0)
-            if decision is None:
-                raise RuntimeError(f"e2e: the host rejected a packet ({dict(stage.packets.rejected)})")
-        entry["samples"] = {"host": host, "e2e": e2e}
-        result["threads"][str(threads)] = entry
-    result["loop"] = _loop(job, bundle, backend, roi, realtime=False, frames=job["loop_frames"])
-    if job["realtime_windows"]:
-        result["loop_realtime"] = _loop(job, bundle, backend, roi, realtime=True,
-                                        frames=job["realtime_windows"] * t)
-    result["peak_rss_mb"] = peak_rss_mb()
-    return result
-
-
-def _loop(job: dict, bundle, backend: str, roi, *, realtime: bool, frames: int) -> dict:
-    """The whole camera loop (``edge.pipeline``) on the looped source: as fast as it runs, or paced."""
-    from edge.capture import CaptureOptions, FileSource, TestPattern
-    from edge.pipeline import PipelineOptions, run_pipeline
-    from edge.sensor_stage import SensorOptions
-
-    source = TestPattern() if job["source"] == "test" else FileSource(job["source"], loop=True)
-    options = PipelineOptions(runtime=backend, threads=job["threads"][0], roi=roi,
-                              sensor=SensorOptions(payload=job["payload"]),
-                              capture=CaptureOptions(realtime=realtime), max_frames=frames)
-    s = run_pipeline(source=source, bundle=bundle, options=options).summary
-    return {"realtime": realtime, "frames": s["frames"], "windows": s["windows"], "seconds": s["seconds"],
-            "fps": s["fps"], "threads": job["threads"][0], "source_fps": s["source_fps"],
-            "headroom": s["fps"] / job["target_fps"], "target_fps": job["target_fps"],
-            "latency_ms": s["latency_ms"], "drops": s["drops"]}
-
-
-def _child(conn, kind: str, job: dict) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        out = _stages_job(job) if kind == "stages" else _runtime_job(job)
-        conn.send(("ok", out))
-    except Exception as exc:  # noqa: BLE001 - reported as one line in the results
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        conn.send(("error", f"{type(exc).__name__}: {text}"))
-    finally:
-        conn.close()
-
-
-def _run_child(kind: str, job: dict, *, env: dict) -> dict:
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)                                 # inherited by the spawned interpreter
-    try:
-        proc = ctx.Process(target=_child, args=(child, kind, job), daemon=True)
-        proc.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    child.close()
-    try:
-        if not parent.poll(CHILD_TIMEOUT):
-            return {"error": f"timed out after {CHILD_TIMEOUT:.0f} s"}
-        status, payload = parent.recv()
-    except EOFError:
-        return {"error": f"the benchmark process died (exit code {proc.exitcode})"}
-    finally:
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout=5)
-        parent.close()
-    return payload if status == "ok" else {"error": payload}
-
-
-# -- orchestration -------------------------------------------------------------------------------
 def chosen_backends(runtimes: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     """Requested runtimes -> (installed backends to run, {backend: why skipped})."""
     from edge.decoder import BACKENDS, backend_installed, resolve_backend
@@ -298,29 +109,29 @@ def chosen_backends(runtimes: tuple[str, ...]) -> tuple[list[str], dict[str, str
 def run_bench(*, options: BenchOptions, progress=lambda text: None) -> tuple[dict, dict]:
     """Run every measurement; return (results JSON-ready, raw samples in seconds for plots)."""
     from edge.models import resolve_bundle
-    from edge.packet import OVERHEAD_BYTES, payload_bytes
 
     if not isinstance(options, BenchOptions):
         raise InputError(f"options must be a BenchOptions, got {type(options).__name__}")
     bundle = resolve_bundle(model=options.model, task=options.task)
+    payload = PayloadOptions(name=options.payload, file=options.prior).open()   # a bad file fails before measuring
     backends, skipped = chosen_backends(options.runtimes)
     env = {v: str(options.blas_threads) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     job = {"bundle": str(bundle.path), "warmup": options.warmup, "runs": options.runs,
-           "source": options.source, "payload": options.payload, "threads": list(options.threads),
-           "loop_frames": options.loop_frames, "realtime_windows": options.realtime_windows,
-           "target_fps": options.target_fps}
+           "source": options.source, "payload": options.payload, "prior": options.prior,
+           "threads": list(options.threads), "loop_frames": options.loop_frames,
+           "realtime_windows": options.realtime_windows, "target_fps": options.target_fps}
     device = device_info()                       # before measuring: the load average is other work
     affinity = os.sched_getaffinity(0) if options.pin_core is not None else None
     if affinity is not None:
         os.sched_setaffinity(0, {options.pin_core})
     try:
         progress("stages (capture, preprocess, sensor, packet, link)")
-        stages_raw = _run_child("stages", job, env=env)
+        stages_raw = run_child("stages", job, env=env)
         runtimes_raw = {}
         for backend in backends:
             progress(f"runtime {backend}")
-            runtimes_raw[backend] = _run_child("runtime", dict(job, backend=backend), env=env)
+            runtimes_raw[backend] = run_child("runtime", dict(job, backend=backend), env=env)
     finally:
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
@@ -341,14 +152,10 @@ def run_bench(*, options: BenchOptions, progress=lambda text: None) -> tuple[dic
     for name in STAGES:
         if name in raw["stages"]:
             results["stages"][name] = summarize(raw["stages"][name], unit="us")
-    size = bundle.sensor.frontend.size
-    t = bundle.sensor.timesteps
-    enc = 8 if options.payload == "8bit" else 1
-    per_window = payload_bytes((size, size), enc) + OVERHEAD_BYTES
-    results["packet"] = {"payload": options.payload, "bytes_per_window": per_window,
-                         "payload_bytes": payload_bytes((size, size), enc), "header_bytes": OVERHEAD_BYTES,
-                         "raw_64": t * 64 * 64, "raw_256": t * 256 * 256,
-                         "ratio_64": t * 64 * 64 / per_window, "ratio_256": t * 256 * 256 / per_window}
+    results["packet"] = packet_report(payload, stages_raw, size=bundle.sensor.frontend.size,
+                                      timesteps=bundle.sensor.timesteps)
+    if payload.state is not None and payload.codec.describe_state is not None:
+        results["packet"]["state"] = payload.codec.describe_state(payload.state)
     rss = [stages_raw.get("peak_rss_mb", 0.0)]
     for backend, out in runtimes_raw.items():
         if "error" in out:
@@ -373,98 +180,29 @@ def run_bench(*, options: BenchOptions, progress=lambda text: None) -> tuple[dic
     return results, raw
 
 
-def goals(results: dict) -> dict:
-    """The issue's three goals, from the ONNX Runtime results (threads = the first value). The e2e
-    figure is the larger of the isolated critical path's p99 and, if measured, the p99 in the
-    camera loop paced at the source's rate (what a live camera sees)."""
-    ort = results["runtimes"].get("onnxruntime", {})
-    if not ort.get("threads"):
-        return {"error": "onnxruntime was not measured"}
-    first = next(iter(ort["threads"].values()))
-    headroom = ort["loop"]["headroom"]
-    host = first["host"]["p99"]
-    e2e = first["e2e"]["p99"] / 1e3
-    paced = ort.get("loop_realtime", {}).get("latency_ms", {}).get("e2e", {})
-    if "p99" in paced:
-        e2e = max(e2e, paced["p99"])
-    return {"headroom": {"value": headroom, "goal": GOALS["headroom"], "met": headroom >= GOALS["headroom"]},
-            "host_p99_us": {"value": host, "goal": GOALS["host_p99_us"], "met": host <= GOALS["host_p99_us"]},
-            "e2e_p99_ms": {"value": e2e, "goal": GOALS["e2e_p99_ms"], "met": e2e <= GOALS["e2e_p99_ms"]}}
+def packet_report(payload, stages_raw: dict, *, size: int, timesteps: int) -> dict:
+    """Bytes per window of the payload: the exact size of a fixed-size payload; for a variable-size
+    one the mean the stages job measured over the windows it sent (None if it failed)."""
+    codec, shape = payload.codec, (size, size)
+    if codec.variable:
+        mean = stages_raw.get("payload_bytes")
+        payload_mean = round(float(mean), 1) if mean is not None else None
+    else:
+        payload_mean = int(codec.size(shape))
+    per_window = None if payload_mean is None else payload_mean + OVERHEAD_BYTES
+    raw_64, raw_256 = timesteps * 64 * 64, timesteps * 256 * 256
+    return {"payload": codec.name, "wire_id": codec.wire_id, "variable": codec.variable,
+            "bytes_per_window": per_window, "payload_bytes": payload_mean,
+            "max_payload_bytes": int(codec.size(shape)), "header_bytes": OVERHEAD_BYTES,
+            "windows": stages_raw.get("windows", 0), "fallback_windows": stages_raw.get("fallback_windows", 0),
+            "raw_64": raw_64, "raw_256": raw_256,
+            "ratio_64": raw_64 / per_window if per_window else None,
+            "ratio_256": raw_256 / per_window if per_window else None}
 
 
-def format_table(results: dict) -> str:
-    """A plain-text report of a results dict."""
-    lines = [f"device: {results['device']['cpu']}, {results['device'].get('cores_usable', results['device']['cores'])} "
-             f"usable core(s), {results['device']['os']}, Python {results['device']['python']}",
-             f"model: {results['model']['task']} {results['model']['model_id']} ({results['model']['path']})",
-             "stage                      p50 us    p90 us    p99 us   mean us    max us"]
-    for name, s in results["stages"].items():
-        lines.append(f"{name:24s} {s['p50']:9.1f} {s['p90']:9.1f} {s['p99']:9.1f} {s['mean']:9.1f} {s['max']:9.1f}")
-    if "stages_error" in results:
-        lines.append(f"stages: error: {results['stages_error']}")
-    lines.append("runtime            thr  load ms  1st ms  host p50/p99 us   e2e p50/p99 us  loop fps  RSS MB")
-    for backend, r in results["runtimes"].items():
-        if not r.get("available"):
-            lines.append(f"{backend:18s} skipped: {r['reason']}")
-            continue
-        if "error" in r:
-            lines.append(f"{backend:18s} error: {r['error']}")
-            continue
-        for threads, e in r["threads"].items():
-            lines.append(f"{backend:18s} {threads:>3s} {e['load_ms']:8.1f} {e['first_inference_ms']:7.2f} "
-                         f"{e['host']['p50']:7.1f}/{e['host']['p99']:<7.1f} {e['e2e']['p50']:7.1f}/{e['e2e']['p99']:<7.1f} "
-                         f"{r['loop']['fps']:9.1f} {r['peak_rss_mb']:7.1f}")
-    p = results["packet"]
-    lines.append(f"packet: {p['bytes_per_window']:,} bytes per window ({p['payload']}); raw 16x64x64 "
-                 f"{p['raw_64']:,} ({p['ratio_64']:.1f}x), 16x256x256 {p['raw_256']:,} ({p['ratio_256']:.1f}x)")
-    g = results.get("goals", {})
-    if "error" not in g:
-        lines.append(f"goals: headroom {g['headroom']['value']:.1f}x (>= 3: {'met' if g['headroom']['met'] else 'NOT met'}); "
-                     f"host p99 {g['host_p99_us']['value']:.1f} us (<= 100: {'met' if g['host_p99_us']['met'] else 'NOT met'}); "
-                     f"e2e p99 {g['e2e_p99_ms']['value']:.3f} ms (<= 5: {'met' if g['e2e_p99_ms']['met'] else 'NOT met'})")
-    return "\n".join(lines)
-
-
-def plot_histograms(raw: dict, path: str | os.PathLike) -> Path:
-    """A PNG of latency histograms (matplotlib, imported here: it is not in the base install)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("--plot needs matplotlib (pip install matplotlib); it is not in the base install") from None
-    import numpy as np
-
-    def panel(ax, series: dict[str, np.ndarray], title: str) -> None:
-        series = {k: v for k, v in series.items() if v.size}
-        ax.set_title(title)
-        ax.set_xlabel("microseconds (log scale)")
-        if not series:
-            ax.text(0.5, 0.5, "no data", ha="center", transform=ax.transAxes)
-            return
-        low = max(min(float(v.min()) for v in series.values()), 0.05)
-        high = max(float(v.max()) for v in series.values()) * 1.01
-        bins = np.logspace(np.log10(low), np.log10(max(high, low * 1.1)), 80)
-        for label, us in series.items():
-            ax.hist(np.clip(us, low, None), bins=bins, alpha=0.5, label=label)
-        ax.set_xscale("log")
-        ax.legend(fontsize=7)
-
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
-    for ax, (title, key) in zip(axes[0], (("host decoder per window", "host"),
-                                          ("end to end after a window's last frame", "e2e"))):
-        panel(ax, {f"{backend} x{threads}": np.asarray(samples[key]) * 1e6
-                   for backend, per_threads in raw["runtimes"].items()
-                   for threads, samples in per_threads.items()}, title)
-    for ax, names, title in zip(axes[1], (("capture", "preprocess", "sensor_frame", "sensor_readout_frame"),
-                                          ("packet_encode", "packet_decode", "link_inproc", "link_udp")),
-                                ("per frame", "per packet")):
-        panel(ax, {name: np.asarray(raw["stages"].get(name, [])) * 1e6 for name in names}, title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def measured_anything(results: dict) -> bool:
+    """Whether a run measured at least one stage or one runtime."""
+    return bool(results["stages"]) or any(r.get("threads") for r in results["runtimes"].values())
 
 
 # -- command -------------------------------------------------------------------------------------
@@ -486,45 +224,64 @@ def add_bench_parser(subparsers) -> None:
                     "frame, packet encode/decode, link, host decoder per window, end to end), every "
                     "runtime side by side, with load/first-inference time, peak RSS and the device. "
                     "Warm-up, then timed runs; each runtime in a fresh process.")
-    p.add_argument("--model", default=None, metavar="BUNDLE", help="export bundle (default: the bundled model of --task)")
+    p.add_argument("--model", default=None, metavar="BUNDLE",
+                   help="export bundle (default: the bundled model of --task)")
     p.add_argument("--task", choices=("gesture", "lips"), default=None, help="with the default model: which one")
     p.add_argument("--runtime", default="all", metavar="all|NAME[,NAME]",
                    help="all (every installed runtime) or names from onnxruntime, ai-edge-litert, "
                         "tflite-runtime, lce, tflite")
     p.add_argument("--threads", type=_int_list, default=(1,), metavar="1,2,4", help="runtime thread counts (default 1)")
     p.add_argument("--warmup", type=int, default=20, help="untimed iterations per stage (default 20)")
-    p.add_argument("--runs", type=int, default=200, help="timed samples per stage (windows for per-window stages; default 200)")
-    p.add_argument("--source", default="test", metavar="test|PATH", help="frames: test pattern (default) or a video file (looped)")
-    p.add_argument("--payload", choices=("8bit", "1bit"), default="8bit", help="readout payload (default 8bit)")
-    p.add_argument("--loop-frames", type=int, default=480, help="frames through the whole loop per runtime (default 480)")
+    p.add_argument("--runs", type=int, default=200,
+                   help="timed samples per stage (windows for per-window stages; default 200)")
+    p.add_argument("--source", default="test", metavar="test|PATH",
+                   help="frames: test pattern (default) or a video file (looped)")
+    p.add_argument("--payload", choices=payload_names(), default="8bit",
+                   help=f"readout payload (default 8bit): {payload_help()}")
+    p.add_argument("--prior", type=Path, default=None, metavar="FILE.npz",
+                   help=f"--payload {'/'.join(file_payload_names())}: the payload's file (the prior file: "
+                        "pixelrnn generate export-prior)")
+    p.add_argument("--loop-frames", type=int, default=480,
+                   help="frames through the whole loop per runtime (default 480)")
     p.add_argument("--realtime-windows", type=int, default=0, metavar="N",
                    help="also run the loop paced at the source's fps for N windows (e2e as a live camera sees it)")
     p.add_argument("--target-fps", type=float, default=30.0, help="headroom = loop fps / this (default 30)")
     p.add_argument("--pin-core", type=int, default=None, metavar="CPU", help="run on this one CPU only (Linux)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the results as JSON")
-    p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="write latency histograms (needs matplotlib)")
+    p.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
+                   help="write latency histograms (needs matplotlib)")
     p.set_defaults(func=main_bench)
 
 
 def main_bench(args: argparse.Namespace) -> int:
+    """``pixelrnn bench``: 0 when something was measured, 1 when nothing was (every job failed)."""
     for name in ("json", "plot"):
         out = getattr(args, name)
         if out is not None and not out.absolute().parent.is_dir():
             raise InputError(f"--{name}: folder {out.absolute().parent} does not exist")
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:   # fail before measuring
         raise InputError("--plot needs matplotlib (pip install matplotlib); it is not in the base install") from None
+    try:
+        PayloadOptions(name=args.payload, file=args.prior)
+    except InputError as exc:
+        raise InputError(f"--payload {args.payload} / --prior: {exc}") from None
     options = BenchOptions(model=args.model, task=args.task,
                            runtimes=tuple(r.strip() for r in args.runtime.split(",") if r.strip()),
                            threads=args.threads, warmup=args.warmup, runs=args.runs, source=args.source,
-                           payload=args.payload, loop_frames=args.loop_frames,
-                           realtime_windows=args.realtime_windows, target_fps=args.target_fps,
-                           pin_core=args.pin_core)
+                           payload=args.payload, prior=None if args.prior is None else str(args.prior),
+                           loop_frames=args.loop_frames, realtime_windows=args.realtime_windows,
+                           target_fps=args.target_fps, pin_core=args.pin_core)
     results, raw = run_bench(options=options, progress=lambda text: print(f"bench: {text}", file=sys.stderr))
     print(format_table(results))
     if args.json is not None:
         with atomic_open(args.json, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
+    if not measured_anything(results):
+        errors = [f"stages: {results.get('stages_error', 'no samples')}"]
+        errors += [f"{b}: {r.get('error') or r.get('reason')}" for b, r in results["runtimes"].items()]
+        print(f"bench: error: nothing was measured ({'; '.join(errors)})", file=sys.stderr)
+        return 1
     if args.plot is not None:
         print(f"wrote {plot_histograms(raw, args.plot)}")
     return 0

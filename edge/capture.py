@@ -177,11 +177,27 @@ class TestPattern:
         pass
 
 
-def make_source(spec: str, *, test_fps: float = 30.0) -> tuple[object, str]:
-    """``auto`` | ``test`` | camera index | video path -> (source, note). ``auto`` tries camera 0
-    and falls back to the test pattern with a note saying so; sources are opened by :class:`Capture`."""
+SOURCE_ATTRS = ("open", "read", "release", "live", "name")
+
+
+def is_source(obj) -> bool:
+    """Whether ``obj`` is a frame source (see the module docstring)."""
+    return all(hasattr(obj, attr) for attr in SOURCE_ATTRS)
+
+
+def make_source(spec, *, test_fps: float = 30.0) -> tuple[object, str]:
+    """``auto`` | ``test`` | camera index (an int or digits) | video path | a source object ->
+    (source, note). ``auto`` tries camera 0 and falls back to the test pattern with a note saying
+    so; a source object is returned as it is. Sources are opened by :class:`Capture`."""
+    if is_source(spec):
+        return spec, ""
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        return CameraSource(spec), ""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec:
-        raise SourceError(f"--source must be auto, test, a camera index or a video path, got {spec!r}")
+        raise SourceError(f"source must be 'auto', 'test', a camera index, a video path or a frame source, "
+                          f"got {spec!r}")
     if spec == "test":
         return TestPattern(fps=test_fps), ""
     if spec == "auto":
@@ -189,7 +205,7 @@ def make_source(spec: str, *, test_fps: float = 30.0) -> tuple[object, str]:
         try:
             camera.open()
         except CameraLost:
-            return TestPattern(fps=test_fps), "no camera at index 0: using the test pattern (--source test)"
+            return TestPattern(fps=test_fps), "no camera at index 0: using the test pattern (source 'test')"
         camera.release()
         return camera, "using camera 0"
     if spec.isdigit():
@@ -197,7 +213,7 @@ def make_source(spec: str, *, test_fps: float = 30.0) -> tuple[object, str]:
     path = Path(spec)
     if not path.is_file():
         raise SourceError(f"video file not found: {path}" if not path.is_dir() else
-                          f"--source {path} is a folder, not a video file")
+                          f"source {path} is a folder, not a video file")
     return FileSource(path), ""
 
 
@@ -237,7 +253,7 @@ class Capture:
     None on timeout. Use as a context manager: the thread is stopped and the source released."""
 
     def __init__(self, source, options: CaptureOptions | None = None) -> None:
-        for attr in ("open", "read", "release", "live", "name"):
+        for attr in SOURCE_ATTRS:
             if not hasattr(source, attr):
                 raise InputError(f"a frame source needs {attr!r}; got {type(source).__name__}")
         self.source = source

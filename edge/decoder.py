@@ -1,73 +1,50 @@
 """The host decoder: a bundle's off-sensor decoder on a chosen runtime, readout -> logits.
 
-Runtimes (``--runtime``):
+The runtimes are the entries of :mod:`core.runtimes` (which bundle file each runs, its package and
+how it loads); the built-in ones:
 
 - ``onnxruntime``: ``host.onnx`` on ONNX Runtime's CPU provider;
 - ``tflite``: ``host.tflite`` on ai-edge-litert, or tflite-runtime if ai-edge-litert is missing
   (both can be named directly: ``ai-edge-litert``, ``tflite-runtime``). tflite-runtime cannot
-  load a model in a process that imported TensorFlow first (DESIGN.md section 4): refused here;
+  load a model in a process that imported TensorFlow first (docs/DESIGN.md section 4): refused;
 - ``lce``: Larq Compute Engine's interpreter running ``host.tflite`` (plain builtin ops; LCE's
   interpreter runs them as well as its own bit-packed ops). Importing LCE imports TensorFlow, and
   LCE has no aarch64 wheel: this is a desktop comparison, not a Pi runtime. The bit-packed
   ``pixelrnn_lce.tflite`` is frames -> logits (sensor included), so it cannot decode a readout.
 
-Everything heavy is imported inside :class:`HostDecoder`, only for the runtime that is used.
+The module-level names (``BACKENDS``, ``RUNTIMES``, ``backend_installed``, ...) are views of the
+registry for the camera loop and the benchmark. Runtime packages are imported only when used.
 """
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
-import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from edge.models import Bundle
+from core import runtimes
 from core.errors import InputError
+from edge.models import Bundle
 
-BACKENDS = ("onnxruntime", "ai-edge-litert", "tflite-runtime", "lce")
-RUNTIMES = ("onnxruntime", "tflite", "lce", "ai-edge-litert", "tflite-runtime")
-_MODULES = {"onnxruntime": "onnxruntime", "ai-edge-litert": "ai_edge_litert",
-            "tflite-runtime": "tflite_runtime", "lce": "larq_compute_engine"}
-_DISTRIBUTIONS = {"onnxruntime": "onnxruntime", "ai-edge-litert": "ai-edge-litert",
-                  "tflite-runtime": "tflite-runtime", "lce": "larq-compute-engine"}
-_FILES = {"onnxruntime": "host.onnx", "ai-edge-litert": "host.tflite", "tflite-runtime": "host.tflite",
-          "lce": "host.tflite"}
+BACKENDS = runtimes.runtime_names(aliases=False)   # runtimes proper, at import time
+RUNTIMES = runtimes.runtime_names()                # and their aliases (tflite): the camera loop's choices
 
 
 def backend_installed(backend: str) -> bool:
     """Whether the runtime's package can be imported (checked without importing it)."""
-    try:
-        return importlib.util.find_spec(_MODULES[backend]) is not None
-    except (ValueError, ModuleNotFoundError):
-        return False
+    return runtimes.installed(backend)
 
 
 def available_backends() -> list[str]:
-    return [b for b in BACKENDS if backend_installed(b)]
+    return [b for b in runtimes.runtime_names(aliases=False) if runtimes.installed(b)]
 
 
 def backend_version(backend: str) -> str:
-    try:
-        return importlib.metadata.version(_DISTRIBUTIONS[backend])
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return runtimes.version(backend)
 
 
 def resolve_backend(runtime: str) -> str:
-    """A ``--runtime`` choice -> an installed backend name, or a one-line InputError."""
-    if runtime not in RUNTIMES:
-        raise InputError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-    if runtime == "tflite":
-        for backend in ("ai-edge-litert", "tflite-runtime"):
-            if backend_installed(backend):
-                return backend
-        raise InputError("--runtime tflite needs ai-edge-litert (pip install ai-edge-litert) or tflite-runtime")
-    if not backend_installed(runtime):
-        raise InputError(f"runtime {runtime} is not installed (pip package {_DISTRIBUTIONS[runtime]})")
-    return runtime
+    """A runtime or alias name -> an installed runtime name, or a one-line InputError."""
+    return runtimes.resolve(runtime).name
 
 
 def softmax_top(logits: np.ndarray) -> tuple[int, float]:
@@ -90,19 +67,17 @@ class HostDecoder:
             raise InputError(f"bundle must be an edge.models.Bundle, got {type(bundle).__name__}")
         if not (isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads <= 256):
             raise InputError(f"threads must be an integer 1..256, got {threads!r}")
-        self.backend = resolve_backend(runtime)
+        entry = runtimes.resolve(runtime)
+        self.backend = entry.name
         self.threads = threads
-        self.version = backend_version(self.backend)
+        self.version = runtimes.version(entry.name)
         self.classes = bundle.classes
         size = bundle.sensor.frontend.size
         self.shape = (size, size)
-        path = bundle.file(_FILES[self.backend], hint=f"export the bundle with the "
-                           f"{'onnx' if self.backend == 'onnxruntime' else 'tflite'} format, or choose "
-                           f"another --runtime")
-        self.path = path
+        how = f"export the bundle with the {entry.export_format} format, or " if entry.export_format else ""
+        self.path = bundle.file(entry.file, hint=f"{how}choose another runtime")
         t0 = time.perf_counter()
-        loader = {"onnxruntime": self._load_onnx, "lce": self._load_lce}.get(self.backend, self._load_tflite)
-        self._run = loader(str(path))
+        self._run = entry.load(self.path, threads=threads)
         self.load_s = time.perf_counter() - t0
         self.first_s: float | None = None
 
@@ -124,68 +99,3 @@ class HostDecoder:
     def describe(self) -> dict:
         return {"backend": self.backend, "version": self.version, "threads": self.threads,
                 "file": self.path.name, "load_ms": round(self.load_s * 1e3, 3)}
-
-    # loaders: each returns a function (1, H, W) uint8 -> (1, classes)
-    def _load_onnx(self, path: str):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
-        inp, out = sess.get_inputs()[0].name, sess.get_outputs()[0].name
-        return lambda x: sess.run([out], {inp: x})[0]
-
-    def _load_tflite(self, path: str):
-        if self.backend == "tflite-runtime":
-            if any(name in sys.modules for name in ("tensorflow", "larq_compute_engine")):
-                raise InputError("tflite-runtime cannot load a model in a process that imported "
-                                 "TensorFlow or LCE first: use --runtime ai-edge-litert")
-            from tflite_runtime.interpreter import Interpreter
-        else:
-            from ai_edge_litert.interpreter import Interpreter
-        interp = Interpreter(model_path=path, num_threads=self.threads)
-        interp.allocate_tensors()
-        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-        quantize = _quantizer(inp)
-        dequantize = _dequantizer(out)
-        set_tensor, invoke, get_tensor = interp.set_tensor, interp.invoke, interp.get_tensor
-        i_in, i_out = inp["index"], out["index"]
-
-        def run(x):
-            set_tensor(i_in, quantize(x))
-            invoke()
-            return dequantize(get_tensor(i_out))
-        return run
-
-    def _load_lce(self, path: str):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # LCE imports TensorFlow: quiet its logs
-        from larq_compute_engine import testing
-
-        interp = testing.Interpreter(Path(path).read_bytes(), num_threads=self.threads)
-        scale, zero = (interp.input_scales[0] or 0.0), (interp.input_zero_points[0] or 0)
-        quantize = _quantizer({"dtype": interp.input_types[0], "quantization": (scale, zero)})
-        oscale, ozero = (interp.output_scales[0] or 0.0), (interp.output_zero_points[0] or 0)
-        dequantize = _dequantizer({"dtype": interp.output_types[0], "quantization": (oscale, ozero)})
-        return lambda x: dequantize(interp.predict(quantize(x)))
-
-
-def _quantizer(detail: dict):
-    """Readout levels -> the tensor's dtype (quantized with its scale and zero point if any)."""
-    dtype = np.dtype(detail["dtype"])
-    scale, zero = detail.get("quantization", (0.0, 0)) or (0.0, 0)
-    if dtype == np.uint8 and (not scale or (scale == 1.0 and zero == 0)):
-        return lambda x: x
-    if scale and dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return lambda x: np.clip(np.round(x.astype(np.float64) / scale + zero), info.min, info.max).astype(dtype)
-    return lambda x: x.astype(dtype)
-
-
-def _dequantizer(detail: dict):
-    scale, zero = detail.get("quantization", (0.0, 0)) or (0.0, 0)
-    if scale and np.dtype(detail["dtype"]).kind in "iu":
-        return lambda y: (np.asarray(y, np.float32) - zero) * np.float32(scale)
-    return lambda y: y

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge.decision import Decision
+
 WINDOW = "PixelRNN edge"
 VIEW_SIDE = 128            # readout view, pixels (64x64 scaled 2x)
 
 
-def draw_overlay(frame: np.ndarray, *, decision: dict | None, fps: float, link_bps: float,
+def draw_overlay(frame: np.ndarray, *, decision: Decision | None, fps: float, link_bps: float,
                  readout: np.ndarray | None, roi: tuple[int, int, int, int] | None) -> np.ndarray:
     """A BGR copy of ``frame`` with the overlay drawn on it."""
     import cv2
@@ -22,7 +24,7 @@ def draw_overlay(frame: np.ndarray, *, decision: dict | None, fps: float, link_b
         side = min(VIEW_SIDE, img.shape[0] // 2, img.shape[1] // 2)
         view = cv2.resize(readout, (side, side), interpolation=cv2.INTER_NEAREST)
         img[-side:, -side:] = cv2.cvtColor(view, cv2.COLOR_GRAY2BGR)
-    label = f"{decision['label']} {decision['score']:.2f}" if decision else "waiting for a window"
+    label = f"{decision.label} {decision.score:.2f}" if decision is not None else "waiting for a window"
     lines = [label, f"{fps:5.1f} fps   link {link_bps / 1e3:6.2f} kB/s"]
     for i, text in enumerate(lines):
         org = (8, 22 + 22 * i)

@@ -3,6 +3,7 @@ chosen runtime."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from edge.decoder import HostDecoder, softmax_top
@@ -15,11 +16,13 @@ class HostStage:
     """Packets in, decisions out: checks each packet (:class:`edge.packet.PacketDecoder`), decodes
     accepted readouts, and times the host work and the end-to-end latency (from the ``t_ns`` of
     the window's last frame, a ``time.monotonic_ns()`` shared by processes on one machine).
-    ``coder``: the prior coder (``core.prior_coder.PriorCoder``) for prior-coded packets."""
+    ``states``: payload side state, ``{payload name or wire id: state}`` (an opened
+    :class:`edge.payloads.PayloadState`'s ``states``); ``coder``: shorthand for the prior's coder."""
 
     decoder: HostDecoder
     expect_model: str
     coder: object = None
+    states: Mapping | None = None
     packets: PacketDecoder = field(init=False)
     packet_latency: Latency = field(default_factory=Latency)   # per readout: checks + payload decoding
     host_latency: Latency = field(default_factory=Latency)
@@ -27,7 +30,8 @@ class HostStage:
     ended: bool = False
 
     def __post_init__(self) -> None:
-        self.packets = PacketDecoder(expect_model=self.expect_model, shape=self.decoder.shape, coder=self.coder)
+        self.packets = PacketDecoder(expect_model=self.expect_model, shape=self.decoder.shape, coder=self.coder,
+                                     states=self.states)
 
     def handle(self, data: bytes) -> dict | None:
         """One packet -> a decision dict (see :meth:`decision`), or None (rejected / end)."""

@@ -5,6 +5,9 @@ bundles: ``manifest.json``, ``sensor_weights.npz``, ``host.onnx``, ``host.tflite
 found from the package's location without importing ``pixelrnn.model`` (so no PyTorch);
 ``$PIXELRNN_MODELS`` points to another folder with the same ``<task>/`` layout. A bundle is
 verified (``export.bundle.verify_bundle``: every file's size and sha256) before anything is loaded.
+
+What a task's camera loop uses unless told otherwise (its region of interest) is in one table,
+:data:`TASK_DEFAULTS`, so the script and the Python API agree.
 """
 from __future__ import annotations
 
@@ -17,9 +20,23 @@ import numpy as np
 
 from core.bundle import BundleError, verify_bundle
 from core.errors import InputError
+from firmware_sim.noise import NoiseModel
 from firmware_sim.weights import SensorWeights
 
-TASKS = ("gesture", "lips")
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    """A task's defaults for the camera loop."""
+
+    roi: str                   # an edge.roi mode: the crop the task's models were trained on
+
+
+TASK_DEFAULTS: dict[str, TaskDefaults] = {
+    "gesture": TaskDefaults(roi="center"),     # hand gestures: the centre square of the frame
+    "lips": TaskDefaults(roi="mouth"),         # lip reading: the mouth under a detected face (GRID crops)
+}
+OTHER_TASK = TaskDefaults(roi="center")        # a bundle whose manifest names no known task
+TASKS = tuple(TASK_DEFAULTS)
 DEFAULT_TASK = "gesture"
 SENSOR_FILE = "sensor_weights.npz"
 ENV_MODELS = "PIXELRNN_MODELS"
@@ -33,8 +50,13 @@ def models_root() -> Path:
     spec = importlib.util.find_spec("pixelrnn")
     if spec is None or not spec.submodule_search_locations:
         raise BundleError("the pixelrnn package is not installed, so there is no bundled model: "
-                          "pass --model BUNDLE")
+                          "give a bundle folder")
     return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def task_defaults(task: str) -> TaskDefaults:
+    """The defaults of ``task`` (a bundle's ``task``; an unknown or empty one gets :data:`OTHER_TASK`)."""
+    return TASK_DEFAULTS.get(task, OTHER_TASK)
 
 
 def default_bundle_dir(task: str) -> Path:
@@ -92,18 +114,28 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
 
 
 def resolve_bundle(*, model: str | os.PathLike | None, task: str | None) -> Bundle:
-    """``--model`` (a bundle folder, or ``default``/None for the bundled model of ``task``) and
-    ``--task`` (None: the bundle's own; with a bundle, it must agree) -> a verified Bundle."""
+    """``model`` (a bundle folder, or ``default``/None for the bundled model of ``task``) and
+    ``task`` (None: the bundle's own; with a bundle, it must agree) -> a verified Bundle."""
     if task is not None and task not in TASKS:
         raise InputError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     if model is None or str(model) == "default":
         chosen = task or DEFAULT_TASK
         path = default_bundle_dir(chosen)
         if not (path / "manifest.json").is_file():
-            raise BundleError(f"no bundled model for task {chosen} at {path}: pass --model BUNDLE")
+            raise BundleError(f"no bundled model for task {chosen} at {path}: give a bundle folder")
         bundle = load_bundle(path)
     else:
         bundle = load_bundle(model)
     if task is not None and bundle.task and bundle.task != task:
-        raise InputError(f"--task {task} but {bundle.path} is a {bundle.task} model")
+        raise InputError(f"task {task} but {bundle.path} is a {bundle.task} model")
     return bundle
+
+
+def check_noise(*, noise: NoiseModel, bundle: Bundle) -> None:
+    """A noise calibration is fitted to one sensor program: refuse it for another bundle's."""
+    if not isinstance(noise, NoiseModel):
+        raise InputError(f"noise must be a NoiseModel, got {type(noise).__name__}")
+    try:
+        noise.check_program(bundle.model_id)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None

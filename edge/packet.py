@@ -1,4 +1,4 @@
-"""The readout packet: the only bytes that cross the sensor boundary (DESIGN.md section 3).
+"""The readout packet: the only bytes that cross the sensor boundary (docs/DESIGN.md section 3).
 
 One format, used by the sensor stage to encode and by the host to decode. Big-endian, 40-byte
 header, payload, CRC32 (``zlib.crc32``) of header + payload as a 4-byte trailer:
@@ -9,9 +9,10 @@ offset   type    field
 0        4s      magic ``b"PXRN"``
 4        u8      version (1)
 5        u8      kind: 0 = readout, 1 = end of stream (no payload)
-6        u8      encoding: 8 = 8-bit analog levels, 1 = 1-bit packed (sign of o),
-                 2 = 1-bit signs, arithmetic-coded with a learned prior
-7        u8      level: 1-bit and prior, the host maps bits to ``127 +- level`` (0 for 8-bit)
+6        u8      encoding: the payload's wire id in ``edge.payloads``: 8 = 8-bit analog levels,
+                 1 = 1-bit packed (sign of o), 2 = 1-bit signs, arithmetic-coded with a learned prior
+7        u8      level: payloads that use one (1-bit, prior): the host maps bits to ``127 +- level``;
+                 0 for the others
 8        u32     stream id (random per sensor run: a restarted sensor is a new stream)
 12       u32     window sequence number (0, 1, 2, ... per stream)
 16       u64     timestamp of the window's last frame, ``time.monotonic_ns()`` of the sender
@@ -44,30 +45,50 @@ authors' gesture model on the 90 Cambridge test clips 68.9% / 84.4% (8-bit) -> 6
 (gesture, noise off: 37.8% at level 10, 58.9% at 30, 60.0% at 80). A decoder fine-tuned on 1-bit
 readouts would recover part of the gap.
 
-Decoding never raises on bad bytes: :class:`PacketDecoder` counts each rejection by reason.
+Payload types live in a registry (:mod:`edge.payloads`): this module frames whichever codec the
+encoding byte names, checks the payload length against the codec's size (exact, or a range) and
+hands the payload to the codec's decoder. A new payload type is one registry entry.
+
+Decoding never raises on bad bytes: :class:`PacketDecoder` counts each rejection by reason, and
+applies the stream and sequence rules (a bounded sequence window, replays, end-of-stream only for
+the stream it ends). The CRC32 is no defence against forgery: on a UDP link every packet is wrapped
+in a MAC (:mod:`edge.auth`), a link-layer trailer outside this format.
 """
 from __future__ import annotations
 
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from core.constants import ZERO_LEVEL
+from edge.payloads import (
+    DEFAULT_LEVEL,
+    NAME_TO_ID,
+    PRIOR_ID_BYTES,
+    PRIOR_MIN_BYTES,
+    PacketError,
+    encode_payload,
+    find_payload,
+    get_payload,
+)
+
+__all__ = ["MAGIC", "VERSION", "KIND_READOUT", "KIND_END", "ENC_8BIT", "ENC_1BIT", "ENC_PRIOR", "PAYLOADS",
+           "PRIOR_ID_BYTES", "PRIOR_MIN_BYTES", "DEFAULT_LEVEL", "MAX_SIDE", "HEADER_BYTES", "CRC_BYTES",
+           "OVERHEAD_BYTES", "REASONS", "MAX_SEQ_JUMP", "PacketError", "Packet", "model_id_bytes", "payload_bytes",
+           "max_payload_bytes", "encode_readout", "encode_end", "side_states", "decode_packet", "PacketDecoder"]
 
 MAGIC = b"PXRN"
 VERSION = 1
 KIND_READOUT = 0
 KIND_END = 1
-ENC_8BIT = 8
-ENC_1BIT = 1
-ENC_PRIOR = 2
-PAYLOADS = {"8bit": ENC_8BIT, "1bit": ENC_1BIT, "prior": ENC_PRIOR}
-PRIOR_ID_BYTES = 8
-PRIOR_MIN_BYTES = PRIOR_ID_BYTES + 4     # prior id + the CRC32 of the bits (the code may be empty)
-DEFAULT_LEVEL = 50           # 1-bit: levels 127 +- 50 (o = +-5 MAC)
+ENC_8BIT = get_payload("8bit").wire_id
+ENC_1BIT = get_payload("1bit").wire_id
+ENC_PRIOR = get_payload("prior").wire_id
+PAYLOADS = NAME_TO_ID                    # {name: wire id}, a live view of the registry
 MAX_SIDE = 4096
 
 _HEADER = struct.Struct("!4sBBBBIIQ8sHHI")
@@ -75,16 +96,13 @@ HEADER_BYTES = _HEADER.size              # 40
 CRC_BYTES = 4
 OVERHEAD_BYTES = HEADER_BYTES + CRC_BYTES  # 44
 
+# the frame's own rejections, the decoder's stream and sequence rules, the link's MAC check
+# (``edge.auth``), then those the built-in codecs add (a codec's ``reasons``)
 REASONS = ("short", "bad_magic", "bad_version", "bad_kind", "bad_encoding", "bad_length", "bad_crc",
-           "bad_shape", "wrong_model", "stale_seq", "no_prior", "wrong_prior", "bad_prior_decode")
-
-
-class PacketError(ValueError):
-    """A packet that was rejected; ``reason`` is one of :data:`REASONS`."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+           "bad_shape", "bad_payload", "wrong_model", "stale_seq", "seq_jump", "wrong_stream",
+           "wrong_stream_end", "bad_mac",
+           *dict.fromkeys(r for name in PAYLOADS for r in get_payload(name).reasons))
+MAX_SEQ_JUMP = 1024          # a readout more windows ahead than this is ``seq_jump`` (PacketDecoder)
 
 
 @dataclass(frozen=True)
@@ -117,29 +135,19 @@ def model_id_bytes(model_id: str) -> bytes:
     return raw
 
 
-def payload_bytes(shape: tuple[int, int], encoding: int) -> int:
-    """Payload size of a readout of ``shape`` in ``encoding`` (8-bit or 1-bit: the prior payload's
-    size varies per readout, see :func:`max_payload_bytes`)."""
-    n = int(shape[0]) * int(shape[1])
-    if encoding == ENC_PRIOR:
-        raise ValueError("the prior payload has a variable size: use max_payload_bytes or the packet's length")
-    return n if encoding == ENC_8BIT else (n + 7) // 8
+def payload_bytes(shape: tuple[int, int], encoding: int | str) -> int:
+    """Payload size of a readout of ``shape`` in a fixed-size ``encoding`` (wire id or name; a
+    variable-size payload such as the prior's raises, see :func:`max_payload_bytes`)."""
+    codec = get_payload(encoding)
+    if codec.variable:
+        raise ValueError(f"the {codec.name} payload has a variable size: use max_payload_bytes or the packet's length")
+    return int(codec.size(shape))
 
 
-def max_payload_bytes(shape: tuple[int, int], encoding: int) -> int:
-    """The largest payload a decoder accepts: the fixed size for 8-bit and 1-bit, and for the prior
-    payload twice the 1-bit size + 64 (id, CRC and the worst a reasonable prior spends)."""
-    if encoding == ENC_PRIOR:
-        return 2 * payload_bytes(shape, ENC_1BIT) + 64
-    return payload_bytes(shape, encoding)
-
-
-def _check_coder(coder) -> None:
-    """A prior coder (``core.prior_coder.PriorCoder``) over 2 symbols, the 1-bit readout's."""
-    if not all(hasattr(coder, a) for a in ("prior_id", "encode", "decode", "num_classes")):
-        raise ValueError(f"coder must be an core.prior_coder.PriorCoder, got {type(coder).__name__}")
-    if coder.num_classes != 2:
-        raise ValueError(f"the prior must model 2 levels (1-bit readouts), this one has {coder.num_classes}")
+def max_payload_bytes(shape: tuple[int, int], encoding: int | str) -> int:
+    """The largest payload a decoder accepts: the fixed size, or a variable payload's maximum
+    (the prior's: twice the 1-bit size + 64, for the id, CRC and the worst a reasonable prior spends)."""
+    return int(get_payload(encoding).size(shape))
 
 
 def _frame(header: bytes, payload: bytes) -> bytes:
@@ -148,38 +156,28 @@ def _frame(header: bytes, payload: bytes) -> bytes:
 
 
 def encode_readout(readout: np.ndarray, *, model_id: str, stream_id: int, seq: int, t_ns: int = 0,
-                   encoding: int = ENC_8BIT, level: int = DEFAULT_LEVEL, coder=None) -> bytes:
-    """Frame one (H, W) uint8 readout as a packet: 8-bit levels, 1-bit packed signs, or the signs
-    coded with the prior ``coder`` (an ``core.prior_coder.PriorCoder``; a readout it would code
-    longer than :func:`max_payload_bytes` goes out 1-bit)."""
+                   encoding: int | str = ENC_8BIT, level: int = DEFAULT_LEVEL, coder=None) -> bytes:
+    """Frame one (H, W) uint8 readout as a packet in the payload ``encoding`` (wire id or name,
+    :mod:`edge.payloads`). ``coder``: the payload's side state (the prior payload's
+    ``core.prior_coder.PriorCoder``); a readout it would code longer than the payload's maximum
+    goes out in the codec's fallback (the prior's: 1-bit)."""
     readout = np.asarray(readout)
     if readout.dtype != np.uint8 or readout.ndim != 2:
         raise ValueError(f"readout must be an (H, W) uint8 array, got {readout.shape} {readout.dtype}")
     h, w = readout.shape
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise ValueError(f"readout side must be 1..{MAX_SIDE}, got {h}x{w}")
-    if encoding == ENC_8BIT:
-        payload, level = np.ascontiguousarray(readout).tobytes(), 0
-    elif encoding in (ENC_1BIT, ENC_PRIOR):
-        if not (isinstance(level, int) and 1 <= level <= ZERO_LEVEL):
-            raise ValueError(f"1-bit level must be an integer 1..{ZERO_LEVEL}, got {level!r}")
-        bits = readout >= ZERO_LEVEL
-        payload = None
-        if encoding == ENC_PRIOR:
-            if coder is None:
-                raise ValueError("the prior encoding needs a coder (core.prior_coder.load_prior(FILE))")
-            _check_coder(coder)
-            payload = bytes(coder.prior_id) + coder.encode(bits.view(np.uint8))
-            if len(payload) > max_payload_bytes((h, w), ENC_PRIOR):
-                payload, encoding = None, ENC_1BIT          # the prior does not fit this readout
-        if payload is None:
-            payload = np.packbits(bits, axis=None).tobytes()
-    else:
-        raise ValueError(f"encoding must be {ENC_8BIT} (8-bit), {ENC_1BIT} (1-bit) or {ENC_PRIOR} (prior), "
-                         f"got {encoding!r}")
+    try:
+        codec = get_payload(encoding)
+    except ValueError:
+        raise ValueError(f"encoding must be a payload's wire id or name ("
+                         f"{', '.join(f'{i} = {n}' for n, i in PAYLOADS.items())}), got {encoding!r}") from None
+    if codec.uses_level and not (isinstance(level, int) and not isinstance(level, bool) and 1 <= level <= ZERO_LEVEL):
+        raise ValueError(f"1-bit level must be an integer 1..{ZERO_LEVEL}, got {level!r}")
+    used, payload = encode_payload(codec, readout, state=coder, level=level)
     _check_ids(stream_id, seq, t_ns)
-    header = _HEADER.pack(MAGIC, VERSION, KIND_READOUT, encoding, level, stream_id, seq, t_ns,
-                          model_id_bytes(model_id), h, w, len(payload))
+    header = _HEADER.pack(MAGIC, VERSION, KIND_READOUT, used.wire_id, level if used.uses_level else 0,
+                          stream_id, seq, t_ns, model_id_bytes(model_id), h, w, len(payload))
     return _frame(header, payload)
 
 
@@ -197,14 +195,32 @@ def _check_ids(stream_id: int, seq: int, t_ns: int) -> None:
             raise ValueError(f"{name} must be an integer in [0, 2^{bits}), got {value!r}")
 
 
-def decode_packet(data: bytes, *, expect_model: str | None = None, coder=None,
+def side_states(*, coder=None, states: Mapping | None = None) -> dict[int, object]:
+    """Host-side payload state, checked: ``{wire id: state}`` from ``states`` (keys: payload names or
+    wire ids) plus ``coder``, shorthand for the prior payload's coder."""
+    out: dict[int, object] = {}
+    for key, state in {**(dict(states) if states else {}), **({ENC_PRIOR: coder} if coder is not None else {})}.items():
+        codec = get_payload(key)
+        if state is not None and codec.check_state is not None:
+            codec.check_state(state)
+        if state is not None:
+            out[codec.wire_id] = state
+    return out
+
+
+def decode_packet(data: bytes, *, expect_model: str | None = None, coder=None, states: Mapping | None = None,
                   expect_shape: tuple[int, int] | None = None) -> Packet:
     """Parse and check one packet; raise :class:`PacketError` (with a reason) if it is malformed.
-    ``coder``: the host's prior coder (``core.prior_coder.PriorCoder``), needed for prior payloads.
-    ``expect_shape``: the readout shape the host takes (``bad_shape``), checked before a prior
-    payload is decoded (decoding costs time in proportion to H * W)."""
-    if coder is not None:
-        _check_coder(coder)
+    ``states``: the host's payload side state ``{payload name or wire id: state}``; ``coder``: the
+    prior coder (``core.prior_coder.PriorCoder``), needed for prior payloads. ``expect_shape``: the
+    readout shape the host takes (``bad_shape``), checked before the payload is decoded (the
+    prior's decoding costs time in proportion to H * W)."""
+    return _decode(data, expect_model=expect_model, states=side_states(coder=coder, states=states),
+                   expect_shape=expect_shape)
+
+
+def _decode(data: bytes, *, expect_model: str | None, states: Mapping[int, object],
+            expect_shape: tuple[int, int] | None) -> Packet:
     data = bytes(data)
     if len(data) < OVERHEAD_BYTES:
         raise PacketError("short", f"packet of {len(data)} bytes is shorter than the {OVERHEAD_BYTES}-byte frame")
@@ -221,7 +237,8 @@ def decode_packet(data: bytes, *, expect_model: str | None = None, coder=None,
         raise PacketError("bad_version", f"packet version {version}, this host reads {VERSION}")
     if kind not in (KIND_READOUT, KIND_END):
         raise PacketError("bad_kind", f"unknown packet kind {kind}")
-    if encoding not in (ENC_8BIT, ENC_1BIT, ENC_PRIOR) or (encoding != ENC_8BIT and not 1 <= level <= ZERO_LEVEL):
+    codec = find_payload(encoding)
+    if codec is None or (codec.uses_level and not 1 <= level <= ZERO_LEVEL):
         raise PacketError("bad_encoding", f"unknown encoding {encoding} (level {level})")
     model_id = model_raw.hex()
     if expect_model is not None and model_id != expect_model:
@@ -232,42 +249,23 @@ def decode_packet(data: bytes, *, expect_model: str | None = None, coder=None,
         return Packet(KIND_END, encoding, stream_id, seq, t_ns, model_id, (0, 0), None, len(data))
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise PacketError("bad_shape", f"readout shape {h}x{w}")
-    if encoding == ENC_PRIOR:
-        if not PRIOR_MIN_BYTES <= length <= max_payload_bytes((h, w), encoding):
-            raise PacketError("bad_length", f"prior payload of {length} bytes for a {h}x{w} readout (allowed "
-                              f"{PRIOR_MIN_BYTES}..{max_payload_bytes((h, w), encoding)})")
-    elif length != payload_bytes((h, w), encoding):
-        raise PacketError("bad_length", f"payload of {length} bytes for a {h}x{w} {encoding}-bit readout")
+    low, high = codec.size_range((h, w))
+    if not low <= length <= high:
+        allowed = f"{low}..{high}" if low != high else f"{high}"
+        raise PacketError("bad_length", f"{codec.name} payload of {length} bytes for a {h}x{w} readout "
+                          f"(allowed {allowed})")
     if expect_shape is not None and (h, w) != tuple(expect_shape):
         raise PacketError("bad_shape", f"readout {(h, w)}, host model takes {tuple(expect_shape)}")
-    if encoding == ENC_PRIOR:
-        bits = _decode_prior(data[HEADER_BYTES:HEADER_BYTES + length], (h, w), coder)
-    elif encoding == ENC_8BIT:
-        payload = np.frombuffer(data, dtype=np.uint8, count=length, offset=HEADER_BYTES)
-        readout = payload.reshape(h, w).copy()
-    else:
-        payload = np.frombuffer(data, dtype=np.uint8, count=length, offset=HEADER_BYTES)
-        bits = np.unpackbits(payload, count=h * w).reshape(h, w)
-    if encoding != ENC_8BIT:
-        readout = np.where(bits, ZERO_LEVEL + level, ZERO_LEVEL - level).astype(np.uint8)
-    return Packet(KIND_READOUT, encoding, stream_id, seq, t_ns, model_id, (h, w), readout, len(data))
-
-
-def _decode_prior(payload: bytes, shape: tuple[int, int], coder) -> np.ndarray:
-    """Prior id + PriorCoder payload -> (H, W) bits, or a PacketError."""
-    if coder is None:
-        raise PacketError("no_prior", "prior-coded packet, but this host has no prior (--prior FILE)")
-    prior_id = payload[:PRIOR_ID_BYTES]
-    if prior_id != bytes(coder.prior_id):
-        raise PacketError("wrong_prior", f"packet coded with prior {prior_id.hex()}, the host's is "
-                          f"{bytes(coder.prior_id).hex()}")
     try:
-        bits = coder.decode(payload[PRIOR_ID_BYTES:], shape=shape)
-    except ValueError as exc:                      # PriorMismatch: the bits fail their CRC
-        raise PacketError("bad_prior_decode", f"prior payload does not decode: {exc}") from None
-    if bits.shape != tuple(shape) or (bits > 1).any():
-        raise PacketError("bad_prior_decode", "prior payload decoded to symbols other than 1-bit signs")
-    return bits
+        readout = codec.decode(data[HEADER_BYTES:HEADER_BYTES + length], (h, w), states.get(encoding), level)
+    except PacketError:
+        raise
+    except ValueError as exc:                          # a codec's own check of its bytes
+        raise PacketError("bad_payload", f"{codec.name} payload does not decode: {exc}") from None
+    if not (isinstance(readout, np.ndarray) and readout.dtype == np.uint8 and readout.shape == (h, w)):
+        raise PacketError("bad_payload", f"{codec.name} payload decoded to something other than a {h}x{w} "
+                          "uint8 readout")
+    return Packet(KIND_READOUT, encoding, stream_id, seq, t_ns, model_id, (h, w), readout, len(data))
 
 
 @dataclass
@@ -276,37 +274,95 @@ class PacketDecoder:
 
     ``expect_model``: the host model's sensor program hash; packets from another program are
     rejected (``wrong_model``). ``shape``: the readout shape the host model takes (``bad_shape``).
-    ``coder``: the prior coder for prior-coded packets (without one they are ``no_prior``).
-    Per stream, a sequence number at or below the last accepted one is ``stale_seq``; a gap
-    counts the skipped windows as ``lost``.
+    ``states``: payload side state, ``{payload name or wire id: state}`` (:mod:`edge.payloads`);
+    ``coder``: shorthand for the prior's coder (without one, prior packets are ``no_prior``).
+
+    Sequence and stream rules (they bound what a packet that passed the checks can do, e.g. a
+    replayed or buggy one; forged ones never get here on a UDP link, see :mod:`edge.auth`):
+
+    * per stream, a sequence number at or below the last accepted one is ``stale_seq`` (a replay);
+      one more than ``max_seq_jump`` windows ahead of the next expected one is ``seq_jump`` (so a
+      single packet with sequence 2^32-1 cannot make every later genuine packet stale); a gap
+      within the bound counts the skipped windows as ``lost``;
+    * ``expect_stream``: the one stream this host takes (the UDP host knows its sensor's); readouts
+      and ends of any other stream are ``wrong_stream``. Without it, any stream is taken (a
+      restarted sensor is a new stream with its own sequence);
+    * an end-of-stream packet is accepted only for the stream it ends: the stream of the last
+      accepted readout (``expect_stream`` if set, any stream before the first readout); an end for
+      another stream is ``wrong_stream_end``. Its sequence number (windows sent) follows the same
+      ``stale_seq`` / ``seq_jump`` rules, so a bad end cannot inflate or hide the lost count.
+
+    :meth:`reject` counts a rejection made before this decoder, e.g. a failed MAC (``bad_mac``).
     """
 
     expect_model: str | None = None
     shape: tuple[int, int] | None = None
     coder: object = None
+    states: Mapping | None = None
+    expect_stream: int | None = None
+    max_seq_jump: int = MAX_SEQ_JUMP
     accepted: int = 0
     lost: int = 0
     bytes_in: int = 0
     rejected: Counter = field(default_factory=Counter)
     _last_seq: dict = field(default_factory=dict, repr=False)
+    _current: int | None = field(default=None, repr=False)
+    _states: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.expect_stream is not None and not (isinstance(self.expect_stream, (int, np.integer))
+                                                   and 0 <= self.expect_stream < 1 << 32):
+            raise ValueError(f"expect_stream must be an integer in [0, 2^32) or None, got {self.expect_stream!r}")
+        if not (isinstance(self.max_seq_jump, int) and not isinstance(self.max_seq_jump, bool)
+                and self.max_seq_jump >= 1):
+            raise ValueError(f"max_seq_jump must be an integer >= 1, got {self.max_seq_jump!r}")
+        self._states = side_states(coder=self.coder, states=self.states)
 
     def decode(self, data: bytes) -> Packet | None:
         """The packet, or None if it was rejected (the reason is counted in ``rejected``)."""
         self.bytes_in += len(data)
         try:
-            packet = decode_packet(data, expect_model=self.expect_model, coder=self.coder, expect_shape=self.shape)
-            last = self._last_seq.get(packet.stream_id)
-            if packet.is_end:
-                return packet
-            if last is not None and packet.seq <= last:
-                raise PacketError("stale_seq", f"window {packet.seq} after {last}")
+            packet = _decode(data, expect_model=self.expect_model, states=self._states, expect_shape=self.shape)
+            last = self._check_sequence(packet)
         except PacketError as exc:
             self.rejected[exc.reason] += 1
             return None
+        if packet.is_end:
+            return packet
         self.lost += packet.seq - (last + 1 if last is not None else 0)
         self._last_seq[packet.stream_id] = packet.seq
+        self._current = packet.stream_id
         self.accepted += 1
         return packet
+
+    def _check_sequence(self, packet: Packet) -> int | None:
+        """Apply the stream and sequence rules (see the class); the stream's last accepted seq."""
+        stream = packet.stream_id
+        if self.expect_stream is not None and stream != self.expect_stream:
+            raise PacketError("wrong_stream_end" if packet.is_end else "wrong_stream",
+                              f"stream {stream:#010x}, this host takes stream {self.expect_stream:#010x}")
+        if packet.is_end and self._current is not None and stream != self._current:
+            raise PacketError("wrong_stream_end", f"end of stream {stream:#010x} while stream "
+                              f"{self._current:#010x} runs")
+        last = self._last_seq.get(stream)
+        first = last + 1 if last is not None else 0           # the next sequence number expected
+        if packet.is_end:
+            # an end's seq is the number of windows sent: at least every window accepted so far
+            if packet.seq < first:
+                raise PacketError("stale_seq", f"end after {packet.seq} windows, window {last} was accepted")
+        elif packet.seq < first:
+            raise PacketError("stale_seq", f"window {packet.seq} after {last}")
+        if packet.seq - first > self.max_seq_jump:
+            raise PacketError("seq_jump", f"window {packet.seq} is {packet.seq - first} ahead of the next "
+                              f"expected ({first}); at most {self.max_seq_jump} are taken")
+        return last
+
+    def reject(self, reason: str, *, nbytes: int = 0) -> None:
+        """Count a packet rejected before it reached this decoder (``reason``, e.g. ``bad_mac``)."""
+        if reason not in REASONS:
+            raise ValueError(f"reason must be one of {', '.join(REASONS)}, got {reason!r}")
+        self.bytes_in += int(nbytes)
+        self.rejected[reason] += 1
 
     @property
     def malformed(self) -> int:

@@ -4,28 +4,32 @@
 process (``inproc``: packets go through an in-process queue and are decoded right away) or in a
 child process fed by UDP datagrams (``udp``). Either way only readout packets cross to the host.
 Files and the test pattern are processed as fast as the loop runs (every frame, none dropped)
-unless ``realtime`` paces them at their own fps.
+unless ``realtime`` paces them at their own fps. Without a ``roi`` the bundle's task chooses one
+(``edge.models.TASK_DEFAULTS``: the mouth for lips, the centre square for gestures).
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from core.errors import InputError
+from edge.auth import LinkKey, load_link_key
 from edge.capture import END_EOF, END_LOST, Capture, CaptureOptions, End
-from edge.display import Display, draw_overlay
+from edge.decision import Decision
 from edge.decoder import HostDecoder
+from edge.display import Display, draw_overlay
 from edge.host import HostStage
 from edge.link import InprocLink, LinkSpec, UdpSender
-from edge.models import Bundle
-from edge.packet import ENC_PRIOR, OVERHEAD_BYTES, payload_bytes
+from edge.models import Bundle, check_noise, task_defaults
+from edge.packet import OVERHEAD_BYTES
 from edge.remote import RemoteConfig, RemoteHost
-from edge.roi import MouthOptions, make_roi
-from edge.sensor_stage import Preprocessor, SensorOptions, SensorStage, open_prior
+from edge.roi import MouthOptions, make_roi, parse_roi
+from edge.sensor_stage import Preprocessor, SensorOptions, SensorStage
 from edge.stats import Latency, summarize
-from core.errors import InputError
 
 RAW_64 = 64 * 64               # bytes of one 8-bit 64x64 frame
 RAW_256 = 256 * 256            # bytes of one 8-bit 256x256 frame (the SCAMP-5 array)
@@ -37,20 +41,26 @@ class PipelineOptions:
     runtime: str = "onnxruntime"
     threads: int = 1
     link: LinkSpec = field(default_factory=LinkSpec)
-    roi: object = "center"                     # "center" | "mouth" | (x, y, w, h)
+    roi: str | tuple[int, int, int, int] | None = None   # center | mouth | (x, y, w, h); None: the task's
     sensor: SensorOptions = field(default_factory=SensorOptions)
     capture: CaptureOptions = field(default_factory=CaptureOptions)
     mouth: MouthOptions = field(default_factory=MouthOptions)
     max_frames: int | None = None
     frame_timeout: float = 2.0                 # live source: seconds without a frame = one failed read
+    link_key: str | os.PathLike | None = None  # UDP: the key file (edge.auth); None: an ephemeral key
 
     def __post_init__(self) -> None:
+        if self.link_key is not None and not (isinstance(self.link_key, (str, os.PathLike))
+                                              and os.fspath(self.link_key)):
+            raise InputError(f"link_key must be a file path or None, got {self.link_key!r}")
         if self.max_frames is not None and not (isinstance(self.max_frames, int) and self.max_frames >= 1):
-            raise InputError(f"--max-frames must be an integer >= 1, got {self.max_frames!r}")
+            raise InputError(f"max_frames must be an integer >= 1, got {self.max_frames!r}")
         if not (isinstance(self.frame_timeout, (int, float)) and self.frame_timeout > 0):
             raise InputError(f"frame_timeout must be > 0 s, got {self.frame_timeout!r}")
         if not isinstance(self.link, LinkSpec):
             raise InputError(f"link must be a LinkSpec, got {type(self.link).__name__}")
+        if self.roi is not None:
+            object.__setattr__(self, "roi", parse_roi(self.roi))
 
 
 @dataclass
@@ -61,13 +71,19 @@ class RunResult:
 
 
 def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
-                 on_decision: Callable[[dict], None] = lambda d: None,
+                 on_decision: Callable[[Decision], None] = lambda d: None,
                  on_note: Callable[[str], None] = lambda s: None,
                  display: Display | None = None, stop: threading.Event | None = None) -> RunResult:
     """Run the loop until the source ends, ``max_frames``, Ctrl-C, ``stop``, q in the ``display``
-    window (an open :class:`edge.display.Display`, or None: headless) or a lost camera."""
+    window (an open :class:`edge.display.Display`, or None: headless) or a lost camera.
+    ``on_decision`` gets each window's :class:`edge.decision.Decision`."""
     if not isinstance(bundle, Bundle):
         raise InputError(f"bundle must be an edge.models.Bundle, got {type(bundle).__name__}")
+    if not isinstance(options, PipelineOptions):
+        raise InputError(f"options must be a PipelineOptions, got {type(options).__name__}")
+    check_noise(noise=options.sensor.noise, bundle=bundle)
+    if options.roi is None:
+        options = replace(options, roi=task_defaults(bundle.task).roi)
     stop = stop or threading.Event()
     sensor = SensorStage(weights=bundle.sensor, options=options.sensor)
     pre = Preprocessor(make_roi(options.roi, mouth=options.mouth), size=sensor.size)
@@ -76,7 +92,8 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
     last = {"decision": None}
     end, message = END_EOF, ""
 
-    def emit(decision: dict) -> None:
+    def emit(data: dict) -> None:
+        decision = Decision.from_dict(data)
         counts["decisions"] += 1
         last["decision"] = decision
         on_decision(decision)
@@ -85,16 +102,20 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
         remote = host = None
         if options.link.kind == "inproc":
             decoder = HostDecoder(bundle=bundle, runtime=options.runtime, threads=options.threads)
-            coder = open_prior(options.sensor.prior) if sensor.encoding == ENC_PRIOR else None   # the host's copy
-            host = HostStage(decoder=decoder, expect_model=sensor.model_id, coder=coder)
+            states = options.sensor.payload_options.open().states     # the host's own copy of any side state
+            host = HostStage(decoder=decoder, expect_model=sensor.model_id, states=states)
             tx = stack.enter_context(InprocLink())
             host_info = decoder.describe()
         else:
+            key = _link_key(options, on_note)
             remote = stack.enter_context(RemoteHost(RemoteConfig(
                 bundle_dir=str(bundle.path), runtime=options.runtime, threads=options.threads,
                 host=options.link.host, port=options.link.port,
-                prior=None if options.sensor.prior is None else str(options.sensor.prior))))
-            tx = stack.enter_context(UdpSender(options.link.host, remote.port))
+                prior=None if options.sensor.prior is None else str(options.sensor.prior),
+                payload=options.sensor.payload, stream_id=sensor.stream_id,
+                link_key=None if options.link_key is None else os.fspath(options.link_key),
+                key=key if options.link_key is None else None)))
+            tx = stack.enter_context(UdpSender(options.link.host, remote.port, key=key))
             host_info = remote.decoder
         if display is not None and not display.available:
             display = None
@@ -176,6 +197,21 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
     return RunResult(end=end, message=message, summary=summary)
 
 
+def _link_key(options: PipelineOptions, on_note: Callable[[str], None]) -> LinkKey:
+    """The UDP link's key (the key file's, created if absent, or an ephemeral one), with notes on
+    an ephemeral key and on a host that listens beyond loopback."""
+    if options.link_key is not None:
+        key = load_link_key(path=options.link_key)
+    else:
+        key = LinkKey.ephemeral()
+        on_note("no link key file: the UDP link is authenticated with a random key made for this run "
+                "and handed to the host process only")
+    if not options.link.loopback:
+        on_note(f"warning: the host listens on {options.link.url}, reachable from other machines; packets "
+                "are authenticated (MAC) but not encrypted (docs/SECURITY.md)")
+    return key
+
+
 def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_stats, host_info,
              seconds, wall, end, roi) -> dict:
     frames = counts["frames"]
@@ -183,10 +219,8 @@ def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_
     fps = frames / seconds if seconds > 0 else 0.0
     src_fps = getattr(source, "fps", None)
     per_window = round(counts["readout_bytes"] / windows, 1) if windows else 0.0
-    if sensor.encoding == ENC_PRIOR:   # the real mean: prior payloads vary per window
-        payload = round(sensor.payload_bytes / windows, 1) if windows else None
-    else:
-        payload = payload_bytes((sensor.size, sensor.size), sensor.encoding)
+    payload = sensor.mean_payload_bytes   # exact for fixed-size payloads, the real mean for variable ones
+    payload = round(payload, 1) if isinstance(payload, float) else payload
     t = sensor.timesteps
 
     def ms(latency: Latency) -> dict:
@@ -207,6 +241,7 @@ def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_
         "task": bundle.task, "model": str(bundle.path), "model_id": sensor.model_id,
         "runtime": host_info, "link": options.link.url if options.link.kind == "inproc" else
         f"udp://{options.link.host}:{getattr(tx, 'address', ('', 0))[1]}",
+        "link_auth": _link_auth(tx, host_stats),
         "payload": options.sensor.payload,
         "frames": frames, "windows": windows, "decisions": counts["decisions"],
         "drops": {"capture": capture.drops, "lost_windows": host_stats.get("lost", 0),
@@ -222,9 +257,17 @@ def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_
                   "ratio_256": round(t * RAW_256 / per_window, 2) if per_window else None,
                   "received_by_host": host_stats.get("bytes_in", 0)},
         "roi": roi_info,
-        **({"prior": {"file": str(options.sensor.prior), "prior_hash": sensor.coder.prior_hash,
-                      "fallback_1bit_windows": sensor.prior_fallbacks}} if sensor.coder is not None else {}),
+        **sensor.payload_summary(),          # payloads with a file: e.g. {"prior": {file, prior_hash, ...}}
     }
+
+
+def _link_auth(tx, host_stats: dict) -> dict | None:
+    """UDP: the MAC, the key's origin and the host's MAC rejections (count, check time in us)."""
+    if not hasattr(tx, "key"):
+        return None
+    link = host_stats.get("link", {})
+    return {"mac": "hmac-sha256/128", "key": tx.key.origin, "bad_mac": link.get("bad_mac", 0),
+            "bad_mac_check_us": _short(link.get("bad_mac_check_us", {}))}
 
 
 def _short(stats: dict) -> dict:

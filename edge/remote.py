@@ -4,14 +4,25 @@ Only packets travel over UDP. A ``multiprocessing`` pipe carries control and res
 says ``ready`` (with the port it bound) or ``error`` (one line), streams back each decision, and at
 the end its counters and latency samples. The child ignores SIGINT: Ctrl-C reaches the whole
 process group, and the parent ends the child in order (end packet, then ``stop``).
+
+Every datagram must carry the link's MAC (:mod:`edge.auth`, threat model there): the child checks
+it first, with ``hmac.compare_digest``, and a datagram that fails is counted ``bad_mac`` and
+dropped before any parsing (a forged prior-coded payload costs one HMAC, not a decode). The key is
+the key file (``link_key``, loaded by the child itself) or an ephemeral key the parent made for
+this run, handed over in the config through the ``multiprocessing`` pipe. The child takes one
+stream, the parent's sensor's (``stream_id``), and an end-of-stream only for it
+(:class:`edge.packet.PacketDecoder`).
 """
 from __future__ import annotations
 
 import multiprocessing
 import signal
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from core.errors import InputError
+from edge.auth import LinkKey, load_link_key
+from edge.stats import Latency
 
 READY_TIMEOUT = 120.0      # model load (LCE imports TensorFlow: seconds)
 FINISH_TIMEOUT = 10.0
@@ -19,12 +30,31 @@ FINISH_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class RemoteConfig:
+    """What the host process runs. The link key: ``link_key`` (a key file the child loads; it must
+    exist) or ``key`` (an ephemeral :class:`edge.auth.LinkKey`, pickled through the pipe), exactly one."""
+
     bundle_dir: str
     runtime: str
     threads: int
     host: str
     port: int
-    prior: str | None = None          # --payload prior: the host loads its own copy of the prior file
+    prior: str | None = None          # the payload's file (the prior): the host loads its own copy
+    payload: str = "8bit"             # the payload name (edge.payloads): which side state to open
+    link_key: str | None = None       # the key file: the child loads its own copy
+    key: LinkKey | None = field(default=None, repr=False)   # or the run's ephemeral key
+    stream_id: int | None = None      # the sensor's stream: the only one the host takes (None: any)
+
+    def __post_init__(self) -> None:
+        if (self.link_key is None) == (self.key is None):
+            raise InputError("the host process needs exactly one link key: a key file or an ephemeral key")
+        if self.key is not None and not isinstance(self.key, LinkKey):
+            raise InputError(f"key must be an edge.auth.LinkKey, got {type(self.key).__name__}")
+        if self.stream_id is not None and not (isinstance(self.stream_id, int) and 0 <= self.stream_id < 1 << 32):
+            raise InputError(f"stream_id must be an integer in [0, 2^32) or None, got {self.stream_id!r}")
+
+    def load_key(self) -> LinkKey:
+        """The link key: the ephemeral one, or the key file's (which must exist and be private)."""
+        return self.key if self.key is not None else load_link_key(path=self.link_key, create=False)
 
 
 def host_main(conn, config: RemoteConfig) -> None:
@@ -38,21 +68,23 @@ def host_main(conn, config: RemoteConfig) -> None:
 
         bundle = load_bundle(config.bundle_dir)          # verified again: trust nothing across processes
         decoder = HostDecoder(bundle=bundle, runtime=config.runtime, threads=config.threads)
-        coder = None
-        if config.prior is not None:
-            from edge.sensor_stage import open_prior
-            coder = open_prior(config.prior)
+        from edge.payloads import PayloadOptions
+        states = PayloadOptions(name=config.payload, file=config.prior).open().states
+        key = config.load_key()
         receiver = UdpReceiver(config.host, config.port)
     except (InputError, OSError, ImportError, RuntimeError) as exc:
         conn.send(("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
         return
-    stage = HostStage(decoder=decoder, expect_model=bundle.model_id, coder=coder)
+    stage = HostStage(decoder=decoder, expect_model=bundle.model_id, states=states)
+    stage.packets.expect_stream = config.stream_id      # a PacketDecoder field: this run's stream only
+    rejects = Latency()
     try:
         conn.send(("ready", receiver.port, decoder.describe()))
         with receiver:
-            _serve(conn, receiver, stage)
+            _serve(conn, receiver, stage, key, rejects)
             stats = stage.stats()
-            stats["link"] = {"packets_in": receiver.packets_in, "bytes_in": receiver.bytes_in}
+            stats["link"] = {"packets_in": receiver.packets_in, "bytes_in": receiver.bytes_in,
+                             "bad_mac": rejects.count, "bad_mac_check_us": rejects.summary(unit="us")}
         conn.send(("done", stats))
     except (OSError, EOFError):                   # the parent is gone: nothing to report to
         pass
@@ -63,13 +95,20 @@ def host_main(conn, config: RemoteConfig) -> None:
             pass
 
 
-def _serve(conn, receiver, stage) -> None:
-    """Decode datagrams until the end packet, or until ``stop`` arrives and the socket is drained."""
+def _serve(conn, receiver, stage, key: LinkKey, rejects: Latency) -> None:
+    """Decode datagrams until the end packet, or until ``stop`` arrives and the socket is drained.
+    The MAC is checked first; a datagram that fails costs one HMAC (timed into ``rejects``)."""
     stopping = False
     while not stage.ended:
         data = receiver.recv(timeout=0.0 if stopping else 0.05)
         if data is not None:
-            decision = stage.handle(data)
+            t0 = time.perf_counter()
+            packet = key.open(data)
+            if packet is None:
+                stage.packets.reject("bad_mac", nbytes=len(data))
+                rejects.add(time.perf_counter() - t0)
+                continue
+            decision = stage.handle(packet)
             if decision is not None:
                 conn.send(("decision", decision))
             continue

@@ -29,19 +29,23 @@ FACE_CASCADE = "haarcascade_frontalface_default.xml"
 Box = tuple[int, int, int, int]
 
 
-def parse_roi(spec: str) -> str | Box:
-    """``center`` | ``mouth`` | ``x,y,w,h`` (integers, w and h > 0) -> mode name or box."""
-    if not isinstance(spec, str):
-        raise InputError(f"--roi must be center, mouth or x,y,w,h, got {spec!r}")
-    if spec in ROI_MODES:
+def parse_roi(spec: str | Box) -> str | Box:
+    """``center`` | ``mouth`` | ``x,y,w,h`` (a string, or four integers; w and h > 0) -> mode or box."""
+    if isinstance(spec, str) and spec in ROI_MODES:
         return spec
-    parts = spec.split(",")
+    if isinstance(spec, str):
+        parts = spec.split(",")
+    elif isinstance(spec, (tuple, list)) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                 for v in spec):
+        parts = list(spec)
+    else:
+        raise InputError(f"roi must be center, mouth or x,y,w,h, got {spec!r}")
     try:
         x, y, w, h = (int(p) for p in parts)
     except ValueError:
-        raise InputError(f"--roi {spec!r}: expected center, mouth or four integers x,y,w,h") from None
+        raise InputError(f"roi {spec!r}: expected center, mouth or four integers x,y,w,h") from None
     if x < 0 or y < 0 or w <= 0 or h <= 0:
-        raise InputError(f"--roi {spec!r}: x and y must be >= 0 and w, h > 0")
+        raise InputError(f"roi {spec!r}: x and y must be >= 0 and w, h > 0")
     return (x, y, w, h)
 
 
@@ -67,7 +71,7 @@ class FixedROI:
         x, y, w, h = self.box
         fh, fw = gray.shape[:2]
         if x + w > fw or y + h > fh:
-            raise InputError(f"--roi {x},{y},{w},{h} does not fit in the {fw}x{fh} frame")
+            raise InputError(f"roi {x},{y},{w},{h} does not fit in the {fw}x{fh} frame")
         return self.box
 
 
@@ -105,7 +109,7 @@ class MouthROI:
         path = cv2.data.haarcascades + FACE_CASCADE
         self._detector = cv2.CascadeClassifier(path)
         if self._detector.empty():
-            raise InputError(f"cannot load OpenCV's face detector {path}: use --roi x,y,w,h instead")
+            raise InputError(f"cannot load OpenCV's face detector {path}: use a fixed roi x,y,w,h instead")
         self._state: np.ndarray | None = None      # smoothed (cx, cy, side)
         self._since = self.options.detect_every - 1     # frames since the last detection: detect now
         self.detections = 0
@@ -152,7 +156,7 @@ class MouthROI:
 
 
 def make_roi(spec: str | Box, *, mouth: MouthOptions | None = None):
-    """A ROI chooser for a parsed ``--roi`` value (see :func:`parse_roi`)."""
+    """A ROI chooser for a parsed roi (see :func:`parse_roi`)."""
     if spec == "center":
         return CenterROI()
     if spec == "mouth":

@@ -1,9 +1,15 @@
-"""The PixelRNN camera loop: a webcam, video file or test pattern through the simulated sensor to the
-host decoder, one decision per 16-frame window.
+"""The PixelRNN camera loop's command line: a webcam, video file or test pattern through the
+simulated sensor to the host decoder, one decision per 16-frame window. A thin script over the
+Python API (:mod:`edge.api`: ``CameraLoop``): argparse, then one ``CameraLoop.run``.
 
     python edge/run_camera.py [--source auto|INDEX|PATH|test] [--model BUNDLE|default]
         [--task gesture|lips] [--runtime onnxruntime|tflite|lce] [--headless] [--max-frames N]
-        [--json-out FILE] [--link inproc|udp://127.0.0.1:PORT] [--payload 8bit|1bit|prior [--prior FILE]]
+        [--json-out FILE] [--link inproc|udp://127.0.0.1:PORT [--link-key FILE]]
+        [--payload 8bit|1bit|prior [--prior FILE]]
+
+Also installed as ``pixelrnn-camera``. Run as a script, Python puts ``edge/`` first on
+``sys.path``; no module in edge/ shares a name with a standard or installed module (a test checks),
+so nothing is shadowed and nothing rewrites ``sys.path``.
 
 Run as a script, BLAS is limited to one thread (unless OPENBLAS_NUM_THREADS etc. are set): the
 sensor stage's small matrix products measured faster and far steadier that way (p99 per frame
@@ -14,37 +20,29 @@ Exit codes: 0 normal end (end of file, --max-frames, Ctrl-C, q in the window), 2
 """
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
-if __name__ == "__main__" and not __package__:      # run as a script: import the repository's packages
-    import os as _os
+if __name__ == "__main__" and not __package__:      # run as a script (not -m, not the entry point)
     for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        _os.environ.setdefault(_var, "1")            # before numpy: see the module docstring
-    _HERE = Path(__file__).resolve().parent
-    if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:
-        sys.path.pop(0)                              # edge/ itself must not shadow other modules
-    sys.path.insert(0, str(_HERE.parent))
+        os.environ.setdefault(_var, "1")             # before numpy: see the module docstring
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import signal  # noqa: E402
 import threading  # noqa: E402
 from contextlib import ExitStack  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from edge.capture import END_LOST, CameraLost, CaptureOptions, make_source  # noqa: E402
-from edge.display import Display  # noqa: E402
-from edge.decoder import RUNTIMES  # noqa: E402
-from edge.link import parse_link  # noqa: E402
-from edge.models import TASKS, resolve_bundle  # noqa: E402
-from edge.packet import DEFAULT_LEVEL, PAYLOADS  # noqa: E402
-from edge.pipeline import PipelineOptions, RunResult, run_pipeline  # noqa: E402
-from edge.roi import parse_roi  # noqa: E402
-from edge.sensor_stage import SensorOptions  # noqa: E402
 from core.argtypes import positive_int as _positive_int  # noqa: E402
 from core.errors import InputError  # noqa: E402
-from firmware_sim.noise import NoiseModel  # noqa: E402
+from edge.api import CameraLoop, CameraLoopOptions, Decision, RunResult  # noqa: E402
+from edge.auth import load_link_key  # noqa: E402
+from edge.capture import END_LOST, CameraLost, make_source  # noqa: E402
+from edge.decoder import RUNTIMES  # noqa: E402
+from edge.display import Display  # noqa: E402
+from edge.models import TASKS  # noqa: E402
+from edge.payloads import DEFAULT_LEVEL, PayloadOptions, file_payload_names, get_payload, payload_help, payload_names  # noqa: E402
 
 PROG = "run_camera"
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CAMERA = 0, 1, 2, 3
@@ -91,21 +89,27 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also write JSON Lines: one object per window, then {'summary': ...}")
     p.add_argument("--link", type=str, default="inproc", metavar="inproc|udp://127.0.0.1:PORT",
                    help="readout link: in-process queue (default) or UDP to a host process (port 0: any free port)")
-    p.add_argument("--payload", choices=tuple(PAYLOADS), default="8bit",
-                   help="readout payload: 8bit levels (4,096 B/window), 1bit signs (512 B/window, less accurate) "
-                        "or prior: the 1bit signs losslessly arithmetic-coded under a learned prior (--prior)")
+    p.add_argument("--link-key", type=Path, default=None, metavar="FILE",
+                   help="--link udp:// only: the shared key that authenticates every packet (HMAC-SHA256); "
+                        "created (32 random bytes, mode 0600) if absent, refused if group/others can read it; "
+                        "default: a random key for this run only (see docs/SECURITY.md)")
+    p.add_argument("--payload", choices=payload_names(), default="8bit",
+                   help=f"readout payload (default 8bit): {payload_help()}")
     p.add_argument("--prior", type=Path, default=None, metavar="FILE.npz",
-                   help="--payload prior: the prior file (pixelrnn generate export-prior); sensor and host "
+                   help=f"--payload {'/'.join(file_payload_names())}: its file (the prior: written by "
+                        "pixelrnn generate export-prior); sensor and host "
                         "both load it")
     p.add_argument("--level", type=_positive_int, default=DEFAULT_LEVEL,
-                   help=f"1bit only: the host maps bits to levels 127 +- LEVEL (default {DEFAULT_LEVEL}, o = +-5)")
+                   help=f"{'/'.join(n for n in payload_names() if get_payload(n).uses_level)} only: the host "
+                        f"maps bits to levels 127 +- LEVEL (default {DEFAULT_LEVEL}, o = +-5)")
     p.add_argument("--roi", default=None, metavar="center|mouth|x,y,w,h",
                    help="region of interest (default: mouth for lips, center for gesture)")
     p.add_argument("--realtime", action="store_true", help="pace files and the test pattern at their own fps")
     p.add_argument("--noise", default="off", metavar="off|authors|FILE",
                    help="analog noise in the simulated sensor (default off)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--retries", type=int, default=3, help="reopen attempts for a camera that stops delivering (default 3)")
+    p.add_argument("--retries", type=int, default=3,
+                   help="reopen attempts for a camera that stops delivering (default 3)")
     p.add_argument("--retry-delay", type=_seconds, default=0.5,
                    help="seconds x attempt before each reopen (default 0.5)")
     p.add_argument("--frame-timeout", type=_seconds, default=2.0,
@@ -113,34 +117,41 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build(args: argparse.Namespace, *, source=None):
-    """Arguments -> (bundle, source, options, note); bad input raises a one-line InputError."""
-    link = parse_link(args.link)
-    roi = parse_roi(args.roi) if args.roi is not None else None
+def _check_payload_args(args: argparse.Namespace) -> None:
+    """--payload with --prior, in the flags' words (the library's messages name no flags)."""
+    codec = get_payload(args.payload)
+    if codec.open_state is not None and args.prior is None:
+        raise InputError(f"--payload {codec.name} needs --prior FILE.npz ({codec.file_hint})")
+    if codec.open_state is None and args.prior is not None:
+        raise InputError(f"--prior is only used with --payload {' or '.join(file_payload_names())} "
+                         f"(the payload is {codec.name})")
+    if args.prior is not None:
+        try:
+            PayloadOptions(name=codec.name, level=args.level, file=args.prior).open()
+        except InputError as exc:
+            raise InputError(f"--prior: {exc}") from None
+
+
+def _check_link_key_args(args: argparse.Namespace) -> None:
+    """--link-key with --link udp://, and a usable key file, in the flags' words."""
+    if args.link_key is None:
+        return
+    if not args.link.startswith("udp://"):
+        raise InputError(f"--link-key is only used with --link udp://IPV4:PORT (the link is {args.link})")
     try:
-        noise = NoiseModel.from_spec(args.noise)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    if args.retries < 0:
-        raise InputError(f"--retries must be >= 0, got {args.retries}")
-    if args.level > 127:
-        raise InputError(f"--level must be 1..127, got {args.level}")
-    if args.json_out is not None and not args.json_out.absolute().parent.is_dir():
-        raise InputError(f"--json-out: folder {args.json_out.absolute().parent} does not exist")
-    bundle = resolve_bundle(model=args.model, task=args.task)
-    if noise.model_id and noise.model_id != bundle.model_id:
-        raise InputError(f"--noise calibration is for model {noise.model_id}, the bundle is {bundle.model_id}")
-    if roi is None:
-        roi = "mouth" if bundle.task == "lips" else "center"
-    note = ""
-    if source is None:
-        source, note = make_source(args.source)
-    options = PipelineOptions(
-        runtime=args.runtime, threads=args.threads, link=link, roi=roi,
-        sensor=SensorOptions(payload=args.payload, level=args.level, noise=noise, seed=args.seed, prior=args.prior),
-        capture=CaptureOptions(realtime=args.realtime, retries=args.retries, retry_delay=args.retry_delay),
-        max_frames=args.max_frames, frame_timeout=args.frame_timeout)
-    return bundle, source, options, note
+        load_link_key(path=args.link_key)
+    except InputError as exc:
+        raise InputError(f"--link-key: {exc}") from None
+
+
+def options_from_args(args: argparse.Namespace) -> CameraLoopOptions:
+    """Parsed arguments -> the loop's options (validated there: a bad value is a one-line InputError)."""
+    return CameraLoopOptions(
+        bundle_path=None if args.model == "default" else args.model, task=args.task, runtime=args.runtime,
+        threads=args.threads, link=args.link, link_key=args.link_key, payload=args.payload, prior=args.prior,
+        level=args.level,
+        roi=args.roi, noise=args.noise, seed=args.seed, realtime=args.realtime, max_frames=args.max_frames,
+        retries=args.retries, retry_delay=args.retry_delay, frame_timeout=args.frame_timeout)
 
 
 def format_summary(result: RunResult) -> str:
@@ -151,13 +162,15 @@ def format_summary(result: RunResult) -> str:
             f"windows, {s['decisions']} decisions in {s['seconds']:.2f} s: {s['fps']:.1f} fps")
     if s["source_fps"]:
         head += f" ({s['headroom_vs_source']:.1f}x the source's {s['source_fps']:g} fps)"
+    auth = s.get("link_auth")
+    link = s["link"] + (f" (MAC {auth['mac']}, key {auth['key']})" if auth else "")
     malformed = sum(s["malformed"].values())
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["malformed"].items()))
     stages = "  ".join(f"{name} {v['p50']:.3f}/{v['p99']:.3f}" for name, v in lat.items() if "p50" in v)
     lines = [
         head,
         f"  source {s['source']}; model {s['task']} {s['model_id']} ({rt.get('backend')} {rt.get('version')}, "
-        f"{rt.get('threads')} thread(s)); link {s['link']}; payload {s['payload']}",
+        f"{rt.get('threads')} thread(s)); link {link}; payload {s['payload']}",
         f"  drops: capture {d['capture']}, lost windows {d['lost_windows']}, malformed packets {malformed}"
         + (f" ({reasons})" if reasons else "") + f"; reconnects {d['reconnects']}; "
         f"{d['partial_window_frames']} trailing frames not a full window",
@@ -175,11 +188,22 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def _note(text: str) -> None:
+    print(f"{PROG}: {text}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace, *, source=None, stop: threading.Event | None = None) -> int:
-    bundle, source, options, note = build(args, source=source)
-    if note:
-        print(f"{PROG}: {note}", file=sys.stderr)
+    """Run the loop the arguments describe; the exit code (bad input raises, see :func:`main`)."""
+    _check_payload_args(args)
+    _check_link_key_args(args)
+    options = options_from_args(args)
+    if args.json_out is not None and not args.json_out.absolute().parent.is_dir():
+        raise InputError(f"--json-out: folder {args.json_out.absolute().parent} does not exist")
     with ExitStack() as stack:
+        loop = stack.enter_context(CameraLoop.create_from_options(options))
+        frames, note = make_source(args.source if source is None else source)
+        if note:
+            _note(note)
         display = None
         if not args.headless:
             display = stack.enter_context(Display())
@@ -189,17 +213,15 @@ def run(args: argparse.Namespace, *, source=None, stop: threading.Event | None =
         headless = display is None
         jsonl = stack.enter_context(open(args.json_out, "w", encoding="utf-8")) if args.json_out else None
 
-        def on_decision(decision: dict) -> None:
-            line = json.dumps(decision)
+        def on_decision(decision: Decision) -> None:
+            line = json.dumps(decision.to_dict())
             if headless:
                 print(line, flush=True)
             if jsonl is not None:
                 jsonl.write(line + "\n")
                 jsonl.flush()
 
-        result = run_pipeline(source=source, bundle=bundle, options=options, on_decision=on_decision,
-                              on_note=lambda text: print(f"{PROG}: {text}", file=sys.stderr),
-                              display=display, stop=stop)
+        result = loop.run(frames, on_decision=on_decision, on_note=_note, display=display, stop=stop)
         if jsonl is not None:
             jsonl.write(json.dumps({"summary": {"end": result.end, **result.summary}}) + "\n")
     print(format_summary(result), file=sys.stderr)

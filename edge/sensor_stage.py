@@ -3,9 +3,10 @@
 Per frame: grayscale, region of interest and resize to 64x64 (``firmware_sim.frontend``, the code
 training uses), the sensor's input binarization (``FrontEnd.binarize``) and one step of the
 sensor program (``firmware_sim.fast.SensorStream``, the fast path). Every ``timesteps`` frames the
-readout is framed as a packet (``edge.packet``): that packet is all that leaves this stage. With
-``payload="prior"`` the readout's signs are arithmetic-coded under a learned prior loaded from a
-prior file (``core.prior_coder``, numpy only), which the host loads too.
+readout is framed as a packet (``edge.packet``): that packet is all that leaves this stage. The
+payload type comes from the registry in ``edge.payloads`` (8bit, 1bit, prior, ...); a payload with
+side state opens it once here (the prior: a prior file, ``core.prior_coder``, numpy only), and the
+host opens its own copy.
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.packet import DEFAULT_LEVEL, ENC_PRIOR, OVERHEAD_BYTES, PAYLOADS, encode_end, encode_readout
-from core.prior_coder import PriorCoder, load_prior
-from edge.stats import Latency
 from core.errors import InputError
+from edge.packet import OVERHEAD_BYTES, encode_end, encode_readout
+from edge.payloads import DEFAULT_LEVEL, PayloadOptions
+from edge.stats import Latency
 from firmware_sim.fast import SensorStream
 from firmware_sim.frontend import crop_resize, to_gray
 from firmware_sim.noise import NoiseModel
@@ -42,36 +43,30 @@ class Preprocessor:
 
 @dataclass(frozen=True)
 class SensorOptions:
-    payload: str = "8bit"                 # 8bit levels, 1bit packed signs or prior-coded signs (edge.packet)
-    level: int = DEFAULT_LEVEL            # 1-bit: the host rebuilds levels 127 +- level
+    payload: str = "8bit"                 # a payload name from edge.payloads (8bit, 1bit, prior, ...)
+    level: int = DEFAULT_LEVEL            # level-carrying payloads (1bit, prior): the host rebuilds 127 +- level
     noise: NoiseModel = field(default_factory=NoiseModel.off)
     seed: int = 0                         # noise seed
     stream_id: int | None = None          # None: random
-    prior: str | os.PathLike | None = None  # payload "prior": the prior file (core.prior_coder)
+    prior: str | os.PathLike | None = None  # the payload's file, for payloads with side state (the prior file)
 
     def __post_init__(self) -> None:
-        if self.payload not in PAYLOADS:
-            raise InputError(f"payload must be one of {', '.join(PAYLOADS)}, got {self.payload!r}")
-        if not (isinstance(self.level, int) and 1 <= self.level <= 127):
-            raise InputError(f"1-bit level must be an integer 1..127, got {self.level!r}")
+        self.payload_options  # noqa: B018 - building it validates payload, level and file (edge.payloads)
         if not isinstance(self.noise, NoiseModel):
             raise InputError(f"noise must be a NoiseModel, got {type(self.noise).__name__}")
         if self.stream_id is not None and not (isinstance(self.stream_id, int) and 0 <= self.stream_id < 2**32):
             raise InputError(f"stream_id must be an integer in [0, 2^32), got {self.stream_id!r}")
-        if self.prior is not None and not isinstance(self.prior, (str, os.PathLike)):
-            raise InputError(f"prior must be a file path, got {type(self.prior).__name__}")
-        if self.payload == "prior" and self.prior is None:
-            raise InputError("--payload prior needs --prior FILE.npz (write one with: pixelrnn generate export-prior --checkpoint CKPT --out FILE.npz)")
-        if self.payload != "prior" and self.prior is not None:
-            raise InputError(f"--prior is only used with --payload prior (the payload is {self.payload})")
+
+    @property
+    def payload_options(self) -> PayloadOptions:
+        """The payload choice as :class:`edge.payloads.PayloadOptions` (``open()`` it for side state)."""
+        return PayloadOptions(name=self.payload, level=self.level, file=self.prior)
 
 
-def open_prior(path) -> PriorCoder:
-    """``--prior FILE`` -> the prior coder, or a one-line InputError."""
-    try:
-        return load_prior(path)
-    except ValueError as exc:
-        raise InputError(f"--prior: {exc}") from None
+def open_prior(path):
+    """A prior file -> its ``core.prior_coder.PriorCoder``, or a one-line InputError (kept for
+    callers of the earlier API: ``PayloadOptions(name="prior", file=path).open().state``)."""
+    return PayloadOptions(name="prior", file=path).open().state
 
 
 class SensorStage:
@@ -85,8 +80,10 @@ class SensorStage:
         self.model_id = weights.program_hash()
         self.size = weights.frontend.size
         self.timesteps = weights.timesteps
-        self.encoding = PAYLOADS[self.options.payload]
-        self.coder = open_prior(self.options.prior) if self.encoding == ENC_PRIOR else None
+        self.payload = self.options.payload_options.open()    # codec, level and side state, opened once
+        self.codec = self.payload.codec
+        self.encoding = self.codec.wire_id                     # the packet header's encoding byte
+        self.coder = self.payload.state                        # side state (the prior's coder), or None
         self.stream_id = (self.options.stream_id if self.options.stream_id is not None
                           else int.from_bytes(os.urandom(4), "big"))
         rng = np.random.default_rng(self.options.seed) if self.options.noise.enabled else None
@@ -96,8 +93,8 @@ class SensorStage:
         self.last_readout: np.ndarray | None = None
         self.sensor_latency = Latency()      # per frame: binarize + one step of the program
         self.encode_latency = Latency()      # per window: packet framing (and prior coding)
-        self.payload_bytes = 0               # readout packets' payloads, summed (they vary with the prior)
-        self.prior_fallbacks = 0             # prior payload: windows sent 1-bit (the prior's code too long)
+        self.payload_bytes = 0               # readout packets' payloads, summed (variable-size ones vary)
+        self.fallbacks = 0                   # windows sent in the codec's fallback (the prior's code too long)
 
     def push(self, image: np.ndarray, *, t_ns: int) -> bytes | None:
         if image.shape != (self.size, self.size) or image.dtype != np.uint8:
@@ -110,14 +107,39 @@ class SensorStage:
         if readout is None:
             return None
         packet = encode_readout(readout, model_id=self.model_id, stream_id=self.stream_id, seq=self.windows,
-                                t_ns=t_ns, encoding=self.encoding, level=self.options.level, coder=self.coder)
+                                t_ns=t_ns, encoding=self.encoding, level=self.payload.level, coder=self.coder)
         self.encode_latency.add(time.perf_counter() - t1)
         self.payload_bytes += len(packet) - OVERHEAD_BYTES
         if packet[6] != self.encoding:       # the header's encoding byte
-            self.prior_fallbacks += 1
+            self.fallbacks += 1
         self.windows += 1
         self.last_readout = readout
         return packet
+
+    @property
+    def mean_payload_bytes(self) -> float | None:
+        """Payload bytes per window: the exact size for a fixed-size payload, the measured mean over
+        the windows sent for a variable-size one (None before any window)."""
+        if not self.codec.variable:
+            return self.codec.size((self.size, self.size))
+        return self.payload_bytes / self.windows if self.windows else None
+
+    def payload_summary(self) -> dict:
+        """For a run summary: ``{payload name: {file, what describes its side state, windows sent in
+        the fallback}}`` for a payload with a file (the prior), else ``{}``."""
+        codec = self.codec
+        if codec.open_state is None:
+            return {}
+        info = {"file": str(self.options.prior),
+                **(codec.describe_state(self.coder) if codec.describe_state is not None else {})}
+        if codec.fallback is not None:
+            info[f"fallback_{codec.fallback}_windows"] = self.fallbacks
+        return {codec.name: info}
+
+    @property
+    def prior_fallbacks(self) -> int:
+        """Windows sent in the fallback payload (the name predates the payload registry)."""
+        return self.fallbacks
 
     @property
     def next_is_last(self) -> bool:

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.bundle import (MANIFEST, BundleError, build_manifest, save_sensor_weights, verify_bundle,
-                           write_manifest)
 from core.errors import InputError
+from export.bundle import MANIFEST, BundleError, build_manifest, save_sensor_weights, verify_bundle, write_manifest
 
 FORMATS = ("onnx", "tflite", "lce", "scamp5")
 ALL = "all"

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_sim.encoding import IW, ZERO_LEVEL
+from core import __version__
 from core.atomic import atomic_open
 from core.bundle import FORMAT, MANIFEST, BundleError, check_name, sha256_file, verify_bundle
+from firmware_sim.encoding import IW, ZERO_LEVEL
 from firmware_sim.weights import SensorWeights
-from core import __version__
 
 __all__ = ["FORMAT", "MANIFEST", "BundleError", "build_manifest", "package_versions",
            "save_sensor_weights", "sha256_file", "verify_bundle", "write_manifest"]

@@ -13,7 +13,7 @@ Exactness (``firmware_sim.fast`` is the reference, byte for byte): the front end
 float32 ops in the same order as ``FrontEnd.normalize`` / ``binarize``. Binary convolutions of +-1
 maps with +-1 kernels give integer sums that float32 holds exactly, in any summation order. Every
 binary decision is a comparison of a pre-activation with a threshold (GreaterOrEqual + Where,
-sign(0) = +1), never a sigmoid (DESIGN.md section 4). Since those pre-activations are integers,
+sign(0) = +1), never a sigmoid (docs/DESIGN.md section 4). Since those pre-activations are integers,
 ``v >= t`` is the same as ``v >= ceil(t)``: the graph compares with ``ceil(t)``, which float32 holds
 exactly, so a float64 threshold (``SensorWeights``) decides exactly as the simulator does. The
 readout ``clip(floor(127 + 10 o), 0, 255)`` is of an integer o, so also exact.
@@ -29,8 +29,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from firmware_sim.encoding import IW, ZERO_LEVEL
 from core.errors import InputError
+from firmware_sim.encoding import IW, ZERO_LEVEL
 from firmware_sim.weights import KERNEL, SensorWeights
 from pixelrnn import __version__
 

@@ -12,7 +12,8 @@
 The uint8 input of host_int8.tflite carries the calibrated scale (1.0 when the representative
 readouts span 0..255); :func:`run_tflite` quantizes real values with it.
 TensorFlow and Larq are imported only inside :func:`export_tflite`, so :func:`run_tflite` works on a
-device that has only ai-edge-litert (or tflite-runtime) and numpy.
+device that has only ai-edge-litert (or tflite-runtime) and numpy; it opens the interpreters through
+the runtime registry (:mod:`core.runtimes`).
 """
 from __future__ import annotations
 
@@ -25,16 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from core import runtimes
 from core.atomic import atomic_open
 from core.errors import InputError
 
 FORMATS = ("tflite", "lce")
-RUNTIMES = ("ai-edge-litert", "tflite-runtime", "lce")
 FILES = {"pixelrnn": "pixelrnn.tflite", "host": "host.tflite", "pixelrnn_lce": "pixelrnn_lce.tflite",
          "host_int8": "host_int8.tflite"}
 SIZE = 64
 _DEFAULT_CALIBRATION = 64       # uniform readouts when no representative set is given
-_CLASHING = ("tensorflow", "larq_compute_engine.tflite.python.interpreter_wrapper_lite")
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -148,75 +148,13 @@ def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False
 
 
 # -- running ------------------------------------------------------------------------------------
-def _tflite_runtime_clashes() -> bool:
-    """tflite-runtime 2.14 cannot load a model in a process that loaded TensorFlow or LCE before it.
-
-    Measured: its Interpreter then fails with ``ValueError: vector::reserve`` (a native-library clash);
-    imported first, it works. Such calls run in a subprocess instead.
-    """
-    order = {name: i for i, name in enumerate(sys.modules)}   # sys.modules keeps import order
-    first_clash = min((order[n] for n in _CLASHING if n in order), default=None)
-    if first_clash is None:
-        return False
-    own = order.get("tflite_runtime.interpreter")
-    return own is None or own > first_clash
-
-
-def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    """Real input values -> the tensor's dtype (quantized with its scale/zero point if it has one)."""
-    dtype = np.dtype(detail["dtype"])
-    scale, zero = detail.get("quantization", (0.0, 0)) or (0.0, 0)
-    if scale and dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        q = np.round(np.asarray(x, np.float64) / scale + zero)
-        return np.clip(q, info.min, info.max).astype(dtype)
-    return np.asarray(x).astype(dtype)
-
-
-def _from_output(y: np.ndarray, detail: dict) -> np.ndarray:
-    scale, zero = detail.get("quantization", (0.0, 0)) or (0.0, 0)
-    if scale and np.dtype(detail["dtype"]).kind in "iu":
-        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
-    return y.astype(np.float32)
-
-
-def _run_interpreter(interpreter_cls, path: Path, inputs: np.ndarray, threads: int) -> np.ndarray:
-    interp = interpreter_cls(model_path=str(path), num_threads=threads)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    sample = tuple(int(s) for s in inp["shape"][1:])
-    if inputs.shape[1:] != sample:
-        raise InputError(f"{path.name} takes inputs of shape (N, {', '.join(map(str, sample))}), "
-                         f"got {inputs.shape}")
-    dynamic = int(inp["shape_signature"][0]) == -1
-    chunk = max(1, (1 << 20) // int(np.prod(sample))) if dynamic else 1   # bounded working set
-    results, current = [], None
-    for start in range(0, len(inputs), chunk):
-        part = inputs[start:start + chunk]
-        if dynamic and current != len(part):
-            interp.resize_tensor_input(inp["index"], (len(part),) + sample)
-            interp.allocate_tensors()
-            current = len(part)
-        elif current is None:
-            interp.allocate_tensors()
-            current = len(part)
-        interp.set_tensor(inp["index"], _to_input(part, inp))
-        interp.invoke()
-        results.append(_from_output(interp.get_tensor(out["index"]), out))
-    return np.concatenate(results)
-
-
-def _run_lce(path: Path, inputs: np.ndarray, threads: int) -> np.ndarray:
-    from larq_compute_engine import testing
-
-    interp = testing.Interpreter(path.read_bytes(), num_threads=threads)
-    sample = tuple(int(s) for s in interp.input_shapes[0][1:])
-    if inputs.shape[1:] != sample:
-        raise InputError(f"{path.name} takes inputs of shape (N, {', '.join(map(str, sample))}), "
-                         f"got {inputs.shape}")
-    detail = {"dtype": interp.input_types[0],
-              "quantization": (interp.input_scales[0] or 0.0, interp.input_zero_points[0] or 0)}
-    out = interp.predict(_to_input(inputs, detail))
-    return np.asarray(out, dtype=np.float32)
+def _tflite_runtimes() -> tuple[str, ...]:
+    """Registered runtimes (and aliases) that run .tflite files."""
+    def runs_tflite(name: str) -> bool:
+        entry = runtimes.get_runtime(name)
+        names = entry.candidates if isinstance(entry, runtimes.Alias) else (name,)
+        return all(runtimes.get_runtime(n).file.endswith(".tflite") for n in names)
+    return tuple(n for n in runtimes.runtime_names() if runs_tflite(n))
 
 
 def _run_subprocess(path: Path, inputs: np.ndarray, runtime: str, threads: int) -> np.ndarray:
@@ -238,30 +176,30 @@ def run_tflite(path, inputs: np.ndarray, *, runtime: str = "ai-edge-litert", thr
     """Run a .tflite file on a batch ``inputs`` (N, ...) of real values -> float32 outputs (N, classes).
 
     ``inputs`` are gray levels (full model) or readout levels (host model); quantized inputs are
-    quantized here with the file's own scale. ``runtime``: ``ai-edge-litert``, ``tflite-runtime``
-    (same Interpreter API; run in a subprocess when TensorFlow was imported first, see
-    :func:`_tflite_runtime_clashes`) or ``lce`` (Larq Compute Engine's interpreter, the only one
-    that runs ``*_lce.tflite``; one clip per invoke).
+    quantized with the file's own scale (:func:`core.runtimes.tflite_quantizer`). ``runtime``: a
+    registered runtime that runs .tflite files (:mod:`core.runtimes`): ``ai-edge-litert``,
+    ``tflite-runtime`` (run in a subprocess when this process cannot load it, see
+    :func:`core.runtimes.tflite_runtime_conflict`), ``lce`` (Larq Compute Engine's interpreter, the
+    only one that runs ``*_lce.tflite``) or the alias ``tflite``.
     """
     if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
         raise InputError(f"TFLite file not found: {path}")
     path = Path(path)
-    if runtime not in RUNTIMES:
-        raise InputError(f"unknown runtime {runtime!r}; choose from {list(RUNTIMES)}")
+    choices = _tflite_runtimes()
+    if runtime not in choices:
+        raise InputError(f"unknown runtime {runtime!r} for .tflite files; choose from {', '.join(choices)}")
     if not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
         raise InputError(f"threads must be an integer >= 1, got {threads!r}")
     if not isinstance(inputs, np.ndarray) or inputs.ndim < 2 or len(inputs) < 1:
         raise InputError(f"inputs must be a non-empty numpy batch (N, ...), got "
                          f"{getattr(inputs, 'shape', type(inputs).__name__)}")
-    if runtime == "lce":
-        return _run_lce(path, inputs, threads)
-    if runtime == "tflite-runtime":
-        if _tflite_runtime_clashes():
-            return _run_subprocess(path, inputs, runtime, threads)
-        from tflite_runtime.interpreter import Interpreter
-    else:
-        from ai_edge_litert.interpreter import Interpreter
-    return _run_interpreter(Interpreter, path, inputs, threads)
+    entry = runtimes.resolve(runtime)
+    if entry.conflict():
+        return _run_subprocess(path, inputs, entry.name, threads)
+    run = entry.load(path, threads=threads)
+    chunk = max(1, (1 << 20) // max(1, int(np.prod(inputs.shape[1:]))))     # bounded working set
+    return np.concatenate([np.asarray(run(inputs[i:i + chunk]), dtype=np.float32)
+                           for i in range(0, len(inputs), chunk)])
 
 
 def _worker(argv: list[str]) -> int:

@@ -4,7 +4,7 @@ It computes exactly what the instruction-level program (``program.py``) computes
 without modelling individual array instructions. Binary convolutions are done as one float32
 matrix product over 5x5 patches (im2col): +-1 operands give integer sums that float32 holds exactly,
 so the result equals the hardware's 25 add-or-subtract steps. Every threshold comparison is made on
-an exact (float64) pre-activation, so no rounding ever decides a sign (DESIGN.md section 4).
+an exact (float64) pre-activation, so no rounding ever decides a sign (docs/DESIGN.md section 4).
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ Shifts
 
 Saturation
     Every analog write saturates to +-``SATURATION`` = 25.6 MAC units (+-256 on the 8-bit DN scale
-    around the zero level 127; DESIGN.md: "25 taps reach 250, near the register's range"). This
+    around the zero level 127; docs/DESIGN.md section 5: "25 taps reach 250, near the register's range"). This
     never changes a binary decision of the PixelRNN program (without noise):
 
     - every quantity accumulated before a comparison is a sum of at most 25 unit taps (one 5x5

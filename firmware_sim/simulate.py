@@ -1,11 +1,15 @@
-"""Run the sensor program on clips through either path (``fast`` or ``instruction``)."""
+"""Run the sensor program on clips through either path (``fast`` or ``instruction``).
+
+``fast`` runs :mod:`firmware_sim.packed` (table look-ups on bit patterns; identical results to
+:mod:`firmware_sim.fast`, which it calls itself for the analog stage dumps ``1_conv1`` and
+``2_conv1post``)."""
 from __future__ import annotations
 
 import numpy as np
 
-from firmware_sim import fast
-from firmware_sim.encoding import decode_binary
 from core.errors import InputError
+from firmware_sim import fast, packed
+from firmware_sim.encoding import decode_binary
 from firmware_sim.noise import NoiseModel
 from firmware_sim.weights import SensorWeights
 
@@ -17,9 +21,22 @@ def binary_input(frames: np.ndarray, weights: SensorWeights, *, binarized_input:
     if binarized_input:
         bad = ~np.isin(frames, (0, 255))
         if bad.any():
-            raise InputError(f"--binarized-input: frames must hold only 0 and 255, found "
+            raise InputError(f"binarized input: frames must hold only 0 and 255, found "
                              f"{int(bad.sum())} other values (e.g. {int(frames[bad][0])})")
         return decode_binary(frames)
+    if frames.dtype == np.uint8:
+        # The binarization is a function of the gray level alone: one table of 256 entries,
+        # computed with the front end's own float32 arithmetic, so it is exactly binarize(frames).
+        # It is monotone (std > 0), so it is one comparison with the first level that maps to +1.
+        table = weights.frontend.binarize(np.arange(256, dtype=np.uint8))
+        ones = np.flatnonzero(table > 0)
+        first = int(ones[0]) if ones.size else 256
+        if np.array_equal(table, np.where(np.arange(256) >= first, 1, -1)):
+            binary = (frames >= first).view(np.int8)
+            binary = binary + binary                    # 0/2 -> -1/+1 (int8, SIMD ops)
+            binary -= np.int8(1)
+            return binary
+        return table[frames]
     return weights.frontend.binarize(frames)
 
 
@@ -35,6 +52,6 @@ def simulate(*, weights: SensorWeights, frames: np.ndarray, binarized_input: boo
     rng = np.random.default_rng(seed)
     binary = binary_input(frames, weights, binarized_input=binarized_input)
     if path == "fast":
-        return fast.run_clips(binary, weights, noise=noise, rng=rng, stages=stages)
+        return packed.run_clips(binary, weights, noise=noise, rng=rng, stages=stages)
     from firmware_sim.program import run_clips_instruction
     return run_clips_instruction(binary, weights, noise=noise, rng=rng, stages=stages)

@@ -81,8 +81,10 @@ def from_authors_state_dict(state: dict, *, source: str = "state dict") -> Pixel
             f"pixelrnn-edge checkpoint")
     try:
         num_classes = int(state["fc.weight"].shape[0])
-        if tuple(state["fc.weight"].shape) != (num_classes, 4096) or tuple(state["cnn_model.conv1.weight"].shape) != (16, 1, 5, 5):
-            raise CheckpointError(f"{source}: unexpected tensor shapes for PixelRNN (fc {tuple(state['fc.weight'].shape)})")
+        if (tuple(state["fc.weight"].shape) != (num_classes, 4096)
+                or tuple(state["cnn_model.conv1.weight"].shape) != (16, 1, 5, 5)):
+            raise CheckpointError(f"{source}: unexpected tensor shapes for PixelRNN "
+                                  f"(fc {tuple(state['fc.weight'].shape)})")
     except AttributeError:
         raise CheckpointError(f"{source}: values are not tensors") from None
     task = "gesture" if is_gesture else "lips"

@@ -6,42 +6,17 @@ decoder, i.e. exactly what a deployed sensor + host would compute.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from core.atomic import write_json_atomic
 from firmware_sim.clips import load_clips
-from core.errors import InputError
 from firmware_sim.noise import NoiseModel, noise_arg
 from firmware_sim.simulate import PATHS, simulate
 from pixelrnn.checkpoint import load_model
+from pixelrnn.metrics import confusion_matrix, format_report, metrics
 
-
-def confusion_matrix(*, labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """(true, predicted) counts, rows = true class."""
-    if labels.shape != preds.shape:
-        raise ValueError("labels and preds must have the same shape")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(f"labels must lie in 0..{num_classes - 1} for this model, "
-                         f"found {labels.min()}..{labels.max()}")
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (labels, preds), 1)
-    return cm
-
-
-def metrics(*, labels: np.ndarray, preds: np.ndarray, class_names: list[str]) -> dict:
-    cm = confusion_matrix(labels=labels, preds=preds, num_classes=len(class_names))
-    support = cm.sum(1)
-    per_class = {name: (float(cm[i, i] / support[i]) if support[i] else None)
-                 for i, name in enumerate(class_names)}
-    return {"n": int(labels.size), "correct": int(np.trace(cm)),
-            "accuracy": float(np.trace(cm) / max(labels.size, 1)),
-            "per_class": per_class, "support": {n: int(s) for n, s in zip(class_names, support)},
-            "confusion": cm.tolist(), "classes": class_names}
+__all__ = ["add_evaluate_parser", "confusion_matrix", "evaluate", "format_report", "metrics", "run_evaluate"]
 
 
 def evaluate(*, weights: str, clips: str, path: str = "fast", noise: NoiseModel | None = None,
@@ -58,20 +33,6 @@ def evaluate(*, weights: str, clips: str, path: str = "fast", noise: NoiseModel 
     report.update(weights=str(weights), clips=str(clips), path=path, noise=noise.to_dict(), seed=seed,
                   model_id=sensor.program_hash())
     return report
-
-
-def format_report(report: dict) -> str:
-    names = report["classes"]
-    lines = [f"accuracy {report['accuracy']:.4f} ({report['correct']}/{report['n']})", "per class:"]
-    for name in names:
-        acc = report["per_class"][name]
-        lines.append(f"  {name:>12s}  {'-' if acc is None else f'{acc:.3f}'}  (n={report['support'][name]})")
-    width = max(5, max(len(n) for n in names))
-    lines.append("confusion (rows true, columns predicted):")
-    lines.append(" " * (width + 2) + " ".join(f"{i:>4d}" for i in range(len(names))))
-    for i, row in enumerate(report["confusion"]):
-        lines.append(f"  {names[i]:>{width}s} " + " ".join(f"{v:>4d}" for v in row))
-    return "\n".join(lines)
 
 
 def add_evaluate_parser(subparsers) -> None:

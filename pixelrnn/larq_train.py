@@ -1,9 +1,9 @@
 """Training with the Larq backend: the Keras twin (latent weights in QuantConv2D, clipped to [-1, 1]).
 
-Same data, split, front end, initial weights and selection rule as ``pixelrnn.train`` (the PyTorch
-backend); the result is converted back with :func:`pixelrnn.larq_twin.torch_from_twin` and saved as
-an ordinary PyTorch checkpoint (``out_dir/model.pt``), so evaluation and export do not depend on
-the backend. Differences from the PyTorch backend, on purpose kept small:
+Same data, split, front end, initial weights and selection rule as ``pixelrnn.train_loop`` (the
+PyTorch backend); the result is converted back with :func:`pixelrnn.larq_twin.torch_from_twin` and
+saved as an ordinary PyTorch checkpoint (``out_dir/model.pt``), so evaluation and export do not
+depend on the backend. Differences from the PyTorch backend, on purpose kept small:
 
 - the training noise (``noise_conv``, ``noise_gate``, ``noise_out``) is included, drawn by Keras'
   GaussianNoise layers from TensorFlow's generator: statistically the same, not the same draws;
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import InputError
+from pixelrnn.train_config import TrainConfig, code_version
 
 
 def _epoch_data(ds, idx: np.ndarray, *, epoch: int, cfg) -> tuple[np.ndarray, np.ndarray]:
@@ -42,16 +43,14 @@ def _lr_for(cfg, epoch: int, current: float) -> float:
     return current
 
 
-def train_larq(*, config, progress: bool = True) -> dict:
+def train_larq(*, config: TrainConfig, progress: bool = True) -> dict:
     """Train the Keras/Larq twin; keep the best epoch on validation; write ``out_dir/model.pt``.
 
     Returns ``{"history": [train_loss per epoch], "epochs": [row per epoch], "test_accuracy": float,
     "best_epoch": int, "checkpoint": path}``; test accuracy is that of the saved PyTorch model (noise off).
     """
-    from pixelrnn.train import TrainConfig
-
     if not isinstance(config, TrainConfig):
-        raise InputError(f"config must be a pixelrnn.train.TrainConfig, got {type(config).__name__}")
+        raise InputError(f"config must be a pixelrnn.train_config.TrainConfig, got {type(config).__name__}")
     if not isinstance(progress, bool):
         raise InputError(f"progress must be True or False, got {progress!r}")
     cfg = config
@@ -62,15 +61,15 @@ def train_larq(*, config, progress: bool = True) -> dict:
     except OSError as exc:
         raise InputError(f"cannot write to output folder {out} ({exc.strerror or exc})") from None
     if (out / "model.pt").exists():
-        raise InputError(f"{out} already holds a model.pt: choose another --out-dir")
+        raise InputError(f"{out} already holds a model.pt: choose another out_dir")
 
-    from pixelrnn.larq_twin import keras, load_state_dict_into_twin, make_keras_model, torch_from_twin
     import tensorflow as tf  # after larq_twin, which sets TF_USE_LEGACY_KERAS
 
+    from core.atomic import write_json_atomic
     from pixelrnn.checkpoint import save_checkpoint
     from pixelrnn.data import load_dataset, split
-    from core.atomic import write_json_atomic
-    from pixelrnn.train import build_model, code_version, predict
+    from pixelrnn.larq_twin import keras, load_state_dict_into_twin, make_keras_model, torch_from_twin
+    from pixelrnn.train_loop import build_model, predict
 
     if cfg.threads:
         try:

@@ -2,7 +2,7 @@
 
 The PyTorch model stays the one definition of the architecture; this module rebuilds the same
 forward pass from Larq layers so that TensorFlow's own converter (plain TFLite) and Larq Compute
-Engine (bit-packed TFLite) can export it (DESIGN.md section 4). Layout: PyTorch is NCHW, Keras NHWC;
+Engine (bit-packed TFLite) can export it (docs/DESIGN.md section 4). Layout: PyTorch is NCHW, Keras NHWC;
 both convolutions are cross-correlations, so kernels are transposed (out, in, kh, kw) -> (kh, kw,
 in, out) without flipping. The decoder flattens a one-channel map, so (C, H, W) with C = 1 and
 (H, W, C) give the same order.
@@ -22,13 +22,13 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+import larq as lq  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
 
-import larq as lq  # noqa: E402
-from firmware_sim.encoding import IW, ZERO_LEVEL  # noqa: E402
 from core.errors import InputError  # noqa: E402
+from firmware_sim.encoding import IW, ZERO_LEVEL  # noqa: E402
 from pixelrnn.model import KERNEL, N_MAPS, POOL, SIZE, ModelConfig, PixelRNN  # noqa: E402
 
 keras = tf.keras

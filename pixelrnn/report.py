@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.atomic import atomic_open
+from core.atomic import atomic_open, write_json_atomic
 from firmware_sim.noise import NoiseModel
 from firmware_sim.simulate import simulate
 from pixelrnn.checkpoint import load_model
 from pixelrnn.data import Dataset
-from core.atomic import write_json_atomic
-from pixelrnn.evaluate import metrics
+from pixelrnn.metrics import metrics
 
 NOISE_SEEDS = (0, 1, 2, 3, 4)
 
@@ -104,6 +103,6 @@ def final_report(*, best_path: Path, ds: Dataset, test_idx: np.ndarray, out: Pat
         "test_names": [str(n) for n in test.names],
     }
     write_json_atomic(out / "report.json", report)
-    plot_confusion(test_metrics["confusion"], model.config.class_names, out / "confusion.png",
-                   title=f"{ds.name} test: {test_metrics['accuracy']:.1%} ({test_metrics['correct']}/{test_metrics['n']})")
+    title = f"{ds.name} test: {test_metrics['accuracy']:.1%} ({test_metrics['correct']}/{test_metrics['n']})"
+    plot_confusion(test_metrics["confusion"], model.config.class_names, out / "confusion.png", title=title)
     return report

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import numpy as np
@@ -23,7 +22,8 @@ def add_simulate_parser(subparsers) -> None:
     p.add_argument("--clips", required=True, help=".npz with frames (N,16,64,64) uint8")
     p.add_argument("--out", required=True, help="output .npz (written atomically)")
     p.add_argument("--path", choices=PATHS, default="fast",
-                   help="fast (vectorized) or instruction (array-instruction level); identical results")
+                   help="fast (vectorized: table look-ups on bit patterns, firmware_sim.packed) or "
+                        "instruction (array-instruction level); identical results")
     p.add_argument("--binarized-input", action="store_true",
                    help="frames are already binary maps (0/255): skip the input binarization")
     p.add_argument("--noise", type=noise_arg, default=NoiseModel.off(), metavar="off|authors|FILE",
@@ -35,8 +35,9 @@ def add_simulate_parser(subparsers) -> None:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from pixelrnn.checkpoint import load_model  # the decoder (logits) is the model's, off-sensor
     import torch
+
+    from pixelrnn.checkpoint import load_model  # the decoder (logits) is the model's, off-sensor
 
     model = load_model(args.weights)
     weights = model.sensor_weights()

@@ -1,15 +1,24 @@
-"""Shared fixtures. Real data is found through PIXELRNN_DATA (default ../shared/data from the repo)."""
+"""Shared fixtures. Real data is found through PIXELRNN_DATA (default ../shared/data from the repo).
+
+Markers (pytest.ini): ``device`` tests run on the base install and use only the torch-free fixtures
+(``bundled_models``, ``need``); ``authors_models`` and ``edge_models`` need torch (and TensorFlow/Larq
+for ``edge_models``' TFLite export) and skip cleanly without them."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+# Larq needs the legacy Keras 2: set before anything imports TensorFlow (as pixelrnn.larq_twin does)
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PIXELRNN_DATA", REPO.parent / "shared" / "data"))
 REF = DATA / "pixelrnn_ref"
+BUNDLED = REPO / "pixelrnn" / "models"          # the package's default models, <task>/ bundles
 
 
 def need(path: Path) -> Path:
@@ -25,6 +34,7 @@ def ref_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def authors_models(ref_dir):
+    pytest.importorskip("torch")
     from pixelrnn.checkpoint import load_model
     return {"gesture": load_model(need(ref_dir / "pretrained" / "cam_noise.pt")),
             "lips": load_model(need(ref_dir / "pretrained" / "lips_no_noise.pt"))}
@@ -42,7 +52,10 @@ def intermediates(ref_dir):
 @pytest.fixture(scope="session")
 def edge_models(tmp_path_factory) -> Path:
     """Bundles of the authors' weights in the default-model layout (<root>/<task>/), exported once
-    per session for the edge tests."""
+    per session (needs torch, and TensorFlow/Larq for the TFLite files): tests marked ``device`` use
+    ``bundled_models`` instead."""
+    pytest.importorskip("torch")
+    pytest.importorskip("pixelrnn.larq_twin")   # sets TF_USE_LEGACY_KERAS before larq imports TensorFlow
     root = tmp_path_factory.getbasetemp() / "edge_models"
     for task, weights in (("lips", "lips_no_noise.pt"), ("gesture", "cam_noise.pt")):
         if not (root / task / "manifest.json").is_file():
@@ -50,4 +63,17 @@ def edge_models(tmp_path_factory) -> Path:
 
             root.mkdir(exist_ok=True)
             export_model(weights=need(REF / "pretrained" / weights), out=root / task, formats=["onnx", "tflite"])
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundled_models(tmp_path_factory) -> Path:
+    """The package's bundled default models (pixelrnn/models/<task>/: manifest, ONNX, TFLite, sensor
+    program) copied to a session folder in the default-model layout: no torch or export needed, so the
+    ``device`` tests run on the base install. A copy, so no test can change the package's own files."""
+    root = tmp_path_factory.getbasetemp() / "bundled_models"
+    for task in ("lips", "gesture"):
+        if not (root / task / "manifest.json").is_file():
+            assert (BUNDLED / task / "manifest.json").is_file(), f"no bundled {task} model at {BUNDLED / task}"
+            shutil.copytree(BUNDLED / task, root / task, dirs_exist_ok=True)
     return root

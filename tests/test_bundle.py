@@ -8,15 +8,16 @@ import shutil
 import sys
 
 import numpy as np
-import onnx
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
 
 from conftest import REF, need
+from core.errors import InputError
 from export.api import FORMATS, export_model, parse_formats
 from export.bundle import MANIFEST, BundleError, verify_bundle
 from export.cli import add_export_parser, split_formats
-from core.errors import InputError
 from firmware_sim.weights import SensorWeights
 from pixelrnn.checkpoint import CheckpointError, save_checkpoint
 from pixelrnn.model import ModelConfig, PixelRNN

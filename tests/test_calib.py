@@ -9,11 +9,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from core.readouts import check_readouts, load_readouts, stratified_folds, stratified_split
+torch = pytest.importorskip("torch")
+
 from conftest import need
 from core.errors import InputError
+from core.readouts import check_readouts, load_readouts, stratified_folds, stratified_split
 from firmware_sim.noise import NoiseModel
 
 SMALL_DECODER = dict(scales=(0.1,), shrinkages=(0.5,))
@@ -120,6 +121,7 @@ def decoder_fold0(weights, real_path, ref_dir, tmp_path_factory):
     return out, report
 
 
+@pytest.mark.slow
 def test_calibrated_decoder_beats_the_simulation_decoder_on_held_out_readouts(decoder_fold0):
     _, report = decoder_fold0
     assert len(report.folds) == 5 and all(r["n_test"] == 162 for r in report.folds)
@@ -134,6 +136,7 @@ def test_calibrated_decoder_beats_the_simulation_decoder_on_held_out_readouts(de
     assert all(0 < r["choice"]["temperature"] < 1e4 for r in report.folds)
 
 
+@pytest.mark.slow
 def test_calibrated_checkpoint_keeps_the_sensor_weights(decoder_fold0, weights):
     from pixelrnn.checkpoint import load_model
 
@@ -157,6 +160,7 @@ def noise_file(weights, real_path, ref_dir, tmp_path_factory):
     return out, report
 
 
+@pytest.mark.slow
 def test_noise_calibration_reduces_the_held_out_distance(noise_file):
     out, report = noise_file
     m = report.metric
@@ -170,6 +174,7 @@ def test_noise_calibration_reduces_the_held_out_distance(noise_file):
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_noise_file_round_trips_and_carries_the_model_id(noise_file, weights):
     from pixelrnn.checkpoint import load_model
 
@@ -182,6 +187,7 @@ def test_noise_file_round_trips_and_carries_the_model_id(noise_file, weights):
     assert {"noise", "model_id", "metric"} <= set(data) and data["metric"]["before"] > data["metric"]["after"]
 
 
+@pytest.mark.slow
 def test_simulate_accepts_the_noise_file_and_another_model_refuses_it(noise_file, weights, ref_dir, tmp_path, capsys):
     from pixelrnn.cli import main
 
@@ -199,6 +205,7 @@ def test_simulate_accepts_the_noise_file_and_another_model_refuses_it(noise_file
 
 
 # ----- int8 ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_int8_host_within_one_point_of_float_on_held_out_readouts(decoder_fold0, real_path, tmp_path):
     pytest.importorskip("onnxruntime.quantization")
     from calib.int8 import Int8Options, quantize_bundle

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from pixelrnn.checkpoint import CheckpointError, from_authors_state_dict, load_model, save_checkpoint
 from pixelrnn.model import ModelConfig, PixelRNN

@@ -13,6 +13,7 @@ from firmware_sim.fast import STAGES
 
 
 def run(*args, cwd=None):
+    pytest.importorskip("torch")                      # simulate/evaluate load .pt weights
     proc = subprocess.run([sys.executable, "-m", "pixelrnn.cli", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=600)
     return proc.returncode, proc.stdout, proc.stderr
@@ -27,6 +28,7 @@ def lip_clips(ref_dir, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_simulate_writes_reference_names_shapes_and_encodings(ref_dir, lip_clips, tmp_path):
     out = tmp_path / "sim.npz"
     code, stdout, stderr = run("simulate", "--weights", ref_dir / "pretrained" / "lips_no_noise.pt",
@@ -43,6 +45,7 @@ def test_simulate_writes_reference_names_shapes_and_encodings(ref_dir, lip_clips
         assert sim["pred"].dtype == np.int64 and np.array_equal(sim["pred"], sim["logits"].argmax(1))
 
 
+@pytest.mark.slow
 def test_instruction_path_cli_equals_fast_path(ref_dir, lip_clips, tmp_path):
     pytest.importorskip("firmware_sim.program")
     outs = {}
@@ -56,6 +59,7 @@ def test_instruction_path_cli_equals_fast_path(ref_dir, lip_clips, tmp_path):
             assert np.array_equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_evaluate_authors_lip_model_and_json(ref_dir, tmp_path):
     out = tmp_path / "report.json"
     code, stdout, stderr = run("evaluate", "--weights", ref_dir / "pretrained" / "lips_no_noise.pt",
@@ -68,6 +72,7 @@ def test_evaluate_authors_lip_model_and_json(ref_dir, tmp_path):
     assert report["correct"] == sum(np.diag(report["confusion"]))
 
 
+@pytest.mark.slow
 def test_noise_seed_is_reproducible_and_noise_changes_states(ref_dir, lip_clips, tmp_path):
     paths = [tmp_path / f"n{i}.npz" for i in range(3)]
     w = ref_dir / "pretrained" / "cam_noise.pt"
@@ -80,10 +85,11 @@ def test_noise_seed_is_reproducible_and_noise_changes_states(ref_dir, lip_clips,
         assert not np.array_equal(a["readout"], c["readout"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "not_npz", "wrong_shape", "wrong_dtype", "no_frames",
                                   "other_state_dict", "nonbinary_input", "bad_noise", "bad_out_dir"])
 def test_bad_input_one_line_error_exit_2(case, ref_dir, tmp_path):
-    import torch
+    torch = pytest.importorskip("torch")
     weights = ref_dir / "pretrained" / "lips_no_noise.pt"
     clips = tmp_path / "clips.npz"
     np.savez(clips, frames=np.zeros((1, 16, 64, 64), np.uint8))
@@ -119,6 +125,7 @@ def test_bad_input_one_line_error_exit_2(case, ref_dir, tmp_path):
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.device
 def test_subcommand_without_its_extra_explains_what_to_install():
     """On a device with only the base install (no torch), `pixelrnn train` says what to install."""
     code = ("import sys; sys.modules['torch'] = None\n"

@@ -5,7 +5,8 @@ import re
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from conftest import DATA, REPO, need
 

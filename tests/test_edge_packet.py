@@ -9,10 +9,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.link import InprocLink, LinkSpec, UdpReceiver, UdpSender, parse_link
-from edge.packet import (DEFAULT_LEVEL, ENC_1BIT, ENC_8BIT, HEADER_BYTES, OVERHEAD_BYTES, PacketDecoder,
-                         PacketError, decode_packet, encode_end, encode_readout)
 from core.errors import InputError
+from edge.auth import MAC_BYTES, LinkKey
+from edge.link import InprocLink, LinkSpec, UdpReceiver, UdpSender, parse_link
+from edge.packet import (
+    DEFAULT_LEVEL,
+    ENC_1BIT,
+    ENC_8BIT,
+    HEADER_BYTES,
+    OVERHEAD_BYTES,
+    PacketDecoder,
+    PacketError,
+    decode_packet,
+    encode_end,
+    encode_readout,
+)
+
+pytestmark = pytest.mark.device
 
 MODEL = "0123456789abcdef"
 OTHER = "fedcba9876543210"
@@ -141,9 +154,26 @@ def test_links_count_every_byte(readout):
         link.send(data)
         assert link.recv() == data and link.recv() is None
         assert (link.bytes_out, link.bytes_in, link.packets_out) == (len(data), len(data), 1)
-    with UdpReceiver("127.0.0.1", 0) as rx, UdpSender("127.0.0.1", rx.port) as tx:
+    key = LinkKey.ephemeral()
+    with UdpReceiver("127.0.0.1", 0) as rx, UdpSender("127.0.0.1", rx.port, key=key) as tx:
         tx.send(data)
-        assert rx.recv(timeout=2.0) == data                       # one packet = one datagram
+        datagram = rx.recv(timeout=2.0)                           # one packet = one datagram, MAC appended
+        assert datagram == data + key.mac(data) and key.open(datagram) == data
         assert rx.recv(timeout=0.0) is None
-        assert (tx.bytes_out, rx.bytes_in) == (len(data), len(data))
+        assert (tx.bytes_out, rx.bytes_in) == (len(data) + MAC_BYTES, len(data) + MAC_BYTES)
     assert HEADER_BYTES == 40
+
+
+def test_wire_ids_and_sizes_come_from_the_payload_registry(readout):
+    """The encoding byte of each built-in payload is fixed by the format (bundles and hosts depend on it)."""
+    from edge.packet import ENC_PRIOR, PAYLOADS, max_payload_bytes, payload_bytes
+    from edge.payloads import get_payload, payload_names
+
+    assert (ENC_8BIT, ENC_1BIT, ENC_PRIOR) == (8, 1, 2)
+    assert dict(PAYLOADS) == {name: get_payload(name).wire_id for name in payload_names()}
+    assert payload_bytes((64, 64), ENC_8BIT) == 4096 and payload_bytes((64, 64), "1bit") == 512
+    assert max_payload_bytes((64, 64), ENC_PRIOR) == 2 * 512 + 64
+    data = packet(readout, encoding="1bit", level=30)
+    assert data[6] == ENC_1BIT and data[7] == 30 and packet(readout)[7] == 0      # 8-bit carries no level
+    with pytest.raises(ValueError, match="encoding must be a payload's wire id or name"):
+        packet(readout, encoding="nope")

@@ -14,10 +14,20 @@ import pytest
 
 from conftest import REPO
 from core.arith import quantize_probs
-from edge.packet import (DEFAULT_LEVEL, ENC_1BIT, ENC_PRIOR, OVERHEAD_BYTES, PAYLOADS, REASONS, PacketDecoder,
-                         PacketError, decode_packet, encode_readout, max_payload_bytes)
-from core.prior_coder import (FORMAT, PriorCoder, PriorMismatch, _binary_table, load_prior, prior_shapes,
-                              save_prior)
+from core.prior_coder import FORMAT, PriorCoder, PriorMismatch, _binary_table, load_prior, prior_shapes, save_prior
+from edge.packet import (
+    DEFAULT_LEVEL,
+    ENC_1BIT,
+    ENC_PRIOR,
+    OVERHEAD_BYTES,
+    PAYLOADS,
+    REASONS,
+    PacketDecoder,
+    PacketError,
+    decode_packet,
+    encode_readout,
+    max_payload_bytes,
+)
 
 MODEL = "0123456789abcdef"
 LIPS = REPO / "pixelrnn" / "models" / "lips"
@@ -102,6 +112,7 @@ def test_stepper_runs_on_the_numpy_core(torch_prior):
         PriorCoder(arrays32, gated_prior_meta(model))
 
 
+@pytest.mark.device
 def test_binary_table_equals_quantize_probs():
     rng = np.random.default_rng(4)
     logits = np.concatenate([rng.normal(0, 3, (3000, 2)), rng.normal(0, 40, (500, 2)),
@@ -113,6 +124,7 @@ def test_binary_table_equals_quantize_probs():
             assert _binary_table(z, 1 << bits) == [0, f[0], 1 << bits], (z, bits)
 
 
+@pytest.mark.device
 def test_prior_mismatch_and_corruption_are_detected(coder):
     bits = stripes() >= 127
     payload = coder.encode(bits)
@@ -128,6 +140,7 @@ def test_prior_mismatch_and_corruption_are_detected(coder):
     assert issubclass(PriorMismatch, ValueError)
 
 
+@pytest.mark.device
 def test_prior_hash_covers_arrays_meta_and_precision(tmp_path):
     arrays, meta = random_prior(0)
     a = PriorCoder(arrays, meta)
@@ -149,6 +162,7 @@ def bad_file(tmp_path, name: str, edit) -> str:
     return out
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c.pop("format"), "no format tag"),
     (lambda c: c.update(format=np.array("something/v9")), "format 'something/v9'"),
@@ -169,6 +183,7 @@ def test_load_prior_rejects_bad_files_in_one_line(tmp_path, edit, message):
     assert message in text and "\n" not in text and "bad.npz" in text, text
 
 
+@pytest.mark.device
 def test_load_prior_rejects_non_prior_files(tmp_path):
     (tmp_path / "text.npz").write_text("not a zip")
     np.save(tmp_path / "plain.npy", np.zeros(3))
@@ -184,6 +199,7 @@ def test_load_prior_rejects_non_prior_files(tmp_path):
         assert str(d["format"]) == FORMAT and d["layer0.v_w"].dtype == np.float64
 
 
+@pytest.mark.device
 def test_k_level_prior_round_trip():
     coder = PriorCoder(*random_prior(5, num_classes=5, kernel=5, layers=1))
     symbols = np.random.default_rng(5).integers(0, 5, (7, 9))
@@ -192,6 +208,7 @@ def test_k_level_prior_round_trip():
         coder.encode(symbols + 1)
 
 
+@pytest.mark.device
 def test_edge_modules_import_and_code_without_torch(tmp_path):
     path = save_prior(tmp_path / "p.npz", *random_prior(0))
     code = f"""
@@ -214,6 +231,7 @@ def prior_packet(readout, coder, seq=0, **kw):
     return encode_readout(readout, model_id=MODEL, stream_id=7, seq=seq, encoding=ENC_PRIOR, coder=coder, **kw)
 
 
+@pytest.mark.device
 def test_prior_packet_reproduces_the_1bit_readout(coder):
     readout = stripes()
     data = prior_packet(readout, coder, level=30)
@@ -229,6 +247,7 @@ def test_prior_packet_reproduces_the_1bit_readout(coder):
             == 127 + DEFAULT_LEVEL).all()
 
 
+@pytest.mark.device
 def test_prior_packet_rejections_are_counted(coder):
     readout = stripes()
     good = prior_packet(readout, coder)
@@ -255,6 +274,7 @@ def test_prior_packet_rejections_are_counted(coder):
     assert dec.decode(good) is None and dec.rejected == {"bad_shape": 1}
 
 
+@pytest.mark.device
 def test_prior_that_codes_too_long_falls_back_to_1bit():
     arrays, meta = random_prior(0, scale=0.0)
     arrays["head.b2"] = np.array([30.0, -30.0])               # "always 0", sure of it: 1s cost 16 bits
@@ -267,6 +287,7 @@ def test_prior_that_codes_too_long_falls_back_to_1bit():
     assert zeros[6] == ENC_PRIOR and len(zeros) <= OVERHEAD_BYTES + 8 + 4 + 2
 
 
+@pytest.mark.device
 def test_prior_encoding_needs_a_binary_coder(coder):
     with pytest.raises(ValueError, match="needs a coder"):
         prior_packet(stripes(), None)
@@ -287,18 +308,13 @@ def run_main(argv, capsys):
 
 
 @pytest.fixture(scope="module")
-def prior_file(torch_prior, tmp_path_factory):
-    """An untrained prior from the torch side (correctness does not depend on training)."""
-    import torch
-
-    from pixelrnn.generative import GatedPixelCNN
-    from pixelrnn.generative.readout_coder import ReadoutCoder
-
-    torch.manual_seed(0)
-    return ReadoutCoder(GatedPixelCNN(num_classes=2, hidden=4, num_layers=1).eval()).save(
-        tmp_path_factory.mktemp("prior") / "readout_prior.npz")
+def prior_file(tmp_path_factory):
+    """A random prior in the file format (no torch: the camera loop's correctness does not depend on the
+    weights; the torch side's files are checked against load_prior above)."""
+    return save_prior(tmp_path_factory.mktemp("prior") / "readout_prior.npz", *random_prior(0, hidden=4, layers=1))
 
 
+@pytest.mark.device
 def test_camera_loop_prior_payload_matches_1bit(prior_file, capsys, tmp_path):
     if not (LIPS / "manifest.json").is_file():
         pytest.skip(f"no bundled lips model at {LIPS}")
@@ -335,6 +351,7 @@ def test_camera_loop_prior_payload_matches_1bit(prior_file, capsys, tmp_path):
     assert udp[-1]["summary"]["malformed"] == {}
 
 
+@pytest.mark.device
 def test_prior_flag_errors_are_one_line(prior_file, capsys, tmp_path):
     if not (LIPS / "manifest.json").is_file():
         pytest.skip(f"no bundled lips model at {LIPS}")

@@ -38,8 +38,9 @@ def run_main(argv, capsys, *, source=None):
 
 
 # -- the issue's "must show" -------------------------------------------------------------------------
-def test_grid_video_headless_default_model(edge_models):
-    proc = run_script("--source", need(VIDEO), "--headless", models=edge_models)
+@pytest.mark.device
+def test_grid_video_headless_default_model(bundled_models):
+    proc = run_script("--source", need(VIDEO), "--headless", models=bundled_models)
     assert proc.returncode == 0, proc.stderr
     lines = windows(proc.stdout)
     assert len(lines) == 75 // 16
@@ -50,10 +51,11 @@ def test_grid_video_headless_default_model(edge_models):
     assert "Traceback" not in proc.stderr
 
 
-def test_udp_link_gives_identical_decisions(edge_models, tmp_path):
+@pytest.mark.device
+def test_udp_link_gives_identical_decisions(bundled_models, tmp_path):
     common = ("--source", need(VIDEO), "--headless", "--task", "lips")
-    inproc = run_script(*common, "--json-out", tmp_path / "in.jsonl", models=edge_models)
-    udp = run_script(*common, "--link", "udp://127.0.0.1:0", models=edge_models)
+    inproc = run_script(*common, "--json-out", tmp_path / "in.jsonl", models=bundled_models)
+    udp = run_script(*common, "--link", "udp://127.0.0.1:0", models=bundled_models)
     assert inproc.returncode == 0 and udp.returncode == 0, (inproc.stderr, udp.stderr)
     keys = ("window", "class", "label", "score", "logits", "bytes")
     a = [{k: w[k] for k in keys} for w in windows(inproc.stdout)]
@@ -69,11 +71,12 @@ def test_udp_link_gives_identical_decisions(edge_models, tmp_path):
         assert {"p50", "p99"} <= set(summary["latency_ms"][stage]), stage
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("payload, limit", [("8bit", 4096), ("1bit", 512)])
-def test_bytes_per_window_budget(edge_models, capsys, tmp_path, payload, limit):
+def test_bytes_per_window_budget(bundled_models, capsys, tmp_path, payload, limit):
     out = tmp_path / "run.jsonl"
     code, stdout, _ = run_main(["--source", "test", "--headless", "--max-frames", 48, "--payload", payload,
-                                "--model", edge_models / "gesture", "--json-out", out], capsys)
+                                "--model", bundled_models / "gesture", "--json-out", out], capsys)
     assert code == 0
     assert all(w["bytes"] <= limit + 44 for w in windows(stdout)) and len(windows(stdout)) == 3
     b = json.loads(out.read_text().splitlines()[-1])["summary"]["bytes"]
@@ -82,33 +85,36 @@ def test_bytes_per_window_budget(edge_models, capsys, tmp_path, payload, limit):
 
 
 # -- sources and endings ---------------------------------------------------------------------------
-def test_test_pattern_max_frames_and_auto_fallback(edge_models, capsys):
+@pytest.mark.device
+def test_test_pattern_max_frames_and_auto_fallback(bundled_models, capsys):
     code, stdout, stderr = run_main(["--source", "auto", "--headless", "--max-frames", 40,
-                                     "--model", edge_models / "lips"], capsys)
+                                     "--model", bundled_models / "lips"], capsys)
     assert code == 0
     assert "no camera at index 0: using the test pattern" in stderr      # this machine has no camera
     assert len(windows(stdout)) == 2 and "--max-frames reached after 40 frames" in stderr
     assert "8 trailing frames not a full window" in stderr
 
 
-def test_missing_video_and_bad_roi_are_one_line_errors(edge_models):
+@pytest.mark.device
+def test_missing_video_and_bad_roi_are_one_line_errors(bundled_models):
     for args, message in ((("--source", "no/such.mp4"), "video file not found: no/such.mp4"),
-                          (("--source", "test", "--roi", "1,2,3"), "--roi '1,2,3': expected center"),
+                          (("--source", "test", "--roi", "1,2,3"), "roi '1,2,3': expected center"),
                           (("--source", "test", "--roi", "300,200,100,100"), "does not fit in the 320x240 frame"),
-                          (("--source", "test", "--link", "udp://host:1"), "--link"),
+                          (("--source", "test", "--link", "udp://host:1"), "link must be 'inproc' or 'udp://"),
                           (("--source", "test", "--threads", "0"), "--threads")):
-        proc = run_script(*args, "--headless", "--max-frames", 16, models=edge_models)
+        proc = run_script(*args, "--headless", "--max-frames", 16, models=bundled_models)
         assert proc.returncode == 2, (args, proc.stderr)
         assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
         assert proc.stdout == ""
 
 
+@pytest.mark.device
 def test_missing_default_model_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PIXELRNN_MODELS", str(tmp_path))
     code, _, stderr = run_main(["--source", "test", "--headless", "--task", "lips"], capsys)
     assert code == 2
     assert stderr.strip() == (f"run_camera: error: no bundled model for task lips at {tmp_path / 'lips'}: "
-                              f"pass --model BUNDLE")
+                              f"give a bundle folder")
 
 
 class StoppingCamera:
@@ -134,9 +140,10 @@ class StoppingCamera:
         pass
 
 
-def test_camera_that_stops_delivering_exits_3_after_retries(edge_models, capsys, tmp_path):
+@pytest.mark.device
+def test_camera_that_stops_delivering_exits_3_after_retries(bundled_models, capsys, tmp_path):
     camera = StoppingCamera(frames=40)
-    code, stdout, stderr = run_main(["--headless", "--model", edge_models / "gesture", "--retries", 2,
+    code, stdout, stderr = run_main(["--headless", "--model", bundled_models / "gesture", "--retries", 2,
                                      "--retry-delay", "0.01", "--json-out", tmp_path / "o.jsonl"], capsys,
                                     source=camera)
     assert code == 3
@@ -159,15 +166,17 @@ class HangingCamera(StoppingCamera):
         return super().read()
 
 
-def test_camera_whose_read_hangs_exits_3(edge_models, capsys):
-    code, _, stderr = run_main(["--headless", "--model", edge_models / "gesture", "--retries", 1,
+@pytest.mark.device
+def test_camera_whose_read_hangs_exits_3(bundled_models, capsys):
+    code, _, stderr = run_main(["--headless", "--model", bundled_models / "gesture", "--retries", 1,
                                 "--frame-timeout", "0.2"], capsys, source=HangingCamera(frames=20))
     assert code == 3
     assert "camera lost: fake camera delivered no frame for 0." in stderr and "gave up after 1 retries" in stderr
 
 
-def test_ctrl_c_over_udp_ends_cleanly(edge_models):
-    env = dict(os.environ, PIXELRNN_MODELS=str(edge_models))
+@pytest.mark.device
+def test_ctrl_c_over_udp_ends_cleanly(bundled_models):
+    env = dict(os.environ, PIXELRNN_MODELS=str(bundled_models))
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--source", "test", "--realtime", "--headless",
                              "--link", "udp://127.0.0.1:0"], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -185,18 +194,19 @@ def test_ctrl_c_over_udp_ends_cleanly(edge_models):
 
 
 # -- pieces ------------------------------------------------------------------------------------------
-def test_edge_imports_stay_light(edge_models):
+@pytest.mark.device
+def test_edge_imports_stay_light(bundled_models):
     """edge/ and firmware_sim/ must run on a Pi base install: no torch, no tensorflow."""
     code = f"""
 import sys
-from edge import (bench, capture, device, display, host, link, models, packet, pipeline, remote, roi,
-                  run_camera, sensor_stage, stats)
+from edge import (api, bench, capture, decision, device, display, host, link, models, packet, pipeline,
+                  remote, roi, run_camera, sensor_stage, stats)
 from edge.models import load_bundle
 from edge.decoder import HostDecoder
-bundle = load_bundle({str(edge_models / 'lips')!r})
+bundle = load_bundle({str(bundled_models / 'lips')!r})
 HostDecoder(bundle=bundle, runtime="ai-edge-litert")(__import__("numpy").zeros((64, 64), "uint8"))
 assert run_camera.main(["--source", "test", "--headless", "--max-frames", "32", "--model",
-                        {str(edge_models / 'gesture')!r}]) == 0
+                        {str(bundled_models / 'gesture')!r}]) == 0
 heavy = [m for m in ("torch", "tensorflow", "matplotlib", "onnx", "pixelrnn.model") if m in sys.modules]
 assert not heavy, heavy
 """
@@ -204,8 +214,10 @@ assert not heavy, heavy
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.larq                   # edge_models: exported through torch and TensorFlow/Larq
 def test_host_decoder_matches_the_pytorch_model(edge_models):
-    import torch
+    torch = pytest.importorskip("torch")
 
     from edge.decoder import HostDecoder
     from edge.models import load_bundle
@@ -226,6 +238,7 @@ def test_host_decoder_matches_the_pytorch_model(edge_models):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=runtime)
 
 
+@pytest.mark.device
 def test_mouth_roi_reproduces_the_grid_training_crop():
     """On the GRID video the mouth ROI lands within a few pixels of the training crop (117, 170, 78)."""
     import cv2
@@ -246,6 +259,7 @@ def test_mouth_roi_reproduces_the_grid_training_crop():
     assert roi.fallback_frames == 0 and roi.detections >= 75 // 8
 
 
+@pytest.mark.device
 def test_live_capture_keeps_only_the_latest_frame():
     from edge.capture import Capture, CaptureOptions, End, Frame
 
@@ -279,10 +293,14 @@ def test_live_capture_keeps_only_the_latest_frame():
     assert len(got) < 100 and cap.drops + len(got) == 200 and got == sorted(got)
 
 
+@pytest.mark.device
 def test_overlay_draws_without_a_gui():
+    from edge.decision import Decision
     from edge.display import draw_overlay
 
     frame = np.zeros((240, 320, 3), np.uint8)
-    out = draw_overlay(frame, decision={"label": "two", "score": 0.8}, fps=30.0, link_bps=66240.0,
+    decision = Decision(window=0, class_index=2, label="two", score=0.8, latency_ms=1.0, host_us=50.0,
+                        bytes=4140, logits=(0.0, 0.1, 0.9))
+    out = draw_overlay(frame, decision=decision, fps=30.0, link_bps=66240.0,
                        readout=np.full((64, 64), 200, np.uint8), roi=(10, 10, 100, 100))
     assert out.shape == frame.shape and out[-10, -10].tolist() == [200, 200, 200] and frame.sum() == 0

@@ -7,7 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from conftest import REF, REPO, need
 
@@ -15,11 +16,14 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")   # Larq needs Keras 2; set be
 pytest.importorskip("tflite_runtime")                # must load before TensorFlow: see export.tflite
 pytest.importorskip("larq")
 
+pytestmark = pytest.mark.larq
+
 EXPECTED = {"sensor.onnx", "host.onnx", "pixelrnn.onnx", "pixelrnn.tflite", "host.tflite",
             "pixelrnn_lce.tflite", "host_int8.tflite", "weights_scamp5.txt", "sensor_weights.npz",
             "manifest.json"}
 
 
+@pytest.mark.slow
 def test_export_all_with_int8_on_real_readouts(tmp_path):
     weights = need(REF / "pretrained" / "cam_noise_finetuned.pt")
     readouts = need(REF / "scamp5_readouts_cambridge810.npz")
@@ -61,5 +65,6 @@ def test_bad_representative_is_one_line(tmp_path):
                           "--format", "tflite", "--int8", "--representative", str(bad),
                           "--out", str(tmp_path / "b")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
-    assert res.stderr.count("\n") == 1 and "readouts must have shape (N, 64, 64) or SCAMP-5 full-array (N, 256, 256), got (4, 32, 32)" in res.stderr
+    assert res.stderr.count("\n") == 1 and ("readouts must have shape (N, 64, 64) or SCAMP-5 full-array "
+                                            "(N, 256, 256), got (4, 32, 32)") in res.stderr
     assert not (tmp_path / "b").exists()

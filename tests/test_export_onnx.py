@@ -4,15 +4,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
 from onnx import helper
 
 from conftest import need
-from export.onnx_export import (DOMAIN, SENSOR_OP, build_models, sensor_function, sensor_model,
-                                 threshold_level)
+from export.onnx_export import DOMAIN, SENSOR_OP, build_models, sensor_function, sensor_model, threshold_level
 from firmware_sim.frontend import FrontEnd
 from firmware_sim.simulate import simulate
 from firmware_sim.weights import SensorWeights

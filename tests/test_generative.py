@@ -8,7 +8,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from pixelrnn.generative import DiagonalBiLSTM, GatedPixelCNN, PixelCNN, RowLSTM
 from pixelrnn.generative.common import raster_mask

@@ -8,7 +8,8 @@ with several first kernels / depths.
 from __future__ import annotations
 
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from pixelrnn.generative import DiagonalBiLSTM, NaiveStepper, PixelCNN, RowLSTM
 from pixelrnn.generative.diagbilstm import CachedDiagonalBiLSTMStepper

@@ -10,10 +10,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from pixelrnn.generative import GatedPixelCNN, PixelCNN
+torch = pytest.importorskip("torch")
+
 from core.arith import ArithmeticDecoder, ArithmeticEncoder, cumulative, quantize_probs
+from pixelrnn.generative import GatedPixelCNN, PixelCNN
 from pixelrnn.generative.gated import GatedStepper
 from pixelrnn.generative.readout_coder import PriorMismatch, ReadoutCoder
 

@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from conftest import DATA, need
 from pixelrnn.generative.baselines import all_baselines, categorical_probs, uniform_nll
@@ -79,6 +80,7 @@ def _tiny_data() -> ImageDataset:
                                        "test": (x[80:], y[80:])}, "synthetic column-biased coins")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["pixelcnn", "gated", "vlae"])
 def test_trainer_checkpoints_and_resume(tmp_path, model):
     """Two epochs in one go == one epoch, then --resume for the second: identical weights and report."""
@@ -117,6 +119,7 @@ def _cli(*args, cwd=None):
                           text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_sample_grid_and_errors(tmp_path):
     import cv2
     data = _tiny_data()
@@ -158,6 +161,7 @@ def test_readout_dataset_from_real_scamp5():
         load_readout_dataset(DATA / "missing.npz")
 
 
+@pytest.mark.slow
 def test_code_readouts_and_export_prior_on_real_scamp5(tmp_path):
     """A tiny prior trained for one epoch on the real SCAMP-5 1-bit readouts: every coded window
     decodes exactly, the code length is the prior's ideal within the coder's overhead, and

@@ -9,7 +9,8 @@ import itertools
 import math
 
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from pixelrnn.generative.vlae import MADE, VLAE, AutoregressiveFlowPrior, ELBOTerms
 
@@ -156,7 +157,8 @@ def test_bounds_against_exact_likelihood_1d_latent():
         log_prior = -0.5 * (zs ** 2 + math.log(2 * math.pi))
         true_nll = -(torch.logsumexp(lpx + log_prior[:, None], 0) + math.log(dz))
         mu, logvar = model.posterior(x)
-        q = torch.exp(-0.5 * ((zs[:, None] - mu[:, 0]) ** 2 / logvar[:, 0].exp() + logvar[:, 0] + math.log(2 * math.pi)))
+        q = torch.exp(-0.5 * ((zs[:, None] - mu[:, 0]) ** 2 / logvar[:, 0].exp() + logvar[:, 0]
+                              + math.log(2 * math.pi)))
         assert torch.allclose((q * dz).sum(0), torch.ones(4, dtype=torch.float64), atol=1e-8)
         neg_elbo = (q * dz * -lpx).sum(0) + model.kl(x)
     gap = neg_elbo - true_nll
@@ -275,6 +277,7 @@ def templates_data(n: int, g: torch.Generator, templates: torch.Tensor) -> torch
     return torch.where(flip, 1 - x, x)
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_uses_z():
     """8x8 binary images: two random templates with 5% pixel flips. 300 Adam steps roughly halve
     the loss, and with the 2-layer (local) decoder the model puts > 0.1 nats into z."""

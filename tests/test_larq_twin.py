@@ -11,14 +11,22 @@ except ImportError:
 
 import numpy as np
 import pytest
-import torch
 
+torch = pytest.importorskip("torch")
 pytest.importorskip("larq")
+
+pytestmark = pytest.mark.larq
 
 from conftest import DATA, need  # noqa: E402
 from core.errors import InputError  # noqa: E402
-from pixelrnn.larq_twin import (TanhMx, build_twin, exact_gray_threshold, make_keras_model,  # noqa: E402
-                                torch_from_twin, twin_to_state_dict)
+from pixelrnn.larq_twin import (  # noqa: E402
+    TanhMx,
+    build_twin,
+    exact_gray_threshold,
+    make_keras_model,
+    torch_from_twin,
+    twin_to_state_dict,
+)
 from pixelrnn.model import ModelConfig, PixelRNN  # noqa: E402
 
 
@@ -134,6 +142,7 @@ def test_bad_arguments_are_input_errors():
         twin_to_state_dict(build_twin(model=_random_model(0)), config={"num_classes": 3})
 
 
+@pytest.mark.slow
 def test_short_larq_training_on_grid_moves_the_loss_down(tmp_path):
     from pixelrnn.checkpoint import load_model
     from pixelrnn.larq_train import train_larq

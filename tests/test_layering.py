@@ -188,7 +188,8 @@ def test_device_rooms_load_nothing_heavy_at_run_time():
              for p in sorted((ROOT / room).rglob("*.py"))]
     code = ("import importlib, sys\n"
             f"for name in {names!r}:\n    importlib.import_module(name)\n"
-            f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {list(HEAVY) + ['pixelrnn', 'export', 'calib']!r})\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            f"{list(HEAVY) + ['pixelrnn', 'export', 'calib']!r})\n"
             "print(' '.join(bad))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

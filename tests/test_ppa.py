@@ -16,6 +16,8 @@ from firmware_sim.ppa import PPA, SATURATION, CostModel
 from firmware_sim.program import clip_cost, frame_cost, run_clips_instruction
 from firmware_sim.weights import SensorWeights
 
+pytestmark = pytest.mark.device
+
 
 def _array(batch=None, h=4, w=5):
     return PPA(height=h, width=w, analog=("A", "B", "C"), digital=("D0", "D1", "D2"), batch=batch)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from conftest import need
-from export.scamp5 import (KERNEL_KEYS, TEXT_ORDER, kernels_from_text_order, read_scamp5_text,
-                           write_scamp5_text)
 from core.errors import InputError
+from export.scamp5 import KERNEL_KEYS, TEXT_ORDER, kernels_from_text_order, read_scamp5_text, write_scamp5_text
 from pixelrnn.model import ModelConfig, PixelRNN
 
 AUTHORS = {"gesture": "cam_noise_iw10.txt", "lips": "lip_iw10.txt"}

@@ -11,13 +11,15 @@ except ImportError:
 
 import numpy as np
 import pytest
-import torch
 
+torch = pytest.importorskip("torch")
 pytest.importorskip("larq")
 
+pytestmark = [pytest.mark.larq, pytest.mark.slow]    # the module's export takes ~30 s
+
 from conftest import need  # noqa: E402
-from export.tflite import export_tflite, run_tflite  # noqa: E402
 from core.errors import InputError  # noqa: E402
+from export.tflite import export_tflite, run_tflite  # noqa: E402
 from firmware_sim.simulate import simulate  # noqa: E402
 
 CLIPS = {"gesture": "cambridge_test90.npz", "lips": "tulips_test10.npz"}

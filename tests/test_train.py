@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from conftest import DATA, REPO, need
 from pixelrnn.checkpoint import load_model
@@ -80,6 +81,7 @@ def test_per_clip_noise_does_not_depend_on_the_batch():
 
 
 # -- real training runs ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_short_real_run_flips_signs_and_simulator_agrees(tmp_path, grid_data):
     from pixelrnn.train import train
     report = train(config=_cfg(tmp_path, grid_data), progress=False)
@@ -95,6 +97,7 @@ def test_short_real_run_flips_signs_and_simulator_agrees(tmp_path, grid_data):
     assert load_model(tmp_path / "model.pt").config.classes[0] == "zero"
 
 
+@pytest.mark.slow
 def test_frozen_binary_weights_keep_their_signs(tmp_path, grid_data):
     from pixelrnn.train import train
     train(config=_cfg(tmp_path, grid_data, freeze_binary=True), progress=False)
@@ -102,6 +105,7 @@ def test_frozen_binary_weights_keep_their_signs(tmp_path, grid_data):
     assert metrics["epochs"][-1]["sign_agreement_with_init"] == 1.0
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_and_seeds_reproduce(tmp_path, grid_data):
     from pixelrnn.train import train
     full, part = tmp_path / "full", tmp_path / "part"
@@ -123,6 +127,7 @@ def test_resume_equals_uninterrupted_and_seeds_reproduce(tmp_path, grid_data):
         train(config=_cfg(part, grid_data, epochs=2, limit=32, lr=0.5), resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one_process(tmp_path, grid_data):
     """torchrun --nproc_per_node=2 (gloo) gives the 1-process result for the same global batch.
 
@@ -179,6 +184,7 @@ def test_bad_config_gives_one_line_error(tmp_path, content, message):
     assert not (tmp_path / "out" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_missing_config_file_and_bad_flag(tmp_path):
     res = _cli("train", "--config", str(tmp_path / "nope.yaml"))
     assert res.returncode == 2 and "config file not found" in res.stderr
@@ -244,6 +250,7 @@ def test_shipped_configs_are_valid():
         assert cfg.dataset in ("grid", "avletters", "cambridge")
 
 
+@pytest.mark.slow
 def test_training_with_a_noise_calibration_file(tmp_path, grid_data):
     """A `calib noise` file replaces the three sigmas; gain and offset map reach the training forward."""
     from pixelrnn.train import train
@@ -258,3 +265,44 @@ def test_training_with_a_noise_calibration_file(tmp_path, grid_data):
     report = train(config=cfg, progress=False)
     assert report["config"]["noise_file"] == str(noise)
     assert report["simulator_agrees"]
+
+
+# -- issue 13: device, early stopping, the 300-epoch config ------------------------------------------
+def test_device_setting_resolves_and_refuses_a_missing_gpu(tmp_path):
+    from pixelrnn.train import TrainConfig
+    assert TrainConfig().device == "auto" and TrainConfig().patience == 0
+    auto = TrainConfig(device="auto").resolved_device()
+    assert auto == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert TrainConfig(device="cpu").resolved_device() == "cpu"
+    with pytest.raises(ValueError, match="device must be one of"):
+        TrainConfig(device="tpu")
+    with pytest.raises(ValueError, match="patience must be >= 0"):
+        TrainConfig(patience=-1)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            TrainConfig(device="cuda").resolved_device()
+        res = _cli("train", "--device", "cuda", "--out-dir", str(tmp_path / "out"))
+        assert res.returncode == 2 and "no CUDA GPU" in res.stderr
+
+
+def test_early_stopping_ends_the_run_and_reports(tmp_path, grid_data, monkeypatch):
+    """Validation that never improves after epoch 1: patience 2 stops after epoch 3 of 6, with a report;
+    a resumed stopped run trains no further."""
+    from pixelrnn import train_loop
+    from pixelrnn.train import train
+    monkeypatch.setattr(train_loop, "evaluate_split", lambda *a, **k: (1.0, 0.5))
+    cfg = _cfg(tmp_path, grid_data, limit=16, epochs=6, patience=2, schedule="plateau")
+    report = train(config=cfg, progress=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["epochs"]] == [1, 2, 3]
+    assert metrics["stopped_early"] and metrics["best"]["epoch"] == 1
+    assert report and (tmp_path / "report.json").exists()
+    assert all(r["val_seconds"] >= 0 for r in metrics["epochs"])
+    train(config=cfg, resume=True, progress=False)
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["epochs"]) == 3
+
+
+def test_grid_300_config_is_the_authors_budget_with_early_stopping():
+    from pixelrnn.train import TrainConfig, load_config_file
+    cfg = TrainConfig.from_dict(load_config_file(REPO / "configs" / "grid_300.yaml"))
+    assert cfg.dataset == "grid" and cfg.epochs == 300 and cfg.patience > 0

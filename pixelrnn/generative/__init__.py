@@ -10,5 +10,5 @@ from .pixelcnn import PixelCNN
 from .rowlstm import RowLSTM
 from .vlae import VLAE
 
-__all__ = ["NLL", "AutoregressiveImageModel", "FixedMaskConv2d", "MaskedConv2d", "raster_mask", "Stepper", "NaiveStepper",
-           "PixelCNN", "RowLSTM", "DiagonalBiLSTM", "GatedPixelCNN", "VLAE"]
+__all__ = ["NLL", "AutoregressiveImageModel", "FixedMaskConv2d", "MaskedConv2d", "raster_mask", "Stepper",
+           "NaiveStepper", "PixelCNN", "RowLSTM", "DiagonalBiLSTM", "GatedPixelCNN", "VLAE"]

@@ -64,7 +64,8 @@ def _result(name: str, nats: float, dims: int, chosen: str) -> BaselineResult:
 def categorical_baseline(*, train, val, test, num_classes: int) -> BaselineResult:
     """Independent per-pixel categorical, alpha chosen on validation."""
     vflat, tflat = _check(val, num_classes), _check(test, num_classes)
-    best = min(ALPHAS, key=lambda a: _nll_from_probs(categorical_probs(train, num_classes=num_classes, alpha=a), vflat).mean())
+    best = min(ALPHAS, key=lambda a: _nll_from_probs(categorical_probs(train, num_classes=num_classes, alpha=a),
+                                                     vflat).mean())
     probs = categorical_probs(train, num_classes=num_classes, alpha=best)
     return _result("independent per-pixel categorical", _nll_from_probs(probs, tflat).mean(), tflat.shape[1],
                    f"alpha={best}")

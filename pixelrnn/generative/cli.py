@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core.argtypes import bool_arg as _bool, positive_int as _positive_int
+from core.argtypes import bool_arg as _bool
+from core.argtypes import positive_int as _positive_int
 from core.atomic import atomic_open
 
 
 def add_generate_parser(subparsers) -> None:
-    from .train import GenerateConfig, MODELS
+    from .train import MODELS, GenerateConfig
 
     p = subparsers.add_parser("generate", help="generative PixelRNN family: train, nll, sample, baselines, code",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +69,8 @@ def add_generate_parser(subparsers) -> None:
     b.set_defaults(func=run_baselines)
 
     c = sub.add_parser("code", help="lossless readout coding with a learned prior: bits/window, round trip, time")
-    c.add_argument("--checkpoint", required=True, help="a gated model trained on readouts (generate train --data F.npz)")
+    c.add_argument("--checkpoint", required=True,
+                   help="a gated model trained on readouts (generate train --data F.npz)")
     c.add_argument("--readouts", required=True, help="readouts .npz (simulate output or real sensor file)")
     c.add_argument("--split", choices=("train", "val", "test", "all"), default="test")
     c.add_argument("--limit", type=int, default=0, help="> 0: code only the first N windows")
@@ -150,7 +152,8 @@ def _write_samples(model, meta, *, n: int, label, seed: int, path: Path, cached:
     if num_labels:
         if label is not None and not 0 <= label < num_labels:
             raise ValueError(f"--label must lie in 0..{num_labels - 1}, got {label}")
-        cond = torch.full((n,), label, dtype=torch.long) if label is not None else torch.arange(n) // max(1, n // num_labels) % num_labels
+        cond = (torch.full((n,), label, dtype=torch.long) if label is not None
+                else torch.arange(n) // max(1, n // num_labels) % num_labels)
     elif label is not None:
         raise ValueError("--label needs a class-conditional model (generate train --model gated --conditional true)")
     t0 = time.perf_counter()

@@ -77,7 +77,8 @@ def code_readouts(*, checkpoint, readouts, split: str = "test", limit: int = 0, 
     result["summary"] = (
         f"{len(bits)} windows of {data.name} ({split}): {mean_bytes:.1f} B/window mean (max {max(sizes)}), "
         f"{result['bits_per_readout_pixel']:.3f} bits/pixel; ideal {result['ideal_bits'] / 8:.1f} B; "
-        f"raw 1-bit {raw_1bit} B (x{result['ratio_vs_1bit']:.2f}), 8-bit {raw_8bit} B (x{result['ratio_vs_8bit']:.1f}); "
+        f"raw 1-bit {raw_1bit} B (x{result['ratio_vs_1bit']:.2f}), "
+        f"8-bit {raw_8bit} B (x{result['ratio_vs_8bit']:.1f}); "
         f"lossless round trip {'OK on every window' if all(ok) else f'FAILED on {len(ok) - sum(ok)} windows'}; "
         f"encode {result['encode_ms_median']:.0f} ms, decode {result['decode_ms_median']:.0f} ms per window (median)")
     return result

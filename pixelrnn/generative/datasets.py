@@ -90,4 +90,5 @@ def load_image_dataset(name: str) -> ImageDataset:
         return load_digits()
     if name == "mnist5k":
         return load_mnist5k()
-    raise ValueError(f"unknown data set {name!r}: choose one of {DATASETS} (or train on readouts with --readouts FILE.npz)")
+    raise ValueError(f"unknown data set {name!r}: choose one of {DATASETS} "
+                     "(or train on readouts with --readouts FILE.npz)")

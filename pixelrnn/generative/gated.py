@@ -124,7 +124,8 @@ class GatedPixelCNN(AutoregressiveImageModel):
             return cond.to(self.dtype)
         if self.num_labels is not None:
             if cond.shape != (batch,) or cond.is_floating_point():
-                raise ValueError(f"cond must be a ({batch},) integer label tensor, got {cond.dtype} {tuple(cond.shape)}")
+                raise ValueError(f"cond must be a ({batch},) integer label tensor, "
+                                 f"got {cond.dtype} {tuple(cond.shape)}")
             if int(cond.min()) < 0 or int(cond.max()) >= self.num_labels:
                 raise ValueError(f"labels must lie in [0, {self.num_labels})")
             return cond.long()

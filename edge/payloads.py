@@ -1,0 +1,318 @@
+"""Readout payload codecs: one registry entry per payload type of the readout packet.
+
+A codec turns an (H, W) uint8 readout into the payload bytes of a packet and back
+(``edge/packet.py`` documents the frame around it). Its wire id is the packet header's encoding
+byte. The packet encoder and decoder, the sensor and host stages, the camera loop, its command
+line and ``pixelrnn bench`` all take their choices from this registry, so adding a payload type is
+one :func:`register_payload` call and nothing else.
+
+Built in: ``8bit`` (id 8, the levels as they are), ``1bit`` (id 1, ``np.packbits`` of the signs of
+o) and ``prior`` (id 2, the same signs arithmetic-coded under a learned prior, falling back to
+``1bit`` for a readout the prior would code longer than its maximum).
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+
+from core.constants import ZERO_LEVEL
+from core.errors import InputError
+from core.prior_coder import load_prior
+
+DEFAULT_LEVEL = 50           # level-carrying payloads: the host rebuilds 127 +- 50 (o = +-5 MAC)
+PRIOR_ID_BYTES = 8
+PRIOR_MIN_BYTES = PRIOR_ID_BYTES + 4     # prior id + the CRC32 of the bits (the code may be empty)
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,15}")
+
+Shape = tuple[int, int]
+
+
+class PacketError(ValueError):
+    """A packet that was rejected; ``reason`` is one of ``edge.packet.REASONS`` or a codec's ``reasons``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PayloadCodec:
+    """One payload type. ``encode(readout, state, level) -> bytes`` (or None: send ``fallback``);
+    ``decode(payload, shape, state, level) -> (H, W) uint8 levels`` or a :class:`PacketError`;
+    ``size(shape)``: the exact size, or with ``min_size`` the largest accepted (variable size);
+    ``open_state(path)``: side state opened once from a file (``file_label`` says what file),
+    checked by ``check_state`` when handed in directly and summarized by ``describe_state`` (for run
+    summaries); ``reasons``: rejections ``decode`` adds."""
+
+    wire_id: int
+    name: str
+    help: str
+    encode: Callable[[np.ndarray, object, int], bytes | None]
+    decode: Callable[[bytes, Shape, object, int], np.ndarray]
+    size: Callable[[Shape], int]
+    min_size: Callable[[Shape], int] | None = None
+    uses_level: bool = False
+    open_state: Callable[[str | os.PathLike], object] | None = None
+    check_state: Callable[[object], None] | None = None
+    describe_state: Callable[[object], dict] | None = None
+    file_label: str = ""
+    file_hint: str = ""
+    fallback: str | None = None
+    reasons: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.wire_id, int) and not isinstance(self.wire_id, bool) and 0 <= self.wire_id <= 255):
+            raise ValueError(f"wire_id must be an integer 0..255 (the packet's encoding byte), got {self.wire_id!r}")
+        if not (isinstance(self.name, str) and _NAME.fullmatch(self.name)):
+            raise ValueError(f"name must be 1-16 characters of a-z, 0-9, _ and -, got {self.name!r}")
+        if not (isinstance(self.help, str) and self.help.strip()):
+            raise ValueError(f"payload {self.name!r}: help must be a non-empty string")
+        for attr in ("encode", "decode", "size"):
+            if not callable(getattr(self, attr)):
+                raise ValueError(f"payload {self.name!r}: {attr} must be callable")
+        for attr in ("min_size", "open_state", "check_state", "describe_state"):
+            if getattr(self, attr) is not None and not callable(getattr(self, attr)):
+                raise ValueError(f"payload {self.name!r}: {attr} must be callable or None")
+        if self.open_state is not None and not self.file_label:
+            raise ValueError(f"payload {self.name!r}: a codec that opens a file needs a file_label")
+        if not all(isinstance(r, str) and r for r in self.reasons):
+            raise ValueError(f"payload {self.name!r}: reasons must be non-empty strings, got {self.reasons!r}")
+
+    @property
+    def variable(self) -> bool:
+        """Whether the payload's size varies per readout (``size`` is then the maximum)."""
+        return self.min_size is not None
+
+    def size_range(self, shape: Shape) -> tuple[int, int]:
+        """(smallest, largest) payload accepted for a readout of ``shape``."""
+        high = int(self.size(shape))
+        return (int(self.min_size(shape)) if self.min_size is not None else high), high
+
+
+_BY_ID: dict[int, PayloadCodec] = {}
+_BY_NAME: dict[str, PayloadCodec] = {}
+_NAME_TO_ID: dict[str, int] = {}
+NAME_TO_ID: Mapping[str, int] = MappingProxyType(_NAME_TO_ID)   # live: {name: wire id}, in registration order
+
+
+def register_payload(codec: PayloadCodec) -> PayloadCodec:
+    """Add ``codec`` to the registry (its name and wire id must be new); returns it."""
+    if not isinstance(codec, PayloadCodec):
+        raise ValueError(f"codec must be a PayloadCodec, got {type(codec).__name__}")
+    if codec.wire_id in _BY_ID:
+        raise ValueError(f"wire id {codec.wire_id} is taken by payload {_BY_ID[codec.wire_id].name!r}")
+    if codec.name in _BY_NAME:
+        raise ValueError(f"payload name {codec.name!r} is taken (wire id {_BY_NAME[codec.name].wire_id})")
+    if codec.fallback is not None:
+        other = _BY_NAME.get(codec.fallback)
+        if other is None or other.variable or other.open_state is not None:
+            raise ValueError(f"payload {codec.name!r}: fallback {codec.fallback!r} must be a registered "
+                             f"fixed-size payload without side state")
+    _BY_ID[codec.wire_id] = _BY_NAME[codec.name] = codec
+    _NAME_TO_ID[codec.name] = codec.wire_id
+    return codec
+
+
+def unregister_payload(name_or_id: str | int) -> PayloadCodec:
+    """Remove a payload from the registry (tests, plug-ins); returns it. Fallback targets stay."""
+    codec = get_payload(name_or_id)
+    users = [c.name for c in _BY_ID.values() if c.fallback == codec.name]
+    if users:
+        raise ValueError(f"payload {codec.name!r} is the fallback of {', '.join(users)}")
+    del _BY_ID[codec.wire_id], _BY_NAME[codec.name], _NAME_TO_ID[codec.name]
+    return codec
+
+
+@contextmanager
+def registered_payload(codec: PayloadCodec) -> Iterator[PayloadCodec]:
+    """``with registered_payload(codec):`` the codec is registered inside the block only."""
+    register_payload(codec)
+    try:
+        yield codec
+    finally:
+        unregister_payload(codec.wire_id)
+
+
+def get_payload(name_or_id: str | int) -> PayloadCodec:
+    """The codec of a payload name or wire id; an InputError names the choices."""
+    if isinstance(name_or_id, str):
+        codec = _BY_NAME.get(name_or_id)
+    elif isinstance(name_or_id, (int, np.integer)) and not isinstance(name_or_id, bool):
+        codec = _BY_ID.get(int(name_or_id))
+    else:
+        codec = None
+    if codec is None:
+        choices = ", ".join(f"{c.name} ({c.wire_id})" for c in _BY_ID.values())
+        raise InputError(f"payload must be one of {choices}, got {name_or_id!r}")
+    return codec
+
+
+def find_payload(wire_id: int) -> PayloadCodec | None:
+    """The codec of a wire id, or None (the packet decoder's lookup: no exception on bad bytes)."""
+    return _BY_ID.get(wire_id)
+
+
+def payload_names() -> tuple[str, ...]:
+    """Registered payload names, in registration order (choices for options and command lines)."""
+    return tuple(_BY_NAME)
+
+
+def payload_help() -> str:
+    """One line describing every payload, for a command line's help."""
+    return "; ".join(f"{c.name}: {c.help}" for c in _BY_NAME.values())
+
+
+def file_payload_names() -> tuple[str, ...]:
+    """Payloads that open a side file (the prior)."""
+    return tuple(c.name for c in _BY_NAME.values() if c.open_state is not None)
+
+
+def encode_payload(codec: PayloadCodec, readout: np.ndarray, *, state=None,
+                   level: int = DEFAULT_LEVEL) -> tuple[PayloadCodec, bytes]:
+    """(codec actually used, payload bytes): ``codec``, or its fallback when its code is None or
+    longer than its maximum for this readout."""
+    if codec.check_state is not None:
+        codec.check_state(state)
+    payload = codec.encode(readout, state, level)
+    if payload is not None and len(payload) <= codec.size(readout.shape):
+        return codec, bytes(payload)
+    if codec.fallback is None:
+        raise ValueError(f"payload {codec.name!r} coded a {readout.shape} readout to "
+                         f"{'nothing' if payload is None else f'{len(payload)} bytes'}, and it has no fallback")
+    used = _BY_NAME[codec.fallback]
+    return used, bytes(used.encode(readout, None, level))
+
+
+@dataclass(frozen=True)
+class PayloadOptions:
+    """A payload choice: ``name`` (a registered payload), ``level`` (level-carrying payloads: the host
+    rebuilds 127 +- level) and ``file`` (payloads with side state: e.g. the prior file)."""
+
+    name: str = "8bit"
+    level: int = DEFAULT_LEVEL
+    file: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        codec = get_payload(self.name) if isinstance(self.name, str) else None
+        if codec is None:
+            raise InputError(f"payload must be a name from {', '.join(payload_names())}, got {self.name!r}")
+        if not (isinstance(self.level, int) and not isinstance(self.level, bool) and 1 <= self.level <= ZERO_LEVEL):
+            raise InputError(f"1-bit level must be an integer 1..{ZERO_LEVEL}, got {self.level!r}")
+        if self.file is not None and not isinstance(self.file, (str, os.PathLike)):
+            raise InputError(f"the payload's file must be a path, got {type(self.file).__name__}")
+        if codec.open_state is not None and self.file is None:
+            hint = f" ({codec.file_hint})" if codec.file_hint else ""
+            raise InputError(f"payload {codec.name} needs {codec.file_label}{hint}")
+        if codec.open_state is None and self.file is not None:
+            takers = ", ".join(file_payload_names()) or "none"
+            raise InputError(f"payload {codec.name} takes no file (payloads with a file: {takers}), got {self.file}")
+
+    @property
+    def codec(self) -> PayloadCodec:
+        return get_payload(self.name)
+
+    def open(self) -> PayloadState:
+        """Open the side state once (the prior: ``core.prior_coder.load_prior``); a one-line InputError."""
+        codec = self.codec
+        state = None
+        if codec.open_state is not None:
+            try:
+                state = codec.open_state(self.file)
+            except (ValueError, OSError) as exc:
+                raise InputError(str(exc).strip().splitlines()[0] if str(exc).strip() else
+                                 f"cannot open {codec.file_label} {self.file}") from None
+        return PayloadState(codec=codec, level=self.level, state=state)
+
+
+@dataclass(frozen=True)
+class PayloadState:
+    """An opened payload: its codec, level and side state (None for codecs without one)."""
+
+    codec: PayloadCodec
+    level: int = DEFAULT_LEVEL
+    state: object = None
+
+    @property
+    def states(self) -> dict[int, object]:
+        """``{wire id: side state}`` for a host decoder (empty without side state)."""
+        return {} if self.state is None else {self.codec.wire_id: self.state}
+
+
+# -- built-in codecs ------------------------------------------------------------------------------
+def _levels(bits: np.ndarray, level: int) -> np.ndarray:
+    return np.where(bits, ZERO_LEVEL + level, ZERO_LEVEL - level).astype(np.uint8)
+
+
+def _encode_8bit(readout, state, level) -> bytes:
+    return np.ascontiguousarray(readout).tobytes()
+
+
+def _decode_8bit(payload, shape, state, level) -> np.ndarray:
+    return np.frombuffer(payload, dtype=np.uint8).reshape(shape).copy()
+
+
+def _encode_1bit(readout, state, level) -> bytes:
+    return np.packbits(readout >= ZERO_LEVEL, axis=None).tobytes()
+
+
+def _decode_1bit(payload, shape, state, level) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8), count=shape[0] * shape[1])
+    return _levels(bits.reshape(shape), level)
+
+
+def _check_coder(coder) -> None:
+    """A prior coder (``core.prior_coder.PriorCoder``) over 2 symbols, the 1-bit readout's."""
+    if coder is None:
+        raise ValueError("the prior payload needs a coder (core.prior_coder.load_prior of the prior file)")
+    if not all(hasattr(coder, a) for a in ("prior_id", "encode", "decode", "num_classes")):
+        raise ValueError(f"coder must be a core.prior_coder.PriorCoder, got {type(coder).__name__}")
+    if coder.num_classes != 2:
+        raise ValueError(f"the prior must model 2 levels (1-bit readouts), this one has {coder.num_classes}")
+
+
+def _encode_prior(readout, coder, level) -> bytes:
+    return bytes(coder.prior_id) + coder.encode((readout >= ZERO_LEVEL).view(np.uint8))
+
+
+def _decode_prior(payload, shape, coder, level) -> np.ndarray:
+    """Prior id + PriorCoder payload -> levels, or a PacketError."""
+    if coder is None:
+        raise PacketError("no_prior", "prior-coded packet, but this host has no prior file")
+    prior_id = bytes(payload[:PRIOR_ID_BYTES])
+    if prior_id != bytes(coder.prior_id):
+        raise PacketError("wrong_prior", f"packet coded with prior {prior_id.hex()}, the host's is "
+                          f"{bytes(coder.prior_id).hex()}")
+    try:
+        bits = coder.decode(bytes(payload[PRIOR_ID_BYTES:]), shape=shape)
+    except ValueError as exc:                      # PriorMismatch: the bits fail their CRC
+        raise PacketError("bad_prior_decode", f"prior payload does not decode: {exc}") from None
+    if bits.shape != tuple(shape) or (bits > 1).any():
+        raise PacketError("bad_prior_decode", "prior payload decoded to symbols other than 1-bit signs")
+    return _levels(bits, level)
+
+
+def _bits_bytes(shape: Shape) -> int:
+    return (int(shape[0]) * int(shape[1]) + 7) // 8
+
+
+register_payload(PayloadCodec(
+    wire_id=8, name="8bit", help="the 8-bit analog levels (4,096 B per 64x64 window)",
+    encode=_encode_8bit, decode=_decode_8bit, size=lambda shape: int(shape[0]) * int(shape[1])))
+register_payload(PayloadCodec(
+    wire_id=1, name="1bit", help="the signs of o, packed (512 B per 64x64 window, less accurate)",
+    encode=_encode_1bit, decode=_decode_1bit, size=_bits_bytes, uses_level=True))
+register_payload(PayloadCodec(
+    wire_id=2, name="prior",
+    help="the 1bit signs losslessly arithmetic-coded under a learned prior (needs the prior file)",
+    encode=_encode_prior, decode=_decode_prior,
+    size=lambda shape: 2 * _bits_bytes(shape) + 64, min_size=lambda shape: PRIOR_MIN_BYTES,
+    uses_level=True, open_state=load_prior, check_state=_check_coder,
+    describe_state=lambda coder: {"prior_hash": coder.prior_hash}, file_label="the prior file",
+    file_hint="the command pixelrnn generate export-prior writes one",
+    fallback="1bit", reasons=("no_prior", "wrong_prior", "bad_prior_decode")))

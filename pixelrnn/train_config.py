@@ -1,0 +1,185 @@
+"""The settings of a training run: the ``TrainConfig`` dataclass, its YAML file and the code version.
+
+One place that says what a run depends on, shared by both backends (``pixelrnn.train_loop`` for
+PyTorch, ``pixelrnn.larq_train`` for Keras/Larq) and by the command line (``pixelrnn.train``).
+Validation errors name settings (``epochs must be >= 1``), never command-line flags.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from core.errors import InputError
+from firmware_sim.noise import NoiseModel
+from pixelrnn import __version__
+from pixelrnn.data import DATASETS
+from pixelrnn.quantizers import QUANTIZERS
+
+SCHEDULES = ("cosine", "plateau", "none")
+OPTIMIZERS = ("adam",)
+NORMALIZATIONS = ("dataset", "imagenet")
+DEVICES = ("auto", "cpu", "cuda")
+
+_INTS = ("fold", "limit", "batch_size", "epochs", "seed", "max_shift", "max_time_shift", "threads", "patience")
+_NUMBERS = ("quantizer_m", "noise_conv", "noise_gate", "noise_out", "lr", "lr_binary", "weight_decay")
+_BOOLS = ("freeze_binary", "learn_theta0", "gate_threshold", "augment")
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise InputError(msg)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved inside every checkpoint)."""
+
+    dataset: str = "grid"
+    data_dir: str = ""                 # empty: $PIXELRNN_DATA or ../shared/data
+    fold: int = 0                      # cambridge: which of the 5 folds is the test fold
+    limit: int = 0                     # > 0: use only the first N training clips (smoke runs)
+    quantizer: str = "tanh_mx"
+    quantizer_m: float = 2.0
+    noise_conv: float = 0.6            # training noise in MAC units (the authors' noise model)
+    noise_gate: float = 0.6
+    noise_out: float = 1.0
+    noise_file: str = ""               # a `pixelrnn calib noise` JSON: replaces the three sigmas above
+    freeze_binary: bool = False        # keep binary weights at their random init signs (baseline b)
+    learn_theta0: bool = True
+    gate_threshold: bool = True
+    normalize: str = "dataset"         # input mean/std: of the training clips, or ImageNet's
+    optimizer: str = "adam"
+    lr: float = 2e-3                   # decoder, thresholds, theta0
+    lr_binary: float = 2e-2            # latent binary weights (they must travel ~1 to flip a sign)
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    batch_size: int = 32
+    epochs: int = 15
+    seed: int = 0
+    augment: bool = True
+    max_shift: int = 3
+    max_time_shift: int = 1
+    threads: int = 0                   # torch threads per process; 0 = PyTorch's default
+    device: str = "auto"               # cpu, cuda, or auto (cuda when available, else cpu); float32 everywhere
+    patience: int = 0                  # early stopping: stop after this many epochs without a better
+                                       # validation result (0 = off, run all epochs)
+    out_dir: str = "runs/grid"
+
+    def __post_init__(self) -> None:
+        _check(self.dataset in DATASETS and self.dataset != "tulips",
+               f"dataset must be one of grid, avletters, cambridge (tulips is test-only), got {self.dataset!r}")
+        _check(self.quantizer in QUANTIZERS, f"quantizer must be one of {sorted(QUANTIZERS)}, got {self.quantizer!r}")
+        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _check(self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}")
+        _check(self.normalize in NORMALIZATIONS, f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+        for name in _INTS:
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
+        for name in _NUMBERS:
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                   and value >= 0, f"{name} must be a finite number >= 0, got {value!r}")
+        for name in _BOOLS:
+            _check(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.batch_size >= 2, f"batch_size must be >= 2 (clips are batched), got {self.batch_size}")
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.limit >= 0 and self.threads >= 0 and self.seed >= 0, "limit, threads and seed must be >= 0")
+        _check(self.patience >= 0, f"patience must be >= 0 (0 = no early stopping), got {self.patience}")
+        _check(self.max_shift >= 0 and self.max_time_shift >= 0, "max_shift and max_time_shift must be >= 0")
+        _check(bool(self.out_dir), "out_dir must not be empty")
+        if self.noise_file:
+            NoiseModel.from_spec(self.noise_file)   # one-line error now, not after loading the data
+
+    def resolved_device(self) -> str:
+        """``device`` with ``auto`` resolved: cuda when a GPU is visible, else cpu."""
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise InputError("device cuda requested but no CUDA GPU is available (use --device cpu or auto)")
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    @property
+    def train_noise(self) -> NoiseModel:
+        """The noise injected while training: the calibration file's, else the three sigmas.
+
+        A calibration file describes a chip (its sigmas, gain and fixed-pattern offset map); its
+        ``model_id`` names the program it was measured with and is not checked here, because
+        training changes the program.
+        """
+        if self.noise_file:
+            return NoiseModel.from_spec(self.noise_file)
+        return NoiseModel(self.noise_conv, self.noise_gate, self.noise_out)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "config") -> "TrainConfig":
+        """A config from a mapping of settings; ``source`` names where it came from in errors."""
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InputError(f"{source}: unknown setting {unknown[0]!r} (known: {', '.join(known)})")
+        values = {}
+        for key, value in data.items():
+            default = known[key].default
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)          # YAML "lr: 1" is an int; a float setting accepts it
+            values[key] = value
+        return cls(**values)
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    """Settings from a YAML (or JSON) file, as a plain dict; one-line errors."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise InputError(f"{path}: not valid YAML{line} ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of settings (key: value), got {type(data).__name__}")
+    return data
+
+
+def resolve_config(*, path: str | os.PathLike | None = None, overrides: Mapping[str, object] | None = None,
+                   source: str = "overrides") -> TrainConfig:
+    """The settings of ``path`` (a YAML file, if given), then ``overrides`` on top (``None`` values skipped);
+    the rest take the defaults. ``source`` names the overrides in errors when there is no file."""
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise InputError(f"overrides must be a mapping of settings, got {type(overrides).__name__}")
+    values = load_config_file(path) if path else {}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return TrainConfig.from_dict(values, source=str(path) if path else source)
+
+
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    here = Path(__file__).parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
+                             capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0:
+            return f"{__version__}+g{rev.stdout.strip()}{'.dirty' if dirty.stdout.strip() else ''}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return __version__

@@ -1,0 +1,309 @@
+"""The PyTorch training loop: noise-aware training of the binarized PixelRNN on the real datasets.
+
+Unlike the authors' code, the binary weights have real-valued latent copies (clipped to [-1, 1]) and
+are binarized in the forward pass, so their signs can actually move. Reproducible by construction:
+the shuffle of epoch ``e`` and the augmentation and noise of clip ``i`` are drawn from generators
+seeded by ``(seed, e, i)``, so a resumed run, and a run split over DistributedDataParallel ranks
+(:mod:`pixelrnn.distributed`), see exactly the same batches and noise as one uninterrupted process.
+``batch_size`` stays the global batch; each rank takes every N-th clip of it.
+
+Speed (docs/BENCHMARKS.md, "Training speed"): the model's fast path (:mod:`pixelrnn.model`) does
+the work; here the next batch (augmentation and its per-clip noise draws) is prepared on a loader
+thread while the current one trains, and ``device`` picks cpu or cuda (float32 everywhere: no mixed
+precision, so no binary decision can change with the device's precision). ``patience`` > 0 stops
+early once validation has not improved for that many epochs.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.atomic import write_json_atomic
+from core.errors import InputError
+from firmware_sim.noise import NoiseModel
+from pixelrnn.checkpoint import save_checkpoint
+from pixelrnn.data import TASKS, Augment, Dataset, load_dataset, split
+from pixelrnn.distributed import Dist, GlobalBatchNorm2d, init_distributed, teardown_distributed
+from pixelrnn.model import ModelConfig, PixelRNN, draw_noise
+from pixelrnn.train_config import SCHEDULES, TrainConfig, code_version
+from pixelrnn.train_state import Progress, load_state, save_state
+
+SENSOR_WEIGHTS = ("conv1", "w_fi", "w_fh", "w_oi", "w_oh")   # the in-sensor binary weights
+
+# schedule name -> the scheduler it builds (None: constant learning rate)
+SCHEDULERS = {
+    "cosine": lambda cfg, opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs),
+    "plateau": lambda cfg, opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=3),
+    "none": lambda cfg, opt: None,
+}
+assert set(SCHEDULERS) == set(SCHEDULES)
+
+
+# -- model, batches, evaluation -------------------------------------------------------------------
+def build_model(cfg: TrainConfig, train_set: Dataset) -> PixelRNN:
+    """The untrained model of ``cfg`` (initial weights seeded by ``cfg.seed``), normalized on ``train_set``."""
+    if cfg.normalize == "dataset":
+        g = train_set.frames.astype(np.float64) / 255.0
+        mean, std = float(g.mean()), float(g.std())
+    else:
+        mean, std = ModelConfig.input_mean, ModelConfig.input_std
+    mc = ModelConfig(num_classes=len(train_set.classes), classes=list(train_set.classes),
+                     task=TASKS[cfg.dataset], quantizer=cfg.quantizer, quantizer_m=cfg.quantizer_m,
+                     gate_threshold=cfg.gate_threshold, learn_theta0=cfg.learn_theta0,
+                     input_mean=mean, input_std=std, noise_conv=cfg.noise_conv,
+                     noise_gate=cfg.noise_gate, noise_out=cfg.noise_out)
+    torch.manual_seed(cfg.seed)
+    model = PixelRNN(mc)
+    if cfg.freeze_binary:
+        for name in PixelRNN.LATENT:
+            getattr(model, name).requires_grad_(False)
+    return model
+
+
+def _seed_of(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
+def batch_tensors(ds: Dataset, idx: np.ndarray, *, epoch: int, cfg: TrainConfig, train: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Generator] | None]:
+    """Frames, labels and per-clip noise generators for clips ``idx`` (augmented when training)."""
+    frames = ds.frames[idx]
+    gens = None
+    if train:
+        if cfg.augment:
+            aug = Augment(max_shift=cfg.max_shift, max_time_shift=cfg.max_time_shift)
+            frames = np.stack([aug(ds.frames[i], np.random.default_rng([cfg.seed, epoch, int(i), 1]))
+                               for i in idx])
+        gens = [torch.Generator().manual_seed(_seed_of(cfg.seed, epoch, int(i), 2)) for i in idx]
+    return torch.from_numpy(np.ascontiguousarray(frames)), torch.from_numpy(ds.labels[idx]), gens
+
+
+def prepare_batch(ds: Dataset, idx: np.ndarray, *, epoch: int, cfg: TrainConfig, noise: NoiseModel
+                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """A training batch ready for the model: frames, labels and the clips' noise draws (on the CPU,
+    from each clip's own generator, so they do not depend on the batch, rank or device)."""
+    frames, labels, gens = batch_tensors(ds, idx, epoch=epoch, cfg=cfg, train=True)
+    return frames, labels, draw_noise(noise, len(idx), frames.shape[1], gens, frames.shape[-1])
+
+
+@torch.no_grad()
+def predict(model: PixelRNN, frames: np.ndarray, *, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (float32) and predictions of ``model`` in eval mode, noise off (on the model's device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    logits = [model(torch.from_numpy(frames[s:s + batch]).to(device)).cpu() for s in range(0, len(frames), batch)]
+    out = torch.cat(logits).numpy()
+    return out, out.argmax(1)
+
+
+def evaluate_split(model: PixelRNN, ds: Dataset, idx: np.ndarray, dist: Dist) -> tuple[float, float]:
+    """(mean loss, accuracy) on clips ``idx`` (split across ranks), noise off."""
+    local = dist.shard(idx)
+    loss_sum, correct = 0.0, 0.0
+    if len(local):
+        logits, preds = predict(model, ds.frames[local])
+        labels = ds.labels[local]
+        loss_sum = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), reduction="sum"))
+        correct = float((preds == labels).sum())
+    loss_sum, correct = dist.all_sum([loss_sum, correct])
+    return loss_sum / len(idx), correct / len(idx)
+
+
+def sign_agreement(model: PixelRNN, init: dict[str, torch.Tensor]) -> float:
+    """Fraction of in-sensor binary weights whose sign still equals its initial sign."""
+    same = total = 0
+    for name in SENSOR_WEIGHTS:
+        now = getattr(model, name).detach().cpu() >= 0
+        same += int((now == (init[name].cpu() >= 0)).sum())
+        total += now.numel()
+    return same / total
+
+
+# -- pieces of the loop ---------------------------------------------------------------------------
+def _output_folder(out_dir: str, *, resume: bool) -> Path:
+    """``out_dir``, created and checked writable; refused if it holds a run and ``resume`` is off."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=out, delete=True).close()
+    except OSError as exc:
+        raise InputError(f"cannot write to output folder {out} ({exc.strerror or exc})") from None
+    if (out / "last.pt").exists() and not resume:
+        raise InputError(f"{out} already holds a training run (last.pt): pass --resume to continue it "
+                         f"or choose another --out-dir")
+    return out
+
+
+def _optimizer(cfg: TrainConfig, model: PixelRNN) -> torch.optim.Optimizer:
+    """Adam with two learning rates: ``lr_binary`` for the latent binary weights, ``lr`` for the rest."""
+    binary = [getattr(model, n) for n in PixelRNN.LATENT if getattr(model, n).requires_grad]
+    ids = {id(p) for p in binary}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": rest, "lr": cfg.lr}] + ([{"params": binary, "lr": cfg.lr_binary}] if binary else [])
+    return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+
+
+def _step_schedule(sched, val_acc: float) -> None:
+    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        sched.step(val_acc)
+    elif sched is not None:
+        sched.step()
+
+
+def _data_parallel(model: PixelRNN, dist: Dist) -> torch.nn.Module:
+    """``model`` wrapped for DDP (BatchNorm over the global batch) when there are several ranks."""
+    if dist.world == 1:
+        return model
+    if next(model.parameters()).device.type != "cpu":
+        raise InputError("data-parallel training (torchrun) runs on the CPU (gloo): use --device cpu")
+    model.bn = GlobalBatchNorm2d.from_batch_norm(model.bn)
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+def _train_epoch(*, net: torch.nn.Module, model: PixelRNN, opt: torch.optim.Optimizer, ds: Dataset,
+                 train_idx: np.ndarray, epoch: int, cfg: TrainConfig, dist: Dist, noise: NoiseModel,
+                 progress: bool) -> tuple[float, float]:
+    """One pass over ``train_idx`` in the epoch's seeded order; (loss sum, correct) over all ranks."""
+    n = len(train_idx)
+    model.train()
+    order = train_idx[np.random.default_rng([cfg.seed, epoch]).permutation(n)]
+    bar = None
+    if progress and dist.main:
+        from tqdm import tqdm
+        bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="clip", leave=False,
+                   dynamic_ncols=True, file=sys.stderr)
+    loss_sum = correct = 0.0
+    batches = [order[s * cfg.batch_size:(s + 1) * cfg.batch_size] for s in range(math.ceil(n / cfg.batch_size))]
+    batches = [b for b in batches if len(b) >= dist.world]   # a last batch too small to give every rank a clip
+    device = next(model.parameters()).device
+    prep = lambda b: prepare_batch(ds, dist.shard(b), epoch=epoch, cfg=cfg, noise=noise)  # noqa: E731
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixelrnn-loader")
+    pending = loader.submit(prep, batches[0]) if batches else None
+    for s, global_idx in enumerate(batches):
+        frames, labels, draws = pending.result()
+        if s + 1 < len(batches):        # the next batch is prepared while this one trains
+            pending = loader.submit(prep, batches[s + 1])
+        frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = net(frames, draws=draws, noise=noise)
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        # DDP averages gradients over ranks: scale so the result is the mean over the global batch
+        loss = losses.sum() * dist.world / len(global_idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.clip_latent_()
+        loss_sum += float(losses.detach().sum())
+        correct += float((logits.argmax(1) == labels).sum())
+        if bar is not None:
+            bar.update(len(global_idx))
+            bar.set_postfix(loss=f"{float(losses.mean()):.3f}")
+    loader.shutdown()
+    if bar is not None:
+        bar.close()
+    loss_sum, correct = dist.all_sum([loss_sum, correct])
+    return loss_sum, correct
+
+
+def _stop_early(cfg: TrainConfig, run: Progress) -> bool:
+    """Validation has not improved for ``patience`` epochs (never when ``patience`` is 0)."""
+    return bool(cfg.patience) and bool(run.history) and run.history[-1]["epoch"] - run.best["epoch"] >= cfg.patience
+
+
+def _print_epoch(row: dict, epochs: int) -> None:
+    print(f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.3f}  "
+          f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.3f}  {row['clips_per_s']:.1f} clips/s  "
+          f"signs kept {row['sign_agreement_with_init']:.3f}", file=sys.stderr, flush=True)
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def train(*, config: TrainConfig, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Train, keep the best model on validation, evaluate it on the test split; return the report.
+
+    Writes ``out_dir/model.pt`` (best on validation), ``last.pt`` (resumable state), ``metrics.json``
+    and at the end ``report.json`` and ``confusion.png``. ``stop_after``: stop once that many epochs
+    are done (time-boxed jobs; continue with ``resume``); the final report is only made when the last
+    epoch is done (or early stopping ended the run), else ``{}`` is returned.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError("config must be a TrainConfig")
+    for name, value in (("resume", resume), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be True or False, got {value!r}")
+    if stop_after is not None and (not isinstance(stop_after, int) or isinstance(stop_after, bool) or stop_after < 0):
+        raise InputError(f"stop_after must be None or an integer >= 0, got {stop_after!r}")
+    cfg = config
+    dist = init_distributed()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = _output_folder(cfg.out_dir, resume=resume)
+    state_path, best_path = out / "last.pt", out / "model.pt"
+
+    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir or None)
+    parts = split(ds, fold=cfg.fold)
+    train_idx = parts["train"][:cfg.limit] if cfg.limit else parts["train"]
+    device = torch.device(cfg.resolved_device())
+    model = build_model(cfg, ds.subset(train_idx)).to(device)
+    run = Progress(init_signs={n: getattr(model, n).detach().cpu().clone() for n in SENSOR_WEIGHTS})
+    opt = _optimizer(cfg, model)
+    sched = SCHEDULERS[cfg.schedule](cfg, opt)
+    if resume and state_path.exists():
+        run = load_state(state_path, cfg=cfg, model=model, opt=opt, sched=sched)
+    net = _data_parallel(model, dist)
+    version = code_version()
+    noise = cfg.train_noise
+
+    n = len(train_idx)
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    stopped = _stop_early(cfg, run)
+    for epoch in range(run.start, last):
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        loss_sum, correct = _train_epoch(net=net, model=model, opt=opt, ds=ds, train_idx=train_idx, epoch=epoch,
+                                         cfg=cfg, dist=dist, noise=noise, progress=progress)
+        seconds = time.perf_counter() - t0
+        val_loss, val_acc = evaluate_split(model, ds, parts["val"], dist)
+        val_seconds = time.perf_counter() - t0 - seconds
+        lr = opt.param_groups[0]["lr"]
+        _step_schedule(sched, val_acc)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n,
+               "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": round(seconds, 3),
+               "val_seconds": round(val_seconds, 3),
+               "clips_per_s": round(n / seconds, 2),
+               "sign_agreement_with_init": sign_agreement(model, run.init_signs)}
+        run.history.append(row)
+        improved = (val_acc, -val_loss) > (run.best["val_acc"], -run.best["val_loss"])
+        if improved:
+            run.best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch + 1}
+        stopped = _stop_early(cfg, run)
+        if dist.main:
+            if improved:
+                save_checkpoint(model, best_path, extra={"train_config": cfg.to_dict(), "epoch": epoch + 1,
+                                                         "val_acc": val_acc, "code_version": version})
+            save_state(state_path, cfg=cfg, version=version, epoch=epoch, model=model, opt=opt, sched=sched,
+                       progress=run)
+            write_json_atomic(out / "metrics.json", {"config": cfg.to_dict(), "code_version": version,
+                                                     "epochs": run.history, "best": run.best,
+                                                     "stopped_early": stopped})
+            _print_epoch(row, cfg.epochs)
+            if stopped:
+                print(f"early stopping: no better validation result for {cfg.patience} epochs "
+                      f"(best epoch {run.best['epoch']})", file=sys.stderr, flush=True)
+        dist.barrier()
+    report: dict = {}
+    if dist.main and (last == cfg.epochs or stopped):
+        from pixelrnn.report import final_report
+        report = final_report(best_path=best_path, ds=ds, test_idx=parts["test"], out=out,
+                              history=run.history, best_epoch=run.best["epoch"], config=cfg.to_dict())
+    dist.barrier()
+    teardown_distributed(dist)
+    return report
