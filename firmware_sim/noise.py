@@ -147,7 +147,7 @@ class NoiseModel:
     def check_program(self, program_hash: str) -> None:
         """A calibration file names the sensor program it was fitted to; refuse another program's."""
         if self.model_id and self.model_id != program_hash:
-            raise ValueError(f"noise calibration is for sensor program {self.model_id}, this model is "
+            raise ValueError(f"noise calibration is for model {self.model_id}, these weights are "
                              f"{program_hash}: calibrate for this model (pixelrnn calib noise)")
 
     def to_dict(self) -> dict:
