@@ -6,17 +6,21 @@ Pinned versions live in constraints.txt: ``pip install -c constraints.txt -e '.[
 """
 from setuptools import find_packages, setup
 
+# The device runtime installs on Python 3.11-3.13, x86_64 and aarch64 (Pi OS on Debian 13 has 3.13):
+# numpy 1.26 has no 3.13 wheel, so the runtime accepts numpy 2; only [larq] needs numpy<2 (3.11/3.12).
 BASE = [
-    "numpy>=1.24,<2",
+    "numpy>=1.24,<3",
     "opencv-python-headless>=4.8,<5",
     "onnxruntime>=1.17",
     "ai-edge-litert>=1.0",
 ]
 EXTRAS = {
     "train": ["torch>=2.2", "onnx>=1.16", "onnxscript>=0.1", "tqdm>=4.60", "matplotlib>=3.7", "PyYAML>=6"],
-    "larq": ["tensorflow>=2.15", "tf-keras>=2.15", "larq>=0.13", "larq-compute-engine>=0.13", "tflite-runtime"],
+    # larq 0.14 needs numpy<2, so [larq] installs on Python 3.11/3.12 only; tflite-runtime 2.14 has cp311 wheels only
+    "larq": ["tensorflow>=2.15", "tf-keras>=2.15", "larq>=0.13", "larq-compute-engine>=0.13", "numpy<2",
+             'tflite-runtime; python_version < "3.12"'],
     "generative": ["torch>=2.2", "tqdm>=4.60", "scikit-learn>=1.3", "mlxtend>=0.23,<0.25"],
-    "test": ["pytest>=8", "hypothesis>=6.80", "ruff>=0.6"],
+    "test": ["pytest>=8", "hypothesis>=6.80", "ruff>=0.6", "selenium>=4.20"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -26,7 +30,16 @@ setup(
     description="Binarized in-pixel recurrent networks (PixelRNN): model, sensor simulator, export, edge runtime",
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11,<3.14",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
     packages=find_packages(include=["core", "core.*", "pixelrnn", "pixelrnn.*", "firmware_sim", "firmware_sim.*",
                                     "edge", "edge.*", "export", "export.*", "calib", "calib.*"]),
     package_data={"pixelrnn": ["models/*.pt", "models/*.md", "models/*/*"]},

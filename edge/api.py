@@ -40,6 +40,7 @@ from edge.payloads import DEFAULT_LEVEL
 from edge.pipeline import PipelineOptions, RunResult, run_pipeline
 from edge.roi import MouthOptions, make_roi, parse_roi
 from edge.sensor_stage import Preprocessor, SensorOptions, SensorStage
+from edge.serve import LiveServer, ServeOptions
 from firmware_sim.noise import NoiseModel
 
 __all__ = ["CameraLoop", "CameraLoopOptions", "Decision", "RunResult"]
@@ -77,6 +78,7 @@ class CameraLoopOptions:
     retry_delay: float = 0.5            # seconds x attempt before each reopen
     frame_timeout: float = 2.0          # a camera silent this long counts as one failed read
     mouth: MouthOptions = field(default_factory=MouthOptions)   # the mouth ROI's face detector
+    serve: str | int | None = None      # run(): a live web page on "[HOST:]PORT" (host 127.0.0.1, port 0: any)
 
     def __post_init__(self) -> None:
         checks = (
@@ -107,7 +109,7 @@ class CameraLoopOptions:
             raise InputError(f"link_key is used only with a udp link (the in-process link carries no MAC), "
                              f"the link is {link.url}")
         derived = {"_link": link, "_roi": None if self.roi is None else parse_roi(self.roi),
-                   "_noise": self._parse_noise()}
+                   "_noise": self._parse_noise(), "_serve": self._parse_serve()}
         for name, value in derived.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_sensor", SensorOptions(payload=self.payload, level=self.level,
@@ -122,6 +124,15 @@ class CameraLoopOptions:
             raise InputError(f"link must be 'inproc' or 'udp://IPV4:PORT' (port 0: any free port), "
                              f"got {self.link!r}") from None
 
+    def _parse_serve(self) -> ServeOptions | None:
+        if self.serve is None:
+            return None
+        try:
+            return ServeOptions.from_spec(self.serve)
+        except InputError:
+            raise InputError(f"serve must be '[HOST:]PORT' (PORT 0..65535, 0: any free port; an IPv6 host in "
+                             f"brackets) or None, got {self.serve!r}") from None
+
     def _parse_noise(self) -> NoiseModel:
         if isinstance(self.noise, NoiseModel):
             return self.noise
@@ -135,6 +146,11 @@ class CameraLoopOptions:
     @property
     def link_spec(self) -> LinkSpec:
         return self._link
+
+    @property
+    def serve_options(self) -> ServeOptions | None:
+        """The live page's address and limits (edge.serve), or None: no page."""
+        return self._serve
 
     @property
     def noise_model(self) -> NoiseModel:
@@ -274,7 +290,9 @@ class CameraLoop:
         frame source object, see :func:`edge.capture.make_source`) until it ends, ``max_frames``,
         Ctrl-C, ``stop`` (a ``threading.Event``), q in ``display`` (an open
         :class:`edge.display.Display`) or a lost camera. ``on_decision`` gets each Decision and
-        ``on_note`` one-line notes (e.g. ``auto`` falling back to the test pattern)."""
+        ``on_note`` one-line notes (e.g. ``auto`` falling back to the test pattern). With the
+        ``serve`` option a live web page (:mod:`edge.serve`) runs for the length of the run; its
+        URL is in a note."""
         self._check_open()
         for name, fn in (("on_decision", on_decision), ("on_note", on_note)):
             if fn is not None and not callable(fn):
@@ -284,8 +302,16 @@ class CameraLoop:
         frames, note = make_source(source)
         if note:
             on_note(note)
-        return run_pipeline(source=frames, bundle=self._bundle, options=self._pipeline, on_decision=on_decision,
-                            on_note=on_note, display=display, stop=stop)
+        serve = self._options.serve_options
+        if serve is None:
+            return run_pipeline(source=frames, bundle=self._bundle, options=self._pipeline, on_decision=on_decision,
+                                on_note=on_note, display=display, stop=stop)
+        with LiveServer(options=serve, task=self.task, classes=self.classes, on_note=on_note) as server:
+            result = run_pipeline(source=frames, bundle=self._bundle, options=self._pipeline,
+                                  on_decision=on_decision, on_note=on_note, display=display, stop=stop,
+                                  publisher=server.publisher)
+            server.publisher.finish(end=result.end)
+        return result
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def close(self) -> None:

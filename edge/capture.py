@@ -1,4 +1,5 @@
-"""Frame sources (camera, video file, moving test pattern) and a threaded capture around them.
+"""Frame sources (camera, Pi camera, stream URL, video file, moving test pattern) and a threaded
+capture around them.
 
 A source is any object with ``name``, ``live`` (a camera: only the newest frame matters),
 ``fps`` (nominal frames/s or None), ``open()``, ``read() -> frame | None`` and ``release()``.
@@ -14,11 +15,14 @@ A source is any object with ``name``, ``live`` (a camera: only the newest frame 
 from __future__ import annotations
 
 import os
+import re
+import stat
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -38,16 +42,39 @@ class CameraLost(RuntimeError):
 
 
 # -- sources -----------------------------------------------------------------------------------
+# URL schemes handed to OpenCV's FFmpeg backend (the opencv-python(-headless) wheels build FFmpeg with
+# network protocols; no GStreamer, so no GStreamer pipelines)
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
+STREAM_TIMEOUT_MS = 5000          # FFmpeg open and read timeouts for a stream URL
+
+
+def _redact(url: str) -> str:
+    """``url`` without a password (``rtsp://user:secret@host`` -> ``rtsp://user:***@host``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class CameraSource:
-    """``cv2.VideoCapture(index)`` with a one-frame buffer."""
+    """``cv2.VideoCapture`` of a camera index, a V4L2 device path (``/dev/video0``) or a stream URL
+    (``rtsp://``, ``http://``: through OpenCV's FFmpeg with open/read timeouts), with a one-frame
+    buffer where the backend has one. All are live: the newest frame only, reopened when they stop."""
 
     live = True
 
-    def __init__(self, index: int) -> None:
-        if not (isinstance(index, int) and index >= 0):
+    def __init__(self, index: int | str) -> None:
+        if isinstance(index, str) and index:
+            self.kind = "url" if "://" in index else "device"
+            self.name = _redact(index) if self.kind == "url" else index
+        elif isinstance(index, int) and not isinstance(index, bool) and index >= 0:
+            self.kind = "index"
+            self.name = f"camera {index}"
+        else:
             raise SourceError(f"camera index must be an integer >= 0, got {index!r}")
         self.index = index
-        self.name = f"camera {index}"
         self.fps: float | None = None
         self._cap = None
 
@@ -59,13 +86,18 @@ class CameraSource:
         if quiet:
             cv2.setLogLevel(0)           # the backends log each failed probe; we report it in one line
         try:
-            cap = cv2.VideoCapture(self.index)
+            if self.kind == "url" and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
+                cap = cv2.VideoCapture(self.index, cv2.CAP_FFMPEG,
+                                       [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+            else:
+                cap = cv2.VideoCapture(self.index)
         finally:
             if quiet:
                 cv2.setLogLevel(level)
         if not cap.isOpened():
             cap.release()
-            raise CameraLost(f"camera {self.index} does not open")
+            raise CameraLost(f"{self.name} does not open")
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and fps > 0 else None
@@ -81,6 +113,120 @@ class CameraSource:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+PICAMERA2_MISSING = ("picamera2 is not installed: on Pi OS, apt install python3-picamera2 and make the venv "
+                     "with --system-site-packages")
+# picamera2's formats (its manual: the byte order in memory) -> how to make OpenCV's BGR of them
+PICAMERA_FORMATS = {
+    "RGB888": "bgr",        # B, G, R: already BGR
+    "BGR888": "rgb",        # R, G, B
+    "XRGB8888": "bgrx",     # B, G, R, X: drop X
+    "XBGR8888": "rgbx",     # R, G, B, X
+    "YUV420": "i420",       # planar Y, U, V (height x 3/2 rows)
+}
+
+
+def _import_picamera2():
+    os.environ.setdefault("LIBCAMERA_LOG_LEVELS", "*:ERROR")    # libcamera logs INFO lines to stderr
+    try:
+        from picamera2 import Picamera2
+    except ImportError as exc:
+        if exc.name in ("picamera2", None):
+            raise SourceError(PICAMERA2_MISSING) from None
+        raise SourceError(f"picamera2 does not import ({exc.name} is missing): on Pi OS, apt install "
+                          f"python3-picamera2 and make the venv with --system-site-packages") from None
+    return Picamera2
+
+
+class PiCameraSource:
+    """A Raspberry Pi camera module through picamera2 (libcamera): ``camera_num`` as listed by
+    ``Picamera2.global_camera_info()``, a video configuration of ``size`` in ``fmt`` (one of
+    :data:`PICAMERA_FORMATS`; RGB888, the default, is B,G,R in memory: OpenCV's BGR as it is).
+    Frames come out as BGR uint8 arrays. picamera2 is a system package on Pi OS (python3-picamera2),
+    imported when the source is made; a venv needs ``--system-site-packages`` to see it.
+    Tested with a stand-in picamera2 module, not yet on a real Pi."""
+
+    live = True
+
+    def __init__(self, camera_num: int = 0, *, size: tuple[int, int] = (640, 480), fmt: str = "RGB888") -> None:
+        if not (isinstance(camera_num, int) and not isinstance(camera_num, bool) and camera_num >= 0):
+            raise SourceError(f"Pi camera number must be an integer >= 0, got {camera_num!r}")
+        if fmt not in PICAMERA_FORMATS:
+            raise SourceError(f"Pi camera format must be one of {', '.join(PICAMERA_FORMATS)}, got {fmt!r}")
+        if not (len(size) == 2 and all(isinstance(v, int) and v >= 16 for v in size)):
+            raise SourceError(f"Pi camera size must be (width, height), each at least 16, got {size!r}")
+        self._picamera2 = _import_picamera2()
+        self.camera_num = camera_num
+        self.size = (int(size[0]), int(size[1]))
+        self.fmt = fmt
+        self.name = f"Pi camera {camera_num}"
+        self.fps: float | None = None
+        self._cam = None
+        self._convert = PICAMERA_FORMATS[fmt]
+
+    def open(self) -> None:
+        try:
+            info = list(self._picamera2.global_camera_info() or [])
+        except Exception as exc:   # noqa: BLE001 - libcamera's own errors
+            raise CameraLost(f"{self.name}: libcamera lists no cameras: "
+                             f"{type(exc).__name__}: {str(exc)[:120]}") from None
+        if self.camera_num >= len(info):
+            listed = ", ".join(f"{i}: {c.get('Model', '?')}" for i, c in enumerate(info)) or "none"
+            raise CameraLost(f"Pi camera {self.camera_num} does not exist (libcamera lists {listed})")
+        cam = None
+        try:
+            cam = self._picamera2(self.camera_num)
+            config = cam.create_video_configuration(main={"format": self.fmt, "size": self.size})
+            cam.configure(config)
+            cam.start()
+        except Exception as exc:   # noqa: BLE001 - libcamera raises RuntimeError, IndexError, ...
+            if cam is not None:
+                _close_quietly(cam)
+            raise CameraLost(f"{self.name} does not open: {type(exc).__name__}: {str(exc)[:120]}") from None
+        main = (config or {}).get("main") or {}
+        self._convert = PICAMERA_FORMATS.get(main.get("format", self.fmt), self._convert)
+        limits = ((config or {}).get("controls") or {}).get("FrameDurationLimits")
+        self.fps = 1e6 / limits[0] if limits and limits[0] else None    # microseconds per frame
+        self._cam = cam
+
+    def read(self) -> np.ndarray | None:
+        if self._cam is None:
+            return None
+        try:
+            array = self._cam.capture_array("main")
+        except (RuntimeError, OSError, TimeoutError):   # a camera that stopped: Capture reopens it
+            return None
+        return None if array is None else to_bgr(array, self._convert)
+
+    def release(self) -> None:
+        if self._cam is not None:
+            cam, self._cam = self._cam, None
+            _close_quietly(cam)
+
+
+def _close_quietly(cam) -> None:
+    for step in ("stop", "close"):
+        try:
+            getattr(cam, step)()
+        except Exception:   # noqa: BLE001, S110 - releasing a failed camera must not raise
+            pass
+
+
+def to_bgr(array: np.ndarray, layout: str) -> np.ndarray:
+    """A picamera2 array in ``layout`` (a :data:`PICAMERA_FORMATS` value) -> contiguous BGR uint8."""
+    import cv2
+
+    if layout == "i420":
+        if array.ndim != 2 or array.shape[0] % 3:
+            raise SourceError(f"YUV420 frame must be 2-D with height x 3/2 rows, got shape {array.shape}")
+        return cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_YUV2BGR_I420)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise SourceError(f"expected a height x width x 3 or 4 frame, got shape {array.shape}")
+    bgr = array[:, :, :3]
+    if layout in ("rgb", "rgbx"):
+        bgr = bgr[:, :, ::-1]
+    return np.ascontiguousarray(bgr)
 
 
 class FileSource:
@@ -185,8 +331,13 @@ def is_source(obj) -> bool:
     return all(hasattr(obj, attr) for attr in SOURCE_ATTRS)
 
 
+SOURCE_FORMS = ("'auto', 'test', a camera index, 'picamera[:N]', a /dev/video device, an rtsp:// or http(s):// "
+                "URL, a video path or a frame source")
+
+
 def make_source(spec, *, test_fps: float = 30.0) -> tuple[object, str]:
-    """``auto`` | ``test`` | camera index (an int or digits) | video path | a source object ->
+    """``auto`` | ``test`` | camera index (an int or digits) | ``picamera[:N]`` (picamera2) | V4L2 device
+    path (``/dev/videoN``) | stream URL (:data:`STREAM_SCHEMES`) | video path | a source object ->
     (source, note). ``auto`` tries camera 0 and falls back to the test pattern with a note saying
     so; a source object is returned as it is. Sources are opened by :class:`Capture`."""
     if is_source(spec):
@@ -196,8 +347,7 @@ def make_source(spec, *, test_fps: float = 30.0) -> tuple[object, str]:
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec:
-        raise SourceError(f"source must be 'auto', 'test', a camera index, a video path or a frame source, "
-                          f"got {spec!r}")
+        raise SourceError(f"source must be {SOURCE_FORMS}, got {spec!r}")
     if spec == "test":
         return TestPattern(fps=test_fps), ""
     if spec == "auto":
@@ -210,7 +360,26 @@ def make_source(spec, *, test_fps: float = 30.0) -> tuple[object, str]:
         return camera, "using camera 0"
     if spec.isdigit():
         return CameraSource(int(spec)), ""
+    if spec == "picamera" or spec.startswith("picamera:"):
+        num = spec.partition(":")[2] if ":" in spec else "0"
+        if not (num.isascii() and num.isdigit()):
+            raise SourceError(f"source {spec!r}: expected 'picamera' or 'picamera:N' (N a camera number)")
+        return PiCameraSource(int(num)), ""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", spec)
+    if scheme:
+        if scheme.group(1).lower() not in STREAM_SCHEMES:
+            raise SourceError(f"source {_redact(spec)}: OpenCV's FFmpeg here reads {', '.join(STREAM_SCHEMES)} "
+                              f"URLs, not {scheme.group(1)}:// (no GStreamer in the opencv-python wheels)")
+        return CameraSource(spec), ""
     path = Path(spec)
+    if spec.startswith("/dev/"):
+        try:
+            is_device = stat.S_ISCHR(path.stat().st_mode)
+        except OSError:
+            raise SourceError(f"camera device not found: {spec}") from None
+        if not is_device:
+            raise SourceError(f"{spec} is not a camera device (a character device such as /dev/video0)")
+        return CameraSource(spec), ""
     if not path.is_file():
         raise SourceError(f"video file not found: {path}" if not path.is_dir() else
                           f"source {path} is a folder, not a video file")

@@ -29,6 +29,7 @@ from edge.packet import OVERHEAD_BYTES
 from edge.remote import RemoteConfig, RemoteHost
 from edge.roi import MouthOptions, make_roi, parse_roi
 from edge.sensor_stage import Preprocessor, SensorOptions, SensorStage
+from edge.serve import LivePublisher
 from edge.stats import Latency, summarize
 
 RAW_64 = 64 * 64               # bytes of one 8-bit 64x64 frame
@@ -73,10 +74,13 @@ class RunResult:
 def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
                  on_decision: Callable[[Decision], None] = lambda d: None,
                  on_note: Callable[[str], None] = lambda s: None,
-                 display: Display | None = None, stop: threading.Event | None = None) -> RunResult:
+                 display: Display | None = None, stop: threading.Event | None = None,
+                 publisher: LivePublisher | None = None) -> RunResult:
     """Run the loop until the source ends, ``max_frames``, Ctrl-C, ``stop``, q in the ``display``
     window (an open :class:`edge.display.Display`, or None: headless) or a lost camera.
-    ``on_decision`` gets each window's :class:`edge.decision.Decision`."""
+    ``on_decision`` gets each window's :class:`edge.decision.Decision`. ``publisher`` (an
+    :class:`edge.serve.LivePublisher`, or None) gets the frame and link-byte counts per frame and each
+    decision with the last readout, for the live page; its calls never block."""
     if not isinstance(bundle, Bundle):
         raise InputError(f"bundle must be an edge.models.Bundle, got {type(bundle).__name__}")
     if not isinstance(options, PipelineOptions):
@@ -97,6 +101,8 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
         counts["decisions"] += 1
         last["decision"] = decision
         on_decision(decision)
+        if publisher is not None:
+            publisher.decision(decision, readout=sensor.last_readout)
 
     with ExitStack() as stack:
         remote = host = None
@@ -160,6 +166,8 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
                     for d in remote.poll():
                         emit(d)
                 counts["frames"] += 1
+                if publisher is not None:
+                    publisher.frame(frames=counts["frames"], link_bytes=tx.bytes_out)
                 if display is not None:
                     elapsed = max(time.perf_counter() - t_first, 1e-9)
                     shown = draw_overlay(item.image, decision=last["decision"],

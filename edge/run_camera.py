@@ -2,10 +2,10 @@
 simulated sensor to the host decoder, one decision per 16-frame window. A thin script over the
 Python API (:mod:`edge.api`: ``CameraLoop``): argparse, then one ``CameraLoop.run``.
 
-    python edge/run_camera.py [--source auto|INDEX|PATH|test] [--model BUNDLE|default]
+    python edge/run_camera.py [--source auto|INDEX|picamera[:N]|/dev/videoN|URL|PATH|test] [--model BUNDLE|default]
         [--task gesture|lips] [--runtime onnxruntime|tflite|lce] [--headless] [--max-frames N]
         [--json-out FILE] [--link inproc|udp://127.0.0.1:PORT [--link-key FILE]]
-        [--payload 8bit|1bit|prior [--prior FILE]]
+        [--payload 8bit|1bit|prior [--prior FILE]] [--serve [HOST:]PORT]
 
 Also installed as ``pixelrnn-camera``. Run as a script, Python puts ``edge/`` first on
 ``sys.path``; no module in edge/ shares a name with a standard or installed module (a test checks),
@@ -43,6 +43,7 @@ from edge.decoder import RUNTIMES  # noqa: E402
 from edge.display import Display  # noqa: E402
 from edge.models import TASKS  # noqa: E402
 from edge.payloads import DEFAULT_LEVEL, PayloadOptions, file_payload_names, get_payload, payload_help, payload_names  # noqa: E402
+from edge.serve import parse_serve  # noqa: E402
 
 PROG = "run_camera"
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CAMERA = 0, 1, 2, 3
@@ -65,14 +66,27 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _serve_address(text: str) -> str:
+    try:
+        parse_serve(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="PixelRNN camera loop: frames -> simulated in-pixel RNN -> one "
                 "readout packet per 16 frames -> host decoder -> class and score per window. Video "
                 "files and the test pattern run as fast as possible (every frame, none dropped) "
                 "unless --realtime; live cameras keep only the newest frame.")
-    p.add_argument("--source", default="auto", metavar="auto|INDEX|PATH|test",
-                   help="camera index, video file, 'test' (moving test pattern) or 'auto' (camera 0 if "
-                        "it opens, else the test pattern); default auto")
+    p.add_argument("--source", default="auto", metavar="auto|INDEX|picamera[:N]|/dev/videoN|URL|PATH|test",
+                   help="camera index, 'picamera[:N]' (a Pi camera module through picamera2/libcamera; on Pi OS "
+                        "apt install python3-picamera2, venv with --system-site-packages), a V4L2 device "
+                        "(/dev/videoN: USB webcams), an rtsp://, rtsps://, rtmp://, http(s):// stream URL "
+                        "(OpenCV's FFmpeg; no GStreamer pipelines: the opencv-python-headless wheels have none; "
+                        "a Pi camera module's /dev/video nodes give raw Bayer data: use picamera), a video "
+                        "file, 'test' (moving test pattern) or 'auto' (camera 0 if it opens, else the test "
+                        "pattern); default auto")
     p.add_argument("--model", default="default", metavar="BUNDLE|default",
                    help="export bundle folder, or 'default': the package's bundled model of --task "
                         "(pixelrnn/models/<task>, or $PIXELRNN_MODELS/<task>)")
@@ -114,6 +128,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="seconds x attempt before each reopen (default 0.5)")
     p.add_argument("--frame-timeout", type=_seconds, default=2.0,
                    help="a camera silent this long counts as one failed read (default 2 s)")
+    p.add_argument("--serve", type=_serve_address, default=None, metavar="[HOST:]PORT",
+                   help="also serve a live web page for the run (decision, last readout, latency/fps/link "
+                        "charts; works with --headless): HOST defaults to 127.0.0.1 (this machine only; "
+                        "0.0.0.0 for every interface, with a warning: no password), PORT 0 picks a free one; "
+                        "the URL is printed on stderr")
     return p
 
 
@@ -151,7 +170,8 @@ def options_from_args(args: argparse.Namespace) -> CameraLoopOptions:
         threads=args.threads, link=args.link, link_key=args.link_key, payload=args.payload, prior=args.prior,
         level=args.level,
         roi=args.roi, noise=args.noise, seed=args.seed, realtime=args.realtime, max_frames=args.max_frames,
-        retries=args.retries, retry_delay=args.retry_delay, frame_timeout=args.frame_timeout)
+        retries=args.retries, retry_delay=args.retry_delay, frame_timeout=args.frame_timeout,
+        serve=getattr(args, "serve", None))
 
 
 def format_summary(result: RunResult) -> str:

@@ -153,7 +153,7 @@ def test_bad_loops_are_one_line_input_errors(bundled, tmp_path):
     calib.write_text(json.dumps({"model_id": "0123456789abcdef", "noise": {"out_sigma": 0.5}}))
     cases = [
         (lambda: CameraLoop.create_from_options(CameraLoopOptions(task="lips", noise=str(calib))),
-         "noise calibration is for sensor program 0123456789abcdef"),
+         "noise calibration is for model 0123456789abcdef"),
         (lambda: CameraLoop.create_from_bundle(bundled / "lips", task="gesture"), "is a lips model"),
         (lambda: CameraLoop.create_from_bundle(bundled / "lips", speed=2), "unknown option(s) speed"),
         (lambda: CameraLoop.create_from_bundle(tmp_path / "nothing"), "nothing"),
