@@ -113,7 +113,7 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None) -> Dat
         clips = np.stack([resize_clip(raw[off[i]:off[i + 1]][even_indices(int(off[i + 1] - off[i]))])
                           for i in range(len(off) - 1)])
         reps = d.get("repetitions", np.zeros(len(d["labels"]), dtype=np.int64))
-        names = np.array([f"{s}_{AVLETTERS_CLASSES[l]}{r}" for s, l, r in
+        names = np.array([f"{s}_{AVLETTERS_CLASSES[k]}{r}" for s, k, r in
                           zip(d["speakers"], d["labels"], reps)])
         return Dataset(name, clips, d["labels"].astype(np.int64), AVLETTERS_CLASSES,
                        d["speakers"].astype(str), names)

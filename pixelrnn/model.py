@@ -27,7 +27,7 @@ from firmware_sim.encoding import IW, ZERO_LEVEL
 from firmware_sim.frontend import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, FrontEnd
 from firmware_sim.noise import NoiseModel
 from firmware_sim.weights import SensorWeights
-from pixelrnn.quantizers import get_quantizer
+from pixelrnn.quantizers import get_quantizer, get_surrogate, sign
 
 SIZE = 64
 N_MAPS = 16
@@ -91,13 +91,226 @@ def to_mosaic(maps: torch.Tensor) -> torch.Tensor:
     return maps.reshape(b, 4, 4, h, w).permute(0, 2, 3, 1, 4).reshape(b, 1, 4 * h, 4 * w)
 
 
-def _randn(like: torch.Tensor, batch: int, generators: list[torch.Generator] | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``like`` (leading dim = batch x something); per-clip streams."""
+# -- the fast path: 5x5 convolutions as GEMMs on 8x8 neighbourhoods ------------------------------
+#
+# A 5x5 convolution (padding 2) of a 64x64 map, written out for the 4x4 block (i, j) at phase (r, c):
+# out[4i+r, 4j+c] = sum_{dy,dx} w[dy,dx] * xpad[4i+r+dy, 4j+c+dx], and r+dy, c+dx < 8. So with the 8x8
+# neighbourhoods of xpad at stride 4 (``F.unfold(x, 8, padding=2, stride=4)``: 64 values per block,
+# 4x the input) the convolution is ONE matrix product with a (K*16 phases) x (C*64) weight matrix
+# that holds each tap 16 times (:func:`s2d_weight`). GEMM-shaped, it runs far faster than oneDNN's
+# 1-input-channel kernels on a CPU, and the 16 phases of a 4x4 max-pool window are adjacent rows:
+# the pool is a max over one axis, and its argmax says where the gradient goes. Sums of +-1 products
+# are exact integers in float32 in any order, so the forward is bit-identical to ``F.conv2d``.
+def _phase_taps() -> torch.Tensor:
+    """(16 phases, 64 neighbourhood positions) -> tap index dy*5+dx, or 25 (a zero) outside the kernel."""
+    idx = torch.full((POOL * POOL, 64), KERNEL * KERNEL, dtype=torch.long)
+    for r in range(POOL):
+        for c in range(POOL):
+            for dy in range(KERNEL):
+                for dx in range(KERNEL):
+                    idx[r * POOL + c, (r + dy) * 8 + (c + dx)] = dy * KERNEL + dx
+    return idx
+
+
+_TAPS = _phase_taps()
+
+
+def s2d_weight(w: torch.Tensor) -> torch.Tensor:
+    """(K, C, 5, 5) kernels -> the (K*16, C*64) matrix of :func:`bconv` (differentiable: a gather)."""
+    k, c = w.shape[:2]
+    flat = torch.cat([w.reshape(k, c, KERNEL * KERNEL), w.new_zeros(k, c, 1)], 2)
+    return flat[:, :, _TAPS.to(w.device)].permute(0, 2, 1, 3).reshape(k * POOL * POOL, c * 64)
+
+
+class _Rows(torch.autograd.Function):
+    """(N, C, H, W) -> (N*H*W/16, C*64): row (n, i, j) holds the 8x8 neighbourhood of block (i, j)
+    (padding 2, stride 4), channel-major; the backward adds the overlapping 8x8 blocks back."""
+
+    @staticmethod
+    def forward(ctx, x):
+        n, c, h, w = x.shape
+        ctx.shape = x.shape
+        v = F.pad(x, (2, 2, 2, 2)).unfold(2, 8, POOL).unfold(3, 8, POOL)    # (N, C, h/4, w/4, 8, 8)
+        return v.permute(0, 2, 3, 1, 4, 5).reshape(n * (h // POOL) * (w // POOL), c * 64)
+
+    @staticmethod
+    def backward(ctx, grad):
+        n, c, h, w = ctx.shape
+        hb, wb = h // POOL, w // POOL
+        g = grad.reshape(n, hb, wb, c, 2, POOL, 2, POOL)      # 8 = (block 0/1, phase 0..3)
+        acc = grad.new_zeros(n, c, hb + 1, POOL, wb + 1, POOL)
+        for bu in (0, 1):
+            for bv in (0, 1):
+                acc[:, :, bu:bu + hb, :, bv:bv + wb, :] += g[:, :, :, :, bu, :, bv, :].permute(0, 3, 1, 4, 2, 5)
+        return acc.reshape(n, c, h + POOL, w + POOL)[:, :, 2:h + 2, 2:w + 2]
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return _Rows.apply(x)
+
+
+def bconv(x: torch.Tensor, wbig: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(x, w, padding=2)`` for 5x5 kernels, with ``wbig = s2d_weight(w)``; (N, K, H, W)."""
+    n, _, h, w = x.shape
+    k = wbig.shape[0] // (POOL * POOL)
+    out = _rows(x) @ wbig.t()                                            # (N*h/4*w/4, K*16)
+    return out.view(n, h // POOL, w // POOL, k, POOL, POOL).permute(0, 3, 1, 4, 2, 5).reshape(n, k, h, w)
+
+
+class _ConvReluPool(torch.autograd.Function):
+    """relu(max_pool4(conv5x5(x, w))) for +-1 input x (N, 1, 64, 64) -> (N, 16, 16, 16).
+
+    Equal, forward and backward, to ``F.max_pool2d(F.relu(F.conv2d(x, w, padding=2)), 4)`` (relu
+    commutes with max; the first maximum of a window gets the gradient in both). The backward never
+    forms the full-resolution input gradient, and the conv maps' gradient only per chunk (in cache):
+    one scatter into the argmax phase and one GEMM give the weight gradient. ``s`` is the input
+    binarization's surrogate derivative (x = sign(v - theta0)); then the gradient w.r.t. theta0 is
+    ``-(wbig * dW_s).sum()`` with dW_s the weight gradient computed on s instead of x (the chain rule
+    through the convolution, rearranged). ``theta0`` is passed only to receive that gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, wbig, s, theta0, chunk):
+        n, _, h, w = x.shape
+        k = wbig.shape[0] // (POOL * POOL)
+        rows = _Rows.forward(ctx, x)                                    # (N*256, 64)
+        m = rows.shape[0]
+        step = chunk * (h // POOL) * (w // POOL)
+        pooled = x.new_empty(m, k)
+        arg = torch.empty(m, k, dtype=torch.uint8, device=x.device)
+        wt = wbig.t()
+        for a in range(0, m, step):      # chunks keep the (rows, K*16) product in cache
+            mx, i = (rows[a:a + step] @ wt).view(-1, k, POOL * POOL).max(2)
+            pooled[a:a + step] = mx
+            arg[a:a + step] = i
+        pooled.clamp_min_(0)
+        ctx.step = step
+        ctx.need_theta = s is not None and ctx.needs_input_grad[3]
+        ctx.save_for_backward(rows, wbig, arg, pooled, _Rows.forward(ctx, s) if ctx.need_theta else None)
+        ctx.shape = x.shape
+        return pooled.view(n, h // POOL, w // POOL, k).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, wbig, arg, pooled, rows_s = ctx.saved_tensors
+        m, k = pooled.shape
+        g = grad.permute(0, 2, 3, 1).reshape(m, k) * (pooled > 0)        # relu'
+        dw = wbig.new_zeros(wbig.shape)
+        drows = rows.new_empty(m, wbig.shape[1]) if ctx.needs_input_grad[0] else None
+        phases = POOL * POOL
+        for a in range(0, m, ctx.step):
+            gm = g.new_zeros(min(ctx.step, m - a), k, phases)
+            gm.scatter_(2, arg[a:a + ctx.step].unsqueeze(2).long(), g[a:a + ctx.step].unsqueeze(2))
+            gm = gm.view(-1, k * phases)
+            dw.addmm_(gm.t(), rows[a:a + ctx.step])
+            if drows is not None:
+                drows[a:a + ctx.step] = gm @ wbig
+        dx = _Rows.backward(ctx, drows) if drows is not None else None
+        dtheta = None
+        if ctx.need_theta:
+            # sum_p dL/dx[p] s[p] = sum_n rows_s[n] . (gm @ wbig)[n], and gm has one phase per (n, k):
+            # gm @ wbig is a bag of 16 weighted rows of wbig per n (16x fewer products than the GEMM)
+            rows_of = (torch.arange(k, device=arg.device) * phases).unsqueeze(0) + arg.long()
+            back = F.embedding_bag(rows_of, wbig, per_sample_weights=g, mode="sum")       # (m, C*64)
+            dtheta = -(back * rows_s).sum().reshape(1)
+        return dx, dw, None, dtheta, None
+
+
+def _fold_taps(dwbig: torch.Tensor) -> torch.Tensor:
+    """The gradient of a (16, 64) :func:`s2d_weight` matrix of one 5x5 kernel -> (1, 1, 5, 5)."""
+    taps = _TAPS.to(dwbig.device).flatten()
+    flat = dwbig.new_zeros(KERNEL * KERNEL + 1).index_add_(0, taps, dwbig.reshape(-1))
+    return flat[:KERNEL * KERNEL].reshape(1, 1, KERNEL, KERNEL)
+
+
+def _conv1(xpad: torch.Tensor, wbig: torch.Tensor) -> torch.Tensor:
+    """One-kernel :func:`bconv` without autograd on an already zero-padded (N, H+4, W+4) map."""
+    n, hp, wp = xpad.shape
+    h, w = hp - POOL, wp - POOL
+    rows = xpad.unfold(1, 8, POOL).unfold(2, 8, POOL).reshape(n * (h // POOL) * (w // POOL), 64)
+    out = rows @ wbig.t()
+    return out.view(n, h // POOL, w // POOL, POOL, POOL).permute(0, 1, 3, 2, 4).reshape(n, h, w)
+
+
+class _Recurrence(torch.autograd.Function):
+    """The gate recurrence, fused: G steps of ``z_t = ((xf_t + W_fh * h_t) + n_t) - thr``,
+    ``h_{t+1} = sign(z_t) . h_t`` from h_0 = +1 -> h_G, the hidden state the readout convolves.
+
+    The same float operations, in the same order, as the step-by-step autograd graph, so every
+    gate is bit-identical; the backward runs the chain rule by hand (one small GEMM per step for
+    the input gradient, one GEMM over all steps for the kernel's gradient) instead of ~15 autograd
+    nodes per step. Hidden states and step gradients live in zero-bordered buffers, so no step pads.
+    """
+
+    @staticmethod
+    def forward(ctx, xf, w_fh, thr, noise, surrogate):
+        b, g, h, w = xf.shape
+        wbig = s2d_weight(w_fh)
+        hpad = xf.new_zeros(b, g + 1, h + POOL, w + POOL)       # H_0 .. H_G with a 2-pixel zero border
+        hs = hpad[:, :, 2:h + 2, 2:w + 2]
+        hs[:, 0] = 1.0
+        zs = xf.new_empty(b, g, h, w)
+        for t in range(g):
+            z = torch.add(xf[:, t], _conv1(hpad[:, t], wbig), out=zs[:, t])
+            if noise is not None:
+                z.add_(noise[:, t])
+            z.sub_(thr)
+            torch.mul(sign(z), hs[:, t], out=hs[:, t + 1])
+        ctx.surrogate = surrogate
+        ctx.save_for_backward(w_fh, hpad, zs)
+        return hs[:, g, None].clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        w_fh, hpad, zs = ctx.saved_tensors
+        b, g, h, w = zs.shape
+        hs = hpad[:, :, 2:h + 2, 2:w + 2]
+        wflip = s2d_weight(w_fh.flip(-1, -2))          # the transposed convolution
+        sur = ctx.surrogate(zs)
+        gpad = zs.new_zeros(b, g, h + POOL, w + POOL)
+        gz = gpad[:, :, 2:h + 2, 2:w + 2]
+        gh = grad[:, 0]
+        for t in range(g - 1, -1, -1):
+            torch.mul(gh * hs[:, t], sur[:, t], out=gz[:, t])   # d h_{t+1} / d f_t = h_t
+            gh = gh * sign(zs[:, t]) + _conv1(gpad[:, t], wflip)
+        rows = hpad[:, :g].reshape(b * g, h + POOL, w + POOL).unfold(1, 8, POOL).unfold(2, 8, POOL).reshape(-1, 64)
+        gm = gz.reshape(b * g, h // POOL, POOL, w // POOL, POOL).permute(0, 1, 3, 2, 4).reshape(-1, POOL * POOL)
+        dw = _fold_taps(gm.t() @ rows)
+        dthr = -gz.sum().reshape(1) if ctx.needs_input_grad[2] else None
+        return gz, dw, dthr, None, None
+
+
+def noise_sizes(noise: NoiseModel, timesteps: int, size: int = SIZE) -> dict[str, int]:
+    """Standard normals one clip consumes, per noise site in stream order (conv, gate, out)."""
+    sizes = {}
+    if noise.conv_sigma:
+        sizes["conv"] = timesteps * N_MAPS * (size // POOL) ** 2
+    if noise.gate_sigma:
+        sizes["gate"] = timesteps * size * size
+    if noise.out_sigma:
+        sizes["out"] = size * size
+    return sizes
+
+
+def draw_noise(noise: NoiseModel, batch: int, timesteps: int, generators: list[torch.Generator] | None,
+               size: int = SIZE) -> dict[str, torch.Tensor]:
+    """The standard normals of a batch, (B, n) per noise site: one draw per clip from its generator.
+
+    One ``randn`` per clip gives the same numbers as the former per-site draws in stream order
+    (torch's CPU normal sampler transforms blocks of 16 uniforms, and every block size here is a
+    multiple of 16), so a clip's noise does not depend on its batch, rank or device.
+    """
+    sizes = noise_sizes(noise, timesteps, size)
+    total = sum(sizes.values())
+    if not total:
+        return {}
     if generators is None:
-        return torch.randn_like(like)
-    per_clip = like.numel() // batch
-    draws = [torch.randn(per_clip, generator=g, dtype=like.dtype) for g in generators]
-    return torch.stack(draws).reshape(like.shape)
+        flat = torch.randn(batch, total)
+    else:
+        if len(generators) != batch:
+            raise ValueError(f"{len(generators)} noise generators for a batch of {batch} clips")
+        flat = torch.stack([torch.randn(total, generator=g) for g in generators])
+    return dict(zip(sizes, flat.split(list(sizes.values()), 1)))
 
 
 class PixelRNN(nn.Module):
@@ -105,6 +318,7 @@ class PixelRNN(nn.Module):
         super().__init__()
         self.config = config
         self.binarize = get_quantizer(config.quantizer, m=config.quantizer_m)
+        self.surrogate = get_surrogate(config.quantizer, m=config.quantizer_m)
         u = lambda *shape: nn.Parameter(torch.empty(*shape).uniform_(-1, 1))  # noqa: E731
         # in-pixel CNN
         self.conv1 = u(N_MAPS, 1, KERNEL, KERNEL)
@@ -152,49 +366,70 @@ class PixelRNN(nn.Module):
         return self.binarize(self.normalize(frames) - self.theta0)
 
     def sensor(self, binary: torch.Tensor, *, noise: NoiseModel | None = None, record: bool = False,
-               generators: list[torch.Generator] | None = None
+               generators: list[torch.Generator] | None = None, draws: dict[str, torch.Tensor] | None = None,
+               _theta: tuple[torch.Tensor, torch.Tensor] | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The in-pixel part on (B, T, 64, 64) +-1 input -> o_T (B, 1, 64, 64) and recorded states.
 
         ``generators`` (one per clip) make the noise of each clip independent of the batch it is
-        in, so training is reproducible across batch splits and DistributedDataParallel ranks.
+        in, so training is reproducible across batch splits and DistributedDataParallel ranks;
+        ``draws`` (from :func:`draw_noise`) are those normals drawn ahead, e.g. by a loader thread.
         """
         noise = self._active_noise(noise)
         b, t, h, w = binary.shape
         if generators is not None and len(generators) != b:
             raise ValueError(f"{len(generators)} noise generators for a batch of {b} clips")
-        randn = lambda like: _randn(like, b, generators)  # noqa: E731
-        wc = self.binarize(self.conv1)
-        conv = F.conv2d(binary.reshape(b * t, 1, h, w), wc, padding=KERNEL // 2)
-        pooled = F.max_pool2d(F.relu(conv), POOL)
-        pre = pooled + (randn(pooled) * noise.conv_sigma if noise.conv_sigma else 0.0)
+        if draws is None:
+            draws = draw_noise(noise, b, t, generators, h)
+        draws = {k: v.to(binary.device) for k, v in draws.items()}
+        # in-pixel CNN: conv + relu + 4x4 max-pool in one GEMM per chunk of frames
+        wc = s2d_weight(self.binarize(self.conv1))
+        s, theta0 = _theta if _theta is not None else (None, None)
+        if s is not None:
+            s = s.reshape(b * t, 1, h, w)
+        pooled = _ConvReluPool.apply(binary.reshape(b * t, 1, h, w), wc, s, theta0, 64)
+        pre = pooled
+        if noise.conv_sigma:
+            pre = pooled + draws["conv"].reshape(pooled.shape) * noise.conv_sigma
         x = to_mosaic(self.binarize(pre - self.thresh1)).reshape(b, t, 1, h, w)
-        w_i = torch.cat([self.binarize(self.w_fi), self.binarize(self.w_oi)])   # (2,1,5,5)
-        w_h = torch.cat([self.binarize(self.w_fh), self.binarize(self.w_oh)])
-        xi = F.conv2d(x.reshape(b * t, 1, h, w), w_i, padding=KERNEL // 2).reshape(b, t, 2, h, w)
+        # in-pixel RNN; the last step's gate does not reach o_T, so it is only made when recorded
+        w_fi, w_oi = self.binarize(self.w_fi), self.binarize(self.w_oi)
+        w_fh, w_oh = self.binarize(self.w_fh), self.binarize(self.w_oh)
+        gates = t if record else t - 1
+        xf = bconv(x[:, :gates].reshape(b * gates, 1, h, w), s2d_weight(w_fi)).reshape(b, gates, h, w) \
+            if gates else None
+        xo = bconv(x[:, t - 1], s2d_weight(w_oi))[:, 0]
+        wfh, woh = s2d_weight(w_fh), s2d_weight(w_oh)
+        gate_noise = draws["gate"].reshape(b, t, h, w) * noise.gate_sigma if noise.gate_sigma else None
         hidden = torch.ones(b, 1, h, w, dtype=binary.dtype, device=binary.device)
-        states: dict[str, list] = {"x": [], "hidden": [], "gate": []}
+        states: dict[str, list] = {"hidden": [], "gate": []}
         out = None
-        for step in range(t):
-            hh = F.conv2d(hidden, w_h, padding=KERNEL // 2)
-            ft = xi[:, step, 0:1] + hh[:, 0:1]
-            if noise.gate_sigma:
-                ft = ft + randn(ft) * noise.gate_sigma
-            gate = self.binarize(ft - self.rnn_threshold)
-            if record:
-                states["hidden"].append(hidden)
-                states["gate"].append(gate)
+        if not record and gates:
+            noise_g = gate_noise[:, :gates] if gate_noise is not None else None
+            hidden = _Recurrence.apply(xf, w_fh, self.rnn_threshold, noise_g, self.surrogate)
+        for step in range(0 if record else gates, t):
             if step == t - 1:
-                out = xi[:, step, 1:2] + hh[:, 1:2]
+                out = (xo + bconv(hidden, woh)[:, 0])[:, None]
                 if noise.out_gain != 1.0:   # calibrated analog gain of the output (firmware_sim.noise)
                     out = out * noise.out_gain
                 if noise.out_sigma:
-                    out = out + randn(out) * noise.out_sigma
+                    out = out + draws["out"].reshape(out.shape) * noise.out_sigma
                 if noise.has_offset:        # scalar out_offset, plus a per-pixel map if calibrated
                     out = out + torch.as_tensor(noise.output_offset((h, w)), dtype=out.dtype, device=out.device)
+            if step >= gates:
+                break
+            ft = xf[:, step] + bconv(hidden, wfh)[:, 0]
+            if gate_noise is not None:
+                ft = ft + gate_noise[:, step]
+            gate = self.binarize(ft - self.rnn_threshold)[:, None]
+            if record:
+                states["hidden"].append(hidden)
+                states["gate"].append(gate)
             hidden = gate * hidden
         recorded = {}
         if record:
+            with torch.no_grad():
+                conv = F.conv2d(binary.reshape(b * t, 1, h, w), self.binarize(self.conv1), padding=KERNEL // 2)
             recorded = {"binary": binary, "conv": conv.reshape(b, t, N_MAPS, h, w),
                         "pooled": pooled.reshape(b, t, N_MAPS, h // POOL, w // POOL),
                         "x": x[:, :, 0], "hidden": torch.stack(states["hidden"], 1)[:, :, 0],
@@ -220,10 +455,23 @@ class PixelRNN(nn.Module):
         return self.fc(y.flatten(1))
 
     def forward(self, frames: torch.Tensor, *, noise: NoiseModel | None = None,
-                binarized: bool = False, generators: list[torch.Generator] | None = None) -> torch.Tensor:
-        """(B, T, 64, 64) gray frames (0..255) -> logits. ``binarized``: frames are already +-1."""
-        binary = frames.to(torch.float32) if binarized else self.binarize_input(frames)
-        out, _ = self.sensor(binary, noise=noise, generators=generators)
+                binarized: bool = False, generators: list[torch.Generator] | None = None,
+                draws: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, T, 64, 64) gray frames (0..255) -> logits. ``binarized``: frames are already +-1.
+
+        ``generators``: one noise generator per clip; ``draws``: the batch's normals drawn ahead
+        (:func:`draw_noise`). The input binarization's gradient (to theta0) is applied inside the
+        fused first layer, so the full-resolution input gradient is never formed.
+        """
+        theta = None
+        if binarized:
+            binary = frames.to(torch.float32)
+        else:
+            v = self.normalize(frames) - self.theta0.detach()
+            binary = sign(v)
+            if self.theta0.requires_grad and torch.is_grad_enabled():
+                theta = (self.surrogate(v), self.theta0)
+        out, _ = self.sensor(binary, noise=noise, generators=generators, draws=draws, _theta=theta)
         if self.config.readout_8bit:
             return self.decode(self.readout(out))
         return self.decode_analog(out)

@@ -14,7 +14,19 @@ import torch
 
 def sign(x: torch.Tensor) -> torch.Tensor:
     """sign with sign(0) = +1 (the hardware's comparator)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.where(x >= 0, one, -one)
+
+
+def ste_sign_grad(x: torch.Tensor, m: float = 2.0) -> torch.Tensor:
+    """d sign / dx as ``ste_sign`` estimates it: 1 where |x| <= 1, else 0."""
+    return (x.abs() <= 1).to(x.dtype)
+
+
+def tanh_mx_grad(x: torch.Tensor, m: float = 2.0) -> torch.Tensor:
+    """d sign / dx as ``tanh_mx`` estimates it: m (1 - tanh(m x)^2)."""
+    t = torch.tanh(m * x)
+    return m * (1 - t * t)
 
 
 class _SteSign(torch.autograd.Function):
@@ -26,7 +38,7 @@ class _SteSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        return grad * ste_sign_grad(x)
 
 
 class _TanhMx(torch.autograd.Function):
@@ -39,8 +51,7 @@ class _TanhMx(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        t = torch.tanh(ctx.m * x)
-        return grad * ctx.m * (1 - t * t), None
+        return grad * tanh_mx_grad(x, ctx.m), None
 
 
 def _ste_sign(x: torch.Tensor, m: float) -> torch.Tensor:
@@ -55,6 +66,21 @@ QUANTIZERS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "ste_sign": _ste_sign,
     "tanh_mx": _tanh_mx,
 }
+
+
+# name -> its surrogate derivative (used where a fused kernel applies the chain rule itself)
+SURROGATES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "ste_sign": ste_sign_grad,
+    "tanh_mx": tanh_mx_grad,
+}
+assert set(SURROGATES) == set(QUANTIZERS)
+
+
+def get_surrogate(name: str, *, m: float = 2.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The surrogate derivative of the quantizer ``name`` (what its backward multiplies by)."""
+    get_quantizer(name, m=m)
+    fn = SURROGATES[name]
+    return lambda x: fn(x, m)
 
 
 def get_quantizer(name: str, *, m: float = 2.0) -> Callable[[torch.Tensor], torch.Tensor]:

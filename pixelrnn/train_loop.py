@@ -180,13 +180,23 @@ def _train_epoch(*, net: torch.nn.Module, model: PixelRNN, opt: torch.optim.Opti
         from tqdm import tqdm
         bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="clip", leave=False,
                    dynamic_ncols=True, file=sys.stderr)
-    loss_sum = correct = 0.0
     batches = [order[s * cfg.batch_size:(s + 1) * cfg.batch_size] for s in range(math.ceil(n / cfg.batch_size))]
     batches = [b for b in batches if len(b) >= dist.world]   # a last batch too small to give every rank a clip
     device = next(model.parameters()).device
     prep = lambda b: prepare_batch(ds, dist.shard(b), epoch=epoch, cfg=cfg, noise=noise)  # noqa: E731
-    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixelrnn-loader")
-    pending = loader.submit(prep, batches[0]) if batches else None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixelrnn-loader") as loader:
+        pending = loader.submit(prep, batches[0]) if batches else None
+        loss_sum, correct = _run_batches(net=net, model=model, opt=opt, batches=batches, pending=pending,
+                                         loader=loader, prep=prep, device=device, dist=dist, noise=noise, bar=bar)
+    if bar is not None:
+        bar.close()
+    loss_sum, correct = dist.all_sum([loss_sum, correct])
+    return loss_sum, correct
+
+
+def _run_batches(*, net, model, opt, batches, pending, loader, prep, device, dist, noise, bar) -> tuple[float, float]:
+    """The optimizer steps of one epoch; the loader prepares batch s + 1 while batch s trains."""
+    loss_sum = correct = 0.0
     for s, global_idx in enumerate(batches):
         frames, labels, draws = pending.result()
         if s + 1 < len(batches):        # the next batch is prepared while this one trains
@@ -205,10 +215,6 @@ def _train_epoch(*, net: torch.nn.Module, model: PixelRNN, opt: torch.optim.Opti
         if bar is not None:
             bar.update(len(global_idx))
             bar.set_postfix(loss=f"{float(losses.mean()):.3f}")
-    loader.shutdown()
-    if bar is not None:
-        bar.close()
-    loss_sum, correct = dist.all_sum([loss_sum, correct])
     return loss_sum, correct
 
 

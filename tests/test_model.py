@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
 
 from firmware_sim import fast
 from firmware_sim.frontend import FrontEnd
@@ -146,3 +147,17 @@ def test_config_validation_messages():
         ModelConfig.from_dict({"num_classes": 3, "hidden": 4})
     with pytest.raises(ValueError, match="noise"):
         ModelConfig(noise_gate=-1.0)
+
+
+def test_fast_convolutions_equal_conv2d_exactly():
+    """The GEMM form of the 5x5 convolutions (issue 13) equals F.conv2d bit for bit on +-1 data,
+    and the fused conv + relu + max-pool equals the three layers."""
+    from pixelrnn.model import _ConvReluPool, bconv, s2d_weight
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randint(0, 2, (5, 2, 64, 64), generator=gen) * 2 - 1).float()
+    w = (torch.randint(0, 2, (3, 2, 5, 5), generator=gen) * 2 - 1).float()
+    assert torch.equal(bconv(x, s2d_weight(w)), torch.nn.functional.conv2d(x, w, padding=2))
+    w16 = (torch.randint(0, 2, (16, 1, 5, 5), generator=gen) * 2 - 1).float()
+    fused = _ConvReluPool.apply(x[:, :1].contiguous(), s2d_weight(w16), None, None, 2)
+    ref = torch.nn.functional.max_pool2d(torch.relu(torch.nn.functional.conv2d(x[:, :1], w16, padding=2)), 4)
+    assert torch.equal(fused, ref)

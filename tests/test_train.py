@@ -116,7 +116,8 @@ def test_resume_equals_uninterrupted_and_seeds_reproduce(tmp_path, grid_data):
     with pytest.raises(ValueError, match="--resume"):
         train(config=_cfg(part, grid_data, epochs=2, limit=32), progress=False)
     train(config=_cfg(part, grid_data, epochs=2, limit=32), resume=True, progress=False)
-    assert json.loads((part / "report.json").read_text())["test"] == json.loads((full / "report.json").read_text())["test"]
+    report = lambda run: json.loads((run / "report.json").read_text())["test"]  # noqa: E731
+    assert report(part) == report(full)
     a = torch.load(full / "last.pt", map_location="cpu", weights_only=True)
     b = torch.load(part / "last.pt", map_location="cpu", weights_only=True)
     for key, value in a["model"].items():
@@ -193,8 +194,9 @@ def test_missing_config_file_and_bad_flag(tmp_path):
 
 
 def test_yaml_config_and_flag_override(tmp_path):
-    from pixelrnn.train import add_train_parser, config_from_args
     import argparse
+
+    from pixelrnn.train import add_train_parser, config_from_args
     cfg = tmp_path / "c.yaml"
     cfg.write_text("dataset: cambridge\nfold: 3\nlr: 1\nepochs: 7\n")
     parser = argparse.ArgumentParser()
