@@ -15,6 +15,10 @@ window arrives: preprocess + sensor step + encode + link + decode + decoder), pe
 runtime's process, and ``loop``: the whole camera loop (``edge.pipeline``, capture thread
 included) on the source as fast as it runs, with its fps and headroom over ``--target-fps``.
 
+The lips model's mouth ROI runs its face detector as a camera loop does, in its own low-priority
+thread (``--mouth-detector sync``: inside the frame's call, as a file processed as fast as possible
+does; ``edge.roi``).
+
 Each measurement runs in a fresh child process, one after another (clean imports: tflite-runtime
 and TensorFlow cannot share a process; honest peak RSS per runtime), with BLAS single-threaded.
 Warm-up iterations first, then the timed runs; p50/p90/p99/mean/std/min/max in microseconds.
@@ -49,6 +53,7 @@ __all__ = ["SCHEMA", "STAGES", "RUNTIME_STAGES", "GOALS", "BenchOptions", "chose
 
 SCHEMA = "pixelrnn-edge-bench/1"
 RUNTIME_STAGES = ("host", "e2e")
+MOUTH_DETECTORS = ("thread", "sync")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class BenchOptions:
     target_fps: float = 30.0
     pin_core: int | None = None              # run every child on this CPU only
     blas_threads: int = 1
+    mouth_detector: str = "thread"           # mouth ROI's face detector: thread (a camera's) | sync
 
     def __post_init__(self) -> None:
         from edge.decoder import BACKENDS
@@ -84,6 +90,9 @@ class BenchOptions:
         PayloadOptions(name=self.payload, file=self.prior)       # a registered payload, with its file if it needs one
         if self.prior is not None and not isinstance(self.prior, str):
             object.__setattr__(self, "prior", str(self.prior))  # a plain path: it goes to child processes
+        if self.mouth_detector not in MOUTH_DETECTORS:
+            raise InputError(f"--mouth-detector must be one of {', '.join(MOUTH_DETECTORS)}, "
+                             f"got {self.mouth_detector!r}")
         if not (isinstance(self.target_fps, (int, float)) and self.target_fps > 0):
             raise InputError(f"--target-fps must be > 0, got {self.target_fps!r}")
         if self.source != "test" and not Path(self.source).is_file():
@@ -120,7 +129,8 @@ def run_bench(*, options: BenchOptions, progress=lambda text: None) -> tuple[dic
     job = {"bundle": str(bundle.path), "warmup": options.warmup, "runs": options.runs,
            "source": options.source, "payload": options.payload, "prior": options.prior,
            "threads": list(options.threads), "loop_frames": options.loop_frames,
-           "realtime_windows": options.realtime_windows, "target_fps": options.target_fps}
+           "realtime_windows": options.realtime_windows, "target_fps": options.target_fps,
+           "mouth_threaded": options.mouth_detector == "thread"}
     device = device_info()                       # before measuring: the load average is other work
     affinity = os.sched_getaffinity(0) if options.pin_core is not None else None
     if affinity is not None:
@@ -247,6 +257,9 @@ def add_bench_parser(subparsers) -> None:
                    help="also run the loop paced at the source's fps for N windows (e2e as a live camera sees it)")
     p.add_argument("--target-fps", type=float, default=30.0, help="headroom = loop fps / this (default 30)")
     p.add_argument("--pin-core", type=int, default=None, metavar="CPU", help="run on this one CPU only (Linux)")
+    p.add_argument("--mouth-detector", choices=MOUTH_DETECTORS, default="thread",
+                   help="lips (mouth ROI): the face detector in its own thread, as a camera runs it "
+                        "(default), or synchronous inside the frame's call, as a file run is")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the results as JSON")
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
                    help="write latency histograms (needs matplotlib)")
@@ -270,7 +283,8 @@ def main_bench(args: argparse.Namespace) -> int:
                            threads=args.threads, warmup=args.warmup, runs=args.runs, source=args.source,
                            payload=args.payload, prior=None if args.prior is None else str(args.prior),
                            loop_frames=args.loop_frames, realtime_windows=args.realtime_windows,
-                           target_fps=args.target_fps, pin_core=args.pin_core)
+                           target_fps=args.target_fps, pin_core=args.pin_core,
+                           mouth_detector=args.mouth_detector)
     results, raw = run_bench(options=options, progress=lambda text: print(f"bench: {text}", file=sys.stderr))
     print(format_table(results))
     if args.json is not None:

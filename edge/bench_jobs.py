@@ -35,12 +35,18 @@ def _sensor_options(job: dict, **kw):
     return SensorOptions(payload=job["payload"], prior=job.get("prior"), **kw)
 
 
+def _mouth_options(job: dict):
+    from edge.roi import MouthOptions
+
+    return MouthOptions(threaded=job.get("mouth_threaded", True))
+
+
 def _pipeline_parts(bundle, job: dict):
     from edge.roi import make_roi
     from edge.sensor_stage import Preprocessor, SensorStage
 
     roi = "mouth" if bundle.task == "lips" else "center"
-    pre = Preprocessor(make_roi(roi), size=bundle.sensor.frontend.size)
+    pre = Preprocessor(make_roi(roi, mouth=_mouth_options(job)), size=bundle.sensor.frontend.size)
     sensor = SensorStage(weights=bundle.sensor, options=_sensor_options(job, stream_id=1))
     return pre, sensor, roi
 
@@ -80,6 +86,7 @@ def stages_job(job: dict) -> dict:
                 samples["packet_encode"].append(sensor.encode_latency.samples[-1])
                 packets.append(packet)
     source.release()
+    pre.roi.close()
     for i, packet in enumerate(packets[:1] * warmup + packets):
         t0 = time.perf_counter()
         decode_packet(packet, expect_model=bundle.model_id, states=sensor.payload.states)
@@ -155,6 +162,7 @@ def runtime_job(job: dict) -> dict:
                 raise RuntimeError(f"e2e: the host rejected a packet ({dict(stage.packets.rejected)})")
         entry["samples"] = {"host": host, "e2e": e2e}
         result["threads"][str(threads)] = entry
+    pre.roi.close()
     result["loop"] = _loop(job, bundle, backend, roi, realtime=False, frames=job["loop_frames"])
     if job["realtime_windows"]:
         result["loop_realtime"] = _loop(job, bundle, backend, roi, realtime=True,
@@ -170,7 +178,7 @@ def _loop(job: dict, bundle, backend: str, roi, *, realtime: bool, frames: int) 
 
     source = TestPattern() if job["source"] == "test" else FileSource(job["source"], loop=True)
     options = PipelineOptions(runtime=backend, threads=job["threads"][0], roi=roi,
-                              sensor=_sensor_options(job),
+                              sensor=_sensor_options(job), mouth=_mouth_options(job),
                               capture=CaptureOptions(realtime=realtime), max_frames=frames)
     s = run_pipeline(source=source, bundle=bundle, options=options).summary
     return {"realtime": realtime, "frames": s["frames"], "windows": s["windows"], "seconds": s["seconds"],

@@ -90,7 +90,8 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
         options = replace(options, roi=task_defaults(bundle.task).roi)
     stop = stop or threading.Event()
     sensor = SensorStage(weights=bundle.sensor, options=options.sensor)
-    pre = Preprocessor(make_roi(options.roi, mouth=options.mouth), size=sensor.size)
+    live = bool(getattr(source, "live", False)) or options.capture.realtime   # mouth detector: own thread
+    pre = Preprocessor(make_roi(options.roi, mouth=options.mouth, live=live), size=sensor.size)
     lat = {name: Latency() for name in ("read", "preprocess", "link")}
     counts = {"frames": 0, "decisions": 0, "readout_bytes": 0}
     last = {"decision": None}
@@ -105,6 +106,7 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
             publisher.decision(decision, readout=sensor.last_readout)
 
     with ExitStack() as stack:
+        stack.callback(pre.roi.close)          # the mouth ROI's detector thread, if any
         remote = host = None
         if options.link.kind == "inproc":
             decoder = HostDecoder(bundle=bundle, runtime=options.runtime, threads=options.threads)
