@@ -81,6 +81,7 @@ __all__ = ["MAGIC", "VERSION", "KIND_READOUT", "KIND_END", "ENC_8BIT", "ENC_1BIT
            "OVERHEAD_BYTES", "REASONS", "MAX_SEQ_JUMP", "PacketError", "Packet", "model_id_bytes", "payload_bytes",
            "max_payload_bytes", "encode_readout", "encode_end", "side_states", "decode_packet", "PacketDecoder"]
 
+UNCHECKED_MAX_SIDE = 64   # variable-size payloads decoded without an expected shape: at most 64x64
 MAGIC = b"PXRN"
 VERSION = 1
 KIND_READOUT = 0
@@ -256,6 +257,11 @@ def _decode(data: bytes, *, expect_model: str | None, states: Mapping[int, objec
                           f"(allowed {allowed})")
     if expect_shape is not None and (h, w) != tuple(expect_shape):
         raise PacketError("bad_shape", f"readout {(h, w)}, host model takes {tuple(expect_shape)}")
+    if expect_shape is None and codec.variable and max(h, w) > UNCHECKED_MAX_SIDE:
+        # a variable-size (costly) payload's decode time grows with the claimed H and W: without the
+        # host's shape to hold it to, a claim larger than the default 64x64 readout is refused
+        raise PacketError("bad_shape", f"{codec.name} payload claims a {h}x{w} readout; decoding one larger than "
+                          f"{UNCHECKED_MAX_SIDE}x{UNCHECKED_MAX_SIDE} needs the host's expected shape")
     try:
         readout = codec.decode(data[HEADER_BYTES:HEADER_BYTES + length], (h, w), states.get(encoding), level)
     except PacketError:

@@ -177,3 +177,23 @@ def test_wire_ids_and_sizes_come_from_the_payload_registry(readout):
     assert data[6] == ENC_1BIT and data[7] == 30 and packet(readout)[7] == 0      # 8-bit carries no level
     with pytest.raises(ValueError, match="encoding must be a payload's wire id or name"):
         packet(readout, encoding="nope")
+
+
+def test_costly_payloads_without_an_expected_shape_are_held_to_64x64(tmp_path):
+    """A CRC-valid prior packet claiming a huge readout is refused before decoding when the caller
+    gives no shape (the packet fuzzer found a 4096x1 claim costing ~1 s)."""
+    import time
+
+    from core.prior_coder import load_prior
+    from edge.packet import UNCHECKED_MAX_SIDE, PacketError, decode_packet
+    from edge.payloads import PRIOR_ID_BYTES
+    from benchmarks.packet_fuzz import make_prior_file
+
+    coder = load_prior(make_prior_file(tmp_path / "p.npz", 0))
+    data = bytes.fromhex("5058524e01000232000000010000000000000000000000000123456789abcdef100000010000000f"
+                         "597deae3c0d8e5b53bf38e6fffffe01a9c2339")
+    assert PRIOR_ID_BYTES == 8 and UNCHECKED_MAX_SIDE == 64
+    t0 = time.perf_counter()
+    with pytest.raises(PacketError) as err:
+        decode_packet(data, coder=coder)
+    assert err.value.reason == "bad_shape" and time.perf_counter() - t0 < 0.05
