@@ -324,6 +324,7 @@ def calibrate_decoder(*, weights: str | os.PathLike, readouts: str | os.PathLike
                              f"({ref_model.sensor_weights().program_hash()}, not {program}): its "
                              "decoder cannot read these readouts")
     data = load_readouts(readouts, need_labels=True, num_classes=model.config.num_classes)
+    data.check_program(program, what=str(weights))
     fit_data = data
     if exclude_fold is not None:
         if not 0 <= exclude_fold < options.folds:

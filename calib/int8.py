@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,13 +59,23 @@ class Int8Options:
 
 # -- the bundle's model ------------------------------------------------------------------------------
 def _load_sensor(bundle: Path):
+    from core.bundle import BundleError, check_sensor_scalars
     from firmware_sim.weights import SensorWeights
 
     try:
-        with np.load(bundle / SENSOR_FILE, allow_pickle=False) as data:
+        data = np.load(bundle / SENSOR_FILE, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with data:
+            if "scalars" not in data.files:
+                raise ValueError("no scalars array")
+            check_sensor_scalars(data["scalars"], where=str(bundle / SENSOR_FILE))
             return SensorWeights.from_npz_dict(data)
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"{bundle / SENSOR_FILE} is unreadable ({str(exc)[:120]})") from None
+    except BundleError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{bundle / SENSOR_FILE} is unreadable ({first[:120]}); re-export the bundle") from None
 
 
 def model_from_bundle(bundle: Path, manifest: dict):
@@ -124,7 +135,7 @@ def _runner(runtime: str):
     entry = runtimes.resolve(runtime)
 
     def make(path: Path):
-        run = entry.load(path, threads=1)
+        run = runtimes.load_file(entry, path, threads=1)
         return lambda x: run(x[None])[0]
     return make
 
@@ -225,8 +236,13 @@ def quantize_bundle(*, bundle: str | os.PathLike, readouts: str | os.PathLike,
     if ONNX_FLOAT not in manifest["files"]:
         raise InputError(f"bundle {bundle} has no {ONNX_FLOAT}: export it with --format onnx")
     sensor = _load_sensor(bundle)
+    float_onnx = _runner(ONNX_RUNTIME)(bundle / ONNX_FLOAT)   # a corrupt host.onnx: one line, before any work
     num_classes = len(manifest.get("classes", [])) or None
     data = load_readouts(readouts, need_labels=True, num_classes=num_classes)
+    data.check_program(manifest.get("sensor_program_hash"), what=f"bundle {bundle}")
+    if not np.isfinite(np.asarray(float_onnx(data.readouts[0]), dtype=np.float32)).all():
+        raise InputError(f"{bundle / ONNX_FLOAT} returns NaN or infinite logits: its weights are damaged; "
+                         "re-export the bundle")
     fold_of = stratified_folds(data.labels, k=options.folds, seed=options.seed)
     cal, test = data.subset(fold_of != options.holdout_fold), data.subset(fold_of == options.holdout_fold)
 

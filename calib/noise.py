@@ -229,7 +229,8 @@ def calibrate_noise(*, weights: str | os.PathLike, readouts: str | os.PathLike, 
     sensor = model.sensor_weights()
     model_id = sensor.program_hash()
     real = load_readouts(readouts)
-    data = load_clips(clips, timesteps=sensor.timesteps)
+    real.check_program(model_id, what=str(weights))
+    data = load_clips(clips, timesteps=sensor.timesteps, num_classes=model.config.num_classes)
     if data.frames.shape[0] < 4:
         raise InputError(f"{clips}: need at least 4 clips to compare distributions, got {data.frames.shape[0]}")
     if real.readouts.shape[0] < 4:

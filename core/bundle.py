@@ -17,7 +17,14 @@ from core.errors import InputError
 MANIFEST = "manifest.json"
 FORMAT = "pixelrnn-edge-bundle/1"
 
-__all__ = ["FORMAT", "MANIFEST", "BundleError", "check_name", "sha256_file", "verify_bundle"]
+__all__ = ["FORMAT", "MANIFEST", "BundleError", "check_manifest_fields", "check_name", "check_sensor_scalars",
+           "check_sensor_shape", "sha256_file", "verify_bundle"]
+
+# Bounds of a manifest's fields: far beyond any real model, far below what would exhaust a device
+MIN_CLASSES, MAX_CLASSES = 2, 1000
+MIN_TIMESTEPS, MAX_TIMESTEPS = 1, 1024
+MIN_SIZE, MAX_SIZE = 8, 1024
+MAX_NAME = 200                       # characters in a task or class name
 
 
 class BundleError(InputError):
@@ -38,11 +45,71 @@ def check_name(name: str, directory: Path) -> None:
     if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name:
         raise BundleError(f"{directory / MANIFEST}: file name {name!r} points outside the bundle")
 
+def _int_in(value, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _name_ok(value) -> bool:
+    return isinstance(value, str) and bool(value.strip()) and len(value) <= MAX_NAME and value.isprintable()
+
+
+def check_sensor_shape(*, timesteps, size, where: str) -> None:
+    """Timesteps 1..1024 and sensor size 8..1024 (a bundle's sensor program or its manifest)."""
+    if not _int_in(timesteps, MIN_TIMESTEPS, MAX_TIMESTEPS):
+        raise BundleError(f"{where}: timesteps must be an integer {MIN_TIMESTEPS}..{MAX_TIMESTEPS}, "
+                          f"got {timesteps!r}; re-export the bundle")
+    if not _int_in(size, MIN_SIZE, MAX_SIZE):
+        raise BundleError(f"{where}: sensor size must be an integer {MIN_SIZE}..{MAX_SIZE}, got {size!r}; "
+                          f"re-export the bundle")
+
+
+def check_sensor_scalars(scalars, *, where: str) -> None:
+    """The ``scalars`` of a ``sensor_weights.npz`` (thresh1, rnn_threshold, mean, std, theta0, size,
+    timesteps): 7 finite numbers, timesteps and size in bounds; a one-line BundleError otherwise."""
+    import numpy as np  # only here: the manifest checks above need no numpy
+
+    scalars = np.asarray(scalars)
+    if scalars.shape != (7,) or scalars.dtype.kind not in "fiu":
+        raise BundleError(f"{where}: scalars must be 7 numbers, got {scalars.dtype} {scalars.shape}; "
+                          "re-export the bundle")
+    if not np.isfinite(scalars).all():
+        raise BundleError(f"{where}: thresholds or front end hold NaN or infinite values: the sensor "
+                          "program is damaged; re-export the bundle")
+    as_int = [int(v) if float(v).is_integer() else float(v) for v in scalars[5:7]]
+    check_sensor_shape(timesteps=as_int[1], size=as_int[0], where=where)
+
+
+def check_manifest_fields(manifest: dict, *, where: str) -> None:
+    """Type and bounds of the fields a device acts on: task a non-empty string, classes a list of
+    2..1000 non-empty strings, and (when present) the preprocessing's timesteps and sensor size."""
+    task = manifest.get("task")
+    if not _name_ok(task):
+        raise BundleError(f"{where}: task must be a non-empty name of at most {MAX_NAME} printable "
+                          f"characters, got {str(task)[:40]!r}; re-export the bundle")
+    classes = manifest.get("classes")
+    if not (isinstance(classes, list) and MIN_CLASSES <= len(classes) <= MAX_CLASSES):
+        got = f"{len(classes)} classes" if isinstance(classes, list) else type(classes).__name__
+        raise BundleError(f"{where}: classes must be a list of {MIN_CLASSES}..{MAX_CLASSES} class names, "
+                          f"got {got}; re-export the bundle")
+    bad = [c for c in classes if not _name_ok(c)]
+    if bad:
+        raise BundleError(f"{where}: class names must be non-empty strings of at most {MAX_NAME} printable "
+                          f"characters, got {str(bad[0])[:40]!r}; re-export the bundle")
+    pre = manifest.get("preprocessing")
+    if pre is not None:
+        if not isinstance(pre, dict):
+            raise BundleError(f"{where}: preprocessing must be an object; re-export the bundle")
+        frontend = pre.get("frontend", {})
+        size = frontend.get("size", MIN_SIZE) if isinstance(frontend, dict) else None
+        check_sensor_shape(timesteps=pre.get("timesteps", MIN_TIMESTEPS), size=size, where=where)
+
+
 def verify_bundle(directory: str | os.PathLike) -> dict:
     """Check every file listed in ``directory/manifest.json``; return the manifest.
 
     Raises :class:`BundleError` (one line, naming the file) when the manifest is missing or
-    unreadable, a listed file is missing, or its size or sha256 differs from the record.
+    unreadable, a listed file is missing, its size or sha256 differs from the record, or a field
+    a device acts on is out of bounds (:func:`check_manifest_fields`).
     """
     directory = Path(directory)
     path = directory / MANIFEST
@@ -70,4 +137,5 @@ def verify_bundle(directory: str | os.PathLike) -> dict:
         if file.stat().st_size != record["bytes"] or sha256_file(file) != record["sha256"]:
             raise BundleError(f"bundle file {name} does not match its sha256 in {MANIFEST}: "
                               f"tampered or corrupt")
+    check_manifest_fields(manifest, where=str(path))
     return manifest

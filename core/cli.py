@@ -24,7 +24,19 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit 2 (argparse prints the usage over several)."""
 
     def error(self, message: str):
+        message = " ".join(str(message).split())   # one line, whatever a type function raised
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _one_line_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Make every (nested) subparser a :class:`_Parser`, whatever class its room created it with, so
+    a usage error anywhere (``pixelrnn calib int8``, ``pixelrnn generate train --model x``) is one line."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                if not isinstance(child, _Parser) and type(child) is argparse.ArgumentParser:
+                    child.__class__ = _Parser
+                _one_line_everywhere(child)
 
 
 def commands() -> list:
@@ -60,6 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
             _unavailable(sub, ep.name, list(ep.extras), f"no module {exc.name!r}" if exc.name else str(exc))
             continue
         register(sub)
+    _one_line_everywhere(parser)
     return parser
 
 

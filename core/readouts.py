@@ -2,7 +2,9 @@
 
 A readouts file is an ``.npz`` with ``readouts``: (N, 64, 64) uint8 readout levels, or SCAMP-5
 full-array frames (N, 256, 256) whose 64x64 output sits at rows and columns 128:192; and, for
-commands that score accuracy, ``labels`` (N,) integers. Anything else is refused with one line.
+commands that score accuracy, ``labels`` (N,) integers. Readouts written by ``pixelrnn simulate``
+also carry ``program_hash``, the sensor program that made them: a command that knows its program
+refuses readouts of another (:meth:`Readouts.check_program`). Anything else is refused with one line.
 """
 from __future__ import annotations
 
@@ -28,6 +30,13 @@ class Readouts:
     labels: np.ndarray | None
     names: np.ndarray | None
     source: str
+    program_hash: str | None = None      # the sensor program that made them, when the file says
+
+    def check_program(self, expected: str | None, *, what: str = "this model") -> None:
+        """Refuse readouts whose file records another sensor program than ``expected``."""
+        if self.program_hash is not None and expected is not None and self.program_hash != expected:
+            raise InputError(f"{self.source} holds readouts of sensor program {self.program_hash}, but "
+                             f"{what} runs program {expected}: simulate or record them with that program")
 
     def __len__(self) -> int:
         return int(self.readouts.shape[0])
@@ -35,7 +44,8 @@ class Readouts:
     def subset(self, idx: np.ndarray) -> "Readouts":
         return Readouts(readouts=self.readouts[idx],
                         labels=None if self.labels is None else self.labels[idx],
-                        names=None if self.names is None else self.names[idx], source=self.source)
+                        names=None if self.names is None else self.names[idx], source=self.source,
+                        program_hash=self.program_hash)
 
 
 def check_readouts(readouts, *, what: str = "readouts") -> np.ndarray:
@@ -66,7 +76,8 @@ def check_labels(labels, *, n: int, num_classes: int | None, what: str = "labels
     if labels.dtype.kind == "f" and np.isnan(labels).any():
         raise InputError(f"{what} contain NaN values: labels are class indices")
     if labels.dtype.kind not in "iu":
-        raise InputError(f"{what} must be integers (class indices), got dtype {labels.dtype}")
+        kind = "strings" if labels.dtype.kind in "US" else f"dtype {labels.dtype}"
+        raise InputError(f"{what} must be integers (class indices), got {kind}")
     if labels.shape != (n,):
         raise InputError(f"{what} must have shape ({n},), one per readout, got {labels.shape}")
     if n and labels.min() < 0:
@@ -89,7 +100,11 @@ def load_readouts(path: str | os.PathLike, *, need_labels: bool = False,
     if not path.is_file():
         raise InputError(f"readouts file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise InputError(f"{path} is a single .npy array, not an .npz archive: save readouts with "
+                             f"np.savez(path, readouts=..., labels=...)")
+        with data:
             files = set(data.files)
             key = next((k for k in keys if k in files), None)
             if key is None:
@@ -100,6 +115,7 @@ def load_readouts(path: str | os.PathLike, *, need_labels: bool = False,
             raw = data[key]
             labels = data["labels"] if "labels" in files else None
             names = data["names"] if "names" in files else None
+            program = data["program_hash"] if "program_hash" in files else None
     except InputError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
@@ -114,13 +130,19 @@ def load_readouts(path: str | os.PathLike, *, need_labels: bool = False,
         labels = check_labels(labels, n=n, num_classes=num_classes, what=f"{path.name}: labels")
     if names is not None and names.shape != (n,):
         names = None
-    return Readouts(readouts=readouts, labels=labels, names=names, source=str(path))
+    if program is not None:
+        if program.shape != () or program.dtype.kind != "U" or not str(program):
+            raise InputError(f"{path}: program_hash must be a string scalar (as pixelrnn simulate writes it)")
+        program = str(program)
+    return Readouts(readouts=readouts, labels=labels, names=names, source=str(path), program_hash=program)
 
 
 def _check_split_args(labels, k_or_fraction, seed) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.size == 0:
         raise InputError("labels must be a non-empty 1-D integer array")
+    if labels.min() < 0:
+        raise InputError(f"labels must be class indices >= 0, found {int(labels.min())}")
     if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
         raise InputError(f"seed must be an integer, got {seed!r}")
     return labels
@@ -132,7 +154,7 @@ def stratified_folds(labels: np.ndarray, *, k: int, seed: int) -> np.ndarray:
     labels = _check_split_args(labels, k, seed)
     if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 2):
         raise InputError(f"the number of folds must be an integer >= 2, got {k!r}")
-    smallest = np.bincount(labels)[np.unique(labels)].min()
+    smallest = int(np.unique(labels, return_counts=True)[1].min())
     if smallest < k:
         raise InputError(f"{k} folds need at least {k} readouts of every class; the smallest class has {smallest}")
     rng = np.random.default_rng(seed)

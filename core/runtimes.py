@@ -202,6 +202,30 @@ def resolve(name: str) -> Runtime:
     return entry
 
 
+class ModelLoadError(InputError):
+    """A model file a runtime could not load (truncated, corrupt, not a model): a one-line reason."""
+
+
+def load_file(entry: Runtime, path, *, threads: int) -> Run:
+    """``entry.load(path, threads=threads)``, with a runtime's own failure to load a corrupt file
+    (ONNX Runtime's InvalidProtobuf, TFLite's ValueError, ...) turned into a one-line
+    :class:`ModelLoadError` naming the file; a missing file and InputErrors pass as they are."""
+    if not isinstance(entry, Runtime):
+        raise InputError(f"entry must be a core.runtimes.Runtime, got {type(entry).__name__}")
+    try:
+        return entry.load(path, threads=threads)
+    except InputError:
+        raise
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"model file not found: {exc.filename or path}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - runtimes raise their own types for a corrupt file
+        text = " ".join(str(exc).split())
+        raise ModelLoadError(f"{path}: {entry.name} cannot load it ({type(exc).__name__}: {text[:160]}); "
+                             "the file is truncated or corrupt: re-export the bundle") from None
+
+
 def version(name: str) -> str:
     """The installed version of the runtime's distribution (of the chosen one for an alias), or
     ``unknown``."""

@@ -6,6 +6,7 @@ process boundaries as they are; the loop hands callers this typed, immutable vie
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from core.errors import InputError
@@ -25,6 +26,19 @@ class Decision:
     host_us: float                 # host work for this window: packet checks + decoder
     bytes: int                     # readout packet size on the link (header included)
     logits: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        """Refuse NaN and infinities: the camera script prints strict JSON (a NaN score is not JSON,
+        and it would be a silent wrong answer)."""
+        numbers = {"score": self.score, "host_us": self.host_us,
+                   **({"latency_ms": self.latency_ms} if self.latency_ms is not None else {})}
+        for name, value in numbers.items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise InputError(f"decision of window {self.window}: {name} must be a finite number, got {value!r} "
+                                 "(the decoder produced NaN or infinite logits: re-export the bundle)")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.logits):
+            raise InputError(f"decision of window {self.window}: the logits hold NaN or infinite values "
+                             "(the decoder's weights are damaged: re-export the bundle)")
 
     @classmethod
     def from_dict(cls, data: dict) -> "Decision":

@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from core import runtimes
+from core.bundle import BundleError
 from core.errors import InputError
 from edge.models import Bundle
 
@@ -77,7 +78,7 @@ class HostDecoder:
         how = f"export the bundle with the {entry.export_format} format, or " if entry.export_format else ""
         self.path = bundle.file(entry.file, hint=f"{how}choose another runtime")
         t0 = time.perf_counter()
-        self._run = entry.load(self.path, threads=threads)
+        self._run = runtimes.load_file(entry, self.path, threads=threads)
         self.load_s = time.perf_counter() - t0
         self.first_s: float | None = None
 
@@ -92,8 +93,11 @@ class HostDecoder:
             out = self._run(readout[None])
         logits = np.asarray(out, dtype=np.float32).reshape(-1)
         if logits.size != len(self.classes):
-            raise InputError(f"{self.path.name} returns {logits.size} logits, the manifest lists "
-                             f"{len(self.classes)} classes")
+            raise BundleError(f"{self.path} returns {logits.size} logits, the manifest lists "
+                              f"{len(self.classes)} classes")
+        if not np.isfinite(logits).all():
+            raise BundleError(f"{self.path} returns NaN or infinite logits: its weights are damaged; "
+                              "re-export the bundle")
         return logits
 
     def describe(self) -> dict:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from core.bundle import BundleError, verify_bundle
+from core.bundle import BundleError, check_sensor_scalars, verify_bundle
 from core.errors import InputError
 from firmware_sim.noise import NoiseModel
 from firmware_sim.weights import SensorWeights
@@ -98,19 +99,39 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     manifest = verify_bundle(path)
     if SENSOR_FILE not in manifest.get("files", {}):
         raise BundleError(f"bundle {path} has no {SENSOR_FILE}: re-export it with pixelrnn export")
-    try:
-        with np.load(path / SENSOR_FILE, allow_pickle=False) as data:
-            sensor = SensorWeights.from_npz_dict(data)
-    except (ValueError, OSError, EOFError) as exc:
-        raise BundleError(f"{path / SENSOR_FILE} is not a sensor program ({str(exc)[:120]})") from None
+    sensor = load_sensor_program(path / SENSOR_FILE)
     recorded = manifest.get("sensor_program_hash")
     if recorded != sensor.program_hash():
         raise BundleError(f"{path}: {SENSOR_FILE} is program {sensor.program_hash()}, the manifest says "
                           f"{recorded}: the bundle is inconsistent; re-export it")
-    classes = manifest.get("classes")
-    if not (isinstance(classes, list) and len(classes) >= 2):
-        raise BundleError(f"{path}: manifest lists no classes")
+    pre = manifest.get("preprocessing") or {}
+    t, size = sensor.timesteps, sensor.frontend.size
+    listed_t = pre.get("timesteps", t)
+    listed_size = (pre.get("frontend") or {}).get("size", size)
+    if (listed_t, listed_size) != (t, size):
+        raise BundleError(f"{path}: {SENSOR_FILE} runs {t} frames at {size}x{size}, the manifest says "
+                          f"{listed_t} at {listed_size}x{listed_size}: the bundle is inconsistent; re-export it")
     return Bundle(path=path, manifest=manifest, sensor=sensor)
+
+
+def load_sensor_program(file: Path) -> SensorWeights:
+    """A bundle's ``sensor_weights.npz`` -> SensorWeights, checked: finite thresholds and front end,
+    timesteps 1..1024 and sensor size 8..1024; anything else a one-line BundleError naming the file."""
+    try:
+        data = np.load(file, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with data:
+            if "scalars" not in data.files:
+                raise ValueError("no scalars array")
+            check_sensor_scalars(data["scalars"], where=str(file))
+            sensor = SensorWeights.from_npz_dict(data)
+    except BundleError:
+        raise
+    except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"{file} is not a usable sensor program ({first[:120]}); re-export the bundle") from None
+    return sensor
 
 
 def resolve_bundle(*, model: str | os.PathLike | None, task: str | None) -> Bundle:

@@ -151,10 +151,18 @@ def load_representative(path: str | os.PathLike, *, model) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"representative file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise InputError(f"{path} is a single .npy array, not an .npz archive: save the readouts with "
+                             "np.savez(path, readouts=...) (or clips with frames=...)")
+        with data:
             readouts = data["readouts"] if "readouts" in data.files else None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path} is not a readable .npz file ({str(exc)[:120]})") from None
+            program = str(data["program_hash"]) if "program_hash" in data.files else None
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{path} is not a readable .npz file ({first[:120]})") from None
     if readouts is None:
         from firmware_sim.simulate import simulate
 
@@ -162,6 +170,10 @@ def load_representative(path: str | os.PathLike, *, model) -> np.ndarray:
         return simulate(weights=model.sensor_weights(), frames=clips.frames, stages=()).readout
     from core.readouts import check_readouts
 
+    expected = model.sensor_weights().program_hash()
+    if program is not None and program != expected:
+        raise InputError(f"{path} holds readouts of sensor program {program}, but the model runs program "
+                         f"{expected}: calibrate on readouts of this model's sensor program")
     return check_readouts(readouts, what=f"{path}: readouts")
 
 

@@ -196,7 +196,7 @@ def run_tflite(path, inputs: np.ndarray, *, runtime: str = "ai-edge-litert", thr
     entry = runtimes.resolve(runtime)
     if entry.conflict():
         return _run_subprocess(path, inputs, entry.name, threads)
-    run = entry.load(path, threads=threads)
+    run = runtimes.load_file(entry, path, threads=threads)
     chunk = max(1, (1 << 20) // max(1, int(np.prod(inputs.shape[1:]))))     # bounded working set
     return np.concatenate([np.asarray(run(inputs[i:i + chunk]), dtype=np.float32)
                            for i in range(0, len(inputs), chunk)])

@@ -23,14 +23,39 @@ class Clips:
     names: np.ndarray | None         # (N,) str
 
 
+def check_clip_labels(labels, *, n: int, num_classes: int | None, what: str) -> np.ndarray:
+    """Labels (n,) integer class indices in 0..num_classes-1 -> int64, or a one-line InputError."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        kind = "strings" if labels.dtype.kind in "US" else f"dtype {labels.dtype}"
+        raise InputError(f"{what}: labels must be integer class indices, got {kind}")
+    if labels.shape != (n,):
+        raise InputError(f"{what}: labels must have shape ({n},), one per clip, got {labels.shape}")
+    if n and labels.min() < 0:
+        raise InputError(f"{what}: labels must be >= 0, found {int(labels.min())}")
+    if num_classes is not None and n and labels.max() >= num_classes:
+        raise InputError(f"{what}: labels must lie in 0..{num_classes - 1} (the model has {num_classes} "
+                         f"classes), found {int(labels.max())}")
+    return labels.astype(np.int64)
+
+
 def load_clips(path: str | os.PathLike, *, size: int = 64, timesteps: int | None = 16,
-               need_labels: bool = False) -> Clips:
-    """Load and validate a clip file; every problem becomes a one-line :class:`InputError`."""
+               need_labels: bool = False, num_classes: int | None = None) -> Clips:
+    """Load and validate a clip file; every problem becomes a one-line :class:`InputError`.
+
+    ``num_classes``: when given, labels must lie in 0..num_classes-1 (the model's classes).
+    """
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise InputError(f"clips must be a file path, got {path!r}")
     path = Path(path)
     if not path.is_file():
         raise InputError(f"clips file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise InputError(f"{path} is a single .npy array, not an .npz archive: save the clips with "
+                             f"np.savez(path, frames=..., labels=...)")
+        with data:
             if "frames" not in data.files:
                 raise InputError(f"{path} has no 'frames' array (found {data.files}); "
                                  f"expected frames (N,T,{size},{size}) uint8")
@@ -39,8 +64,9 @@ def load_clips(path: str | os.PathLike, *, size: int = 64, timesteps: int | None
             names = data["names"] if "names" in data.files else None
     except InputError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path} is not a readable .npz file ({str(exc)[:120]})") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{path} is not a readable .npz file ({first[:120]})") from None
     if frames.dtype != np.uint8:
         raise InputError(f"{path}: frames must be uint8 gray levels, got {frames.dtype}")
     expected_t = timesteps if timesteps is not None else "T"
@@ -50,17 +76,22 @@ def load_clips(path: str | os.PathLike, *, size: int = 64, timesteps: int | None
     if frames.shape[0] == 0:
         raise InputError(f"{path}: holds no clips")
     if labels is not None:
-        if labels.shape != (frames.shape[0],) or labels.dtype.kind not in "iu":
-            raise InputError(f"{path}: labels must be ({frames.shape[0]},) integers, got "
-                             f"{labels.shape} {labels.dtype}")
-        labels = labels.astype(np.int64)
+        labels = check_clip_labels(labels, n=frames.shape[0], num_classes=num_classes, what=str(path))
     elif need_labels:
         raise InputError(f"{path} has no 'labels' array: evaluation needs the true class of each clip")
+    if names is not None and names.shape != (frames.shape[0],):
+        names = None
     return Clips(frames=frames, labels=labels, names=names)
 
 
 def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """Write ``arrays`` to ``path`` (.npz) via a temp file in the same folder and a rename."""
+    """Write ``arrays`` to ``path`` (.npz, compressed) via a temp file in the same folder and a rename.
+
+    The archive is written here rather than by ``np.savez_compressed``, which leaves its zip file
+    open when a write fails (a full disk): the zip's finaliser then retries and prints a second
+    "Exception ignored" traceback. Here a failed write abandons the archive and only the first
+    error (an OSError, one line at the CLI) propagates; the old file, if any, is untouched.
+    """
     path = Path(path)
     if path.suffix != ".npz":
         raise InputError(f"output {path} must end in .npz")
@@ -68,7 +99,19 @@ def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> P
         raise InputError(f"output folder does not exist: {path.parent}")
     try:
         with atomic_open(path, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            _write_npz(fh, arrays)
     except PermissionError as exc:
         raise InputError(f"cannot write to {path.parent} ({exc.strerror})") from None
     return path
+
+
+def _write_npz(fh, arrays: dict[str, np.ndarray]) -> None:
+    zf = zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+    try:
+        for key, value in arrays.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+    except BaseException:
+        zf.fp = None          # abandon: no central directory, and nothing left for __del__ to retry
+        raise
+    zf.close()

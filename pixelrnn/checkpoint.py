@@ -48,8 +48,31 @@ GESTURE_CLASSES = [f"gesture{i + 1}" for i in range(9)]
 LIP_CLASSES = ["one", "two", "three", "four"]
 
 
+MAX_TIMESTEPS = 1024          # frames per window a sensor program may run (bounds, not a model limit)
+
+
 class CheckpointError(InputError):
     """A weights file that cannot be used, with a one-line reason."""
+
+
+def check_finite(state: dict, *, source: str) -> None:
+    """Refuse a state dict with a NaN or infinite value, naming the tensor (a silent wrong answer
+    otherwise: NaN logits, an accuracy from argmax of NaN, a bundle that decodes to NaN)."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            bad = ~torch.isfinite(value)
+            if bool(bad.any()):
+                raise CheckpointError(f"{source}: tensor {name} holds {int(bad.sum())} NaN or infinite "
+                                      f"value(s); the weights are damaged (retrain or use another checkpoint)")
+
+
+def _check_config(config: ModelConfig, *, source: str) -> None:
+    t = config.timesteps
+    if not (isinstance(t, int) and 1 <= t <= MAX_TIMESTEPS):
+        raise CheckpointError(f"{source}: timesteps must be an integer 1..{MAX_TIMESTEPS}, got {t!r}")
+    names = config.class_names
+    if not all(isinstance(c, str) and c.strip() for c in names):
+        raise CheckpointError(f"{source}: class names must be non-empty strings")
 
 
 def _torch_load(path: Path) -> dict:
@@ -87,6 +110,7 @@ def from_authors_state_dict(state: dict, *, source: str = "state dict") -> Pixel
                                   f"(fc {tuple(state['fc.weight'].shape)})")
     except AttributeError:
         raise CheckpointError(f"{source}: values are not tensors") from None
+    check_finite(state, source=source)
     task = "gesture" if is_gesture else "lips"
     classes = GESTURE_CLASSES if (is_gesture and num_classes == 9) else (
         LIP_CLASSES if (is_lips and num_classes == 4) else [])
@@ -113,10 +137,16 @@ def load_model(path: str | os.PathLike) -> PixelRNN:
     if data.get("format") == FORMAT:
         try:
             config = ModelConfig.from_dict(dict(data["config"]))
+            _check_config(config, source=str(path))
+            if not isinstance(data["state_dict"], dict):
+                raise TypeError("state_dict is not a dict")
+            check_finite(data["state_dict"], source=str(path))
             model = PixelRNN(config)
             model.load_state_dict(data["state_dict"])
+        except CheckpointError:
+            raise
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0]
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CheckpointError(f"{path}: damaged pixelrnn-edge checkpoint ({first[:160]})") from None
         model.eval()
         return model

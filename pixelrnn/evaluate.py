@@ -15,6 +15,7 @@ from firmware_sim.noise import NoiseModel, noise_arg
 from firmware_sim.simulate import PATHS, simulate
 from pixelrnn.checkpoint import load_model
 from pixelrnn.metrics import confusion_matrix, format_report, metrics
+from pixelrnn.simulate import check_logits
 
 __all__ = ["add_evaluate_parser", "confusion_matrix", "evaluate", "format_report", "metrics", "run_evaluate"]
 
@@ -25,10 +26,12 @@ def evaluate(*, weights: str, clips: str, path: str = "fast", noise: NoiseModel 
     sensor = model.sensor_weights()
     noise = noise or NoiseModel.off()
     noise.check_program(sensor.program_hash())
-    data = load_clips(clips, timesteps=sensor.timesteps, need_labels=True)
+    data = load_clips(clips, timesteps=sensor.timesteps, need_labels=True, num_classes=model.config.num_classes)
     result = simulate(weights=sensor, frames=data.frames, noise=noise, seed=seed, path=path, stages=())
     with torch.no_grad():
-        preds = model.decode(torch.from_numpy(result.readout)).argmax(1).numpy()
+        logits = model.decode(torch.from_numpy(result.readout)).numpy()
+    check_logits(logits, source=str(weights))
+    preds = logits.argmax(1)
     report = metrics(labels=data.labels, preds=preds, class_names=model.config.class_names)
     report.update(weights=str(weights), clips=str(clips), path=path, noise=noise.to_dict(), seed=seed,
                   model_id=sensor.program_hash())

@@ -7,9 +7,18 @@ import time
 
 import numpy as np
 
+from core.errors import InputError
 from firmware_sim.clips import load_clips, save_npz_atomic
 from firmware_sim.noise import NoiseModel, noise_arg
 from firmware_sim.simulate import PATHS, simulate
+
+
+def check_logits(logits: np.ndarray, *, source: str) -> None:
+    """Refuse NaN or infinite decoder outputs (a damaged model) instead of writing them."""
+    bad = ~np.isfinite(logits)
+    if bad.any():
+        raise InputError(f"the decoder of {source} produced {int(bad.sum())} NaN or infinite logits: "
+                         "the weights are damaged (retrain or use another checkpoint)")
 
 
 def add_simulate_parser(subparsers) -> None:
@@ -30,7 +39,8 @@ def add_simulate_parser(subparsers) -> None:
                    help="analog noise: off (default), authors (0.6/0.6/1.0 MAC), or a calibration JSON")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--readout-only", action="store_true",
-                   help="write only readout, logits, pred (and labels, names): no per-frame stages, a far smaller file")
+                   help="write only readout, logits, pred, program_hash (and labels, names): no per-frame stages, "
+                        "a far smaller file")
     p.set_defaults(func=run_simulate)
 
 
@@ -42,7 +52,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     model = load_model(args.weights)
     weights = model.sensor_weights()
     args.noise.check_program(weights.program_hash())
-    clips = load_clips(args.clips, timesteps=weights.timesteps)
+    clips = load_clips(args.clips, timesteps=weights.timesteps, num_classes=model.config.num_classes)
     t0 = time.perf_counter()
     result = simulate(weights=weights, frames=clips.frames, binarized_input=args.binarized_input,
                       noise=args.noise, seed=args.seed, path=args.path,
@@ -50,8 +60,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     with torch.no_grad():
         logits = model.decode(torch.from_numpy(result.readout)).numpy().astype(np.float32)
+    check_logits(logits, source=str(args.weights))
     arrays = dict(result.stages)
-    arrays.update(readout=result.readout, logits=logits, pred=logits.argmax(1).astype(np.int64))
+    arrays.update(readout=result.readout, logits=logits, pred=logits.argmax(1).astype(np.int64),
+                  program_hash=np.array(weights.program_hash()))   # calib refuses another program's readouts
     if clips.labels is not None:
         arrays["labels"] = clips.labels
     if clips.names is not None:

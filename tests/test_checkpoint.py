@@ -73,3 +73,32 @@ def test_state_dict_with_wrong_shapes_is_refused(ref_dir):
     sd["fc.weight"] = torch.zeros(4, 100)
     with pytest.raises(CheckpointError, match="shapes"):
         from_authors_state_dict(sd)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, value):
+    """Issue 16: a checkpoint with NaN/inf weights is refused at load, not evaluated into nonsense."""
+    path = save_checkpoint(PixelRNN(ModelConfig(num_classes=3)), tmp_path / "m.pt")
+    data = torch.load(path, weights_only=True)
+    data["state_dict"]["fc.weight"][1, 2] = value
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match=r"tensor fc\.weight holds 1 NaN or infinite"):
+        load_model(path)
+    from pixelrnn.checkpoint import _AUTHORS_COMMON, _AUTHORS_IGNORED
+
+    ours = data["state_dict"]
+    authors = {theirs: ours[mine] for theirs, mine in _AUTHORS_COMMON.items()}
+    authors.update({name: torch.zeros(1) for name in _AUTHORS_IGNORED}, **{"rnn_model.rnn_threshold": torch.zeros(1)})
+    authors["cnn_model.conv1.weight"] = torch.ones(16, 1, 5, 5)
+    authors["fc.weight"] = torch.full((3, 4096), value)
+    with pytest.raises(CheckpointError, match=r"tensor fc\.weight holds 12288 NaN or infinite"):
+        from_authors_state_dict(authors)
+
+
+def test_absurd_timesteps_are_refused(tmp_path):
+    path = save_checkpoint(PixelRNN(ModelConfig(num_classes=3)), tmp_path / "m.pt")
+    data = torch.load(path, weights_only=True)
+    data["config"]["timesteps"] = 10 ** 9
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match=r"timesteps must be an integer 1\.\.1024"):
+        load_model(path)

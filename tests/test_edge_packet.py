@@ -184,10 +184,10 @@ def test_costly_payloads_without_an_expected_shape_are_held_to_64x64(tmp_path):
     gives no shape (the packet fuzzer found a 4096x1 claim costing ~1 s)."""
     import time
 
+    from benchmarks.packet_fuzz import make_prior_file
     from core.prior_coder import load_prior
     from edge.packet import UNCHECKED_MAX_SIDE, PacketError, decode_packet
     from edge.payloads import PRIOR_ID_BYTES
-    from benchmarks.packet_fuzz import make_prior_file
 
     coder = load_prior(make_prior_file(tmp_path / "p.npz", 0))
     data = bytes.fromhex("5058524e01000232000000010000000000000000000000000123456789abcdef100000010000000f"

@@ -304,3 +304,62 @@ def test_overlay_draws_without_a_gui():
     out = draw_overlay(frame, decision=decision, fps=30.0, link_bps=66240.0,
                        readout=np.full((64, 64), 200, np.uint8), roi=(10, 10, 100, 100))
     assert out.shape == frame.shape and out[-10, -10].tolist() == [200, 200, 200] and frame.sum() == 0
+
+
+@pytest.mark.device
+def test_decision_refuses_nan_so_the_json_stays_strict():
+    """Issue 16: a NaN score or logit never reaches the printed JSON (it is not JSON)."""
+    from core.errors import InputError
+    from edge.decision import Decision
+
+    good = {"window": 0, "class": 1, "label": "b", "score": 0.5, "latency_ms": None, "host_us": 3.0,
+            "bytes": 4096, "logits": [0.1, 0.2]}
+    assert json.loads(json.dumps(Decision.from_dict(good).to_dict(), allow_nan=False))["score"] == 0.5
+    for key, value in (("score", float("nan")), ("logits", [0.1, float("inf")]), ("latency_ms", float("nan"))):
+        with pytest.raises(InputError, match="NaN or infinite|finite number"):
+            Decision.from_dict({**good, key: value})
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m.update(task=5), "task must be a non-empty name"),
+    (lambda m: m.update(classes=["a"]), "classes must be a list of 2..1000"),
+    (lambda m: m.update(classes=[f"c{i}" for i in range(1001)]), "classes must be a list of 2..1000"),
+    (lambda m: m.update(classes=[""] * 10), "class names must be non-empty strings"),
+    (lambda m: m["preprocessing"].update(timesteps=10 ** 9), "timesteps must be an integer 1..1024"),
+    (lambda m: m["preprocessing"]["frontend"].update(size=100000), "sensor size must be an integer 8..1024"),
+])
+def test_manifest_fields_are_type_and_bound_checked(bundled_models, tmp_path, edit, match):
+    import shutil
+
+    from core.bundle import BundleError
+    from edge.models import load_bundle
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundled_models / "lips", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    edit(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=match):
+        load_bundle(bundle)
+
+
+@pytest.mark.device
+def test_corrupt_host_model_is_a_one_line_bundle_error(bundled_models, tmp_path):
+    import hashlib
+    import shutil
+
+    from core.errors import InputError
+    from edge.decoder import HostDecoder
+    from edge.models import load_bundle
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundled_models / "lips", bundle)
+    (bundle / "host.onnx").write_bytes((bundle / "host.onnx").read_bytes()[:4000])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    data = (bundle / "host.onnx").read_bytes()
+    manifest["files"]["host.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"host\.onnx: onnxruntime cannot load it .*truncated or corrupt") as info:
+        HostDecoder(bundle=load_bundle(bundle), runtime="onnxruntime")
+    assert "\n" not in str(info.value)

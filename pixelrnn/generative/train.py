@@ -156,23 +156,55 @@ def _meta(data: ImageDataset) -> dict:
             "num_labels": data.num_labels, "data_description": data.description}
 
 
-def load_checkpoint(path: str | os.PathLike):
-    """A ``best.pt``/``last.pt`` of this trainer -> (model in eval mode, config, meta)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path} (train one with: pixelrnn generate train)")
+def _read_state(path: Path, *, what: str) -> dict:
+    """``torch.load(weights_only=True)`` of one of this trainer's files, or a one-line ValueError."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:   # noqa: BLE001 - any unreadable file gets the same one-line answer
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise ValueError(f"{path} is not a readable checkpoint ({first})") from None
+        raise ValueError(f"{path} is not a readable {what} ({first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a 'pixelrnn generate' checkpoint (format {FORMAT} expected)")
-    cfg = GenerateConfig.from_dict(state["config"])
-    meta = state["meta"]
-    model = build_model(cfg, num_classes=meta["num_classes"], image_shape=tuple(meta["image_shape"]),
-                        num_labels=meta["num_labels"])
-    model.load_state_dict(state["model"])
+        raise ValueError(f"{path} is not a 'pixelrnn generate' {what} (format {FORMAT} expected)")
+    return state
+
+
+def _check_finite(weights: dict, *, source: Path) -> None:
+    for name, value in weights.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{source}: tensor {name} holds NaN or infinite values; the checkpoint is damaged "
+                             "(train again, or use best.pt / another checkpoint)")
+
+
+def load_checkpoint(path: str | os.PathLike):
+    """A ``best.pt``/``last.pt`` of this trainer -> (model in eval mode, config, meta).
+
+    Every problem (unreadable, another format, missing or mistyped fields, weights that do not fit
+    the model, NaN or infinite weights) is a one-line ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path} (train one with: pixelrnn generate train)")
+    state = _read_state(path, what="checkpoint")
+    try:
+        cfg = GenerateConfig.from_dict(dict(state["config"]))
+        meta = dict(state["meta"])
+        num_classes, image_shape, num_labels = meta["num_classes"], tuple(meta["image_shape"]), meta["num_labels"]
+        if not (isinstance(num_classes, int) and 2 <= num_classes <= 256 and len(image_shape) == 2
+                and all(isinstance(v, int) and 1 <= v <= 1024 for v in image_shape)
+                and isinstance(num_labels, int) and 0 <= num_labels <= 1000):
+            raise ValueError(f"meta out of bounds (levels {num_classes!r}, image {image_shape!r}, "
+                             f"labels {num_labels!r})")
+        weights = state["model"]
+        if not isinstance(weights, dict):
+            raise TypeError("model is not a state dict")
+        _check_finite(weights, source=path)
+        model = build_model(cfg, num_classes=num_classes, image_shape=image_shape, num_labels=num_labels)
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        text = str(exc) if not isinstance(exc, KeyError) else f"missing {exc}"
+        first = (text.strip().splitlines() or [type(exc).__name__])[0][:160]
+        if first.startswith(str(path)):
+            raise ValueError(first) from None
+        raise ValueError(f"{path}: damaged 'pixelrnn generate' checkpoint ({first})") from None
     return model.eval(), cfg, meta
 
 
@@ -204,12 +236,18 @@ def train_generative(*, config: GenerateConfig, resume: bool = False, progress: 
     if resume:
         if not last_path.is_file():
             raise ValueError(f"--resume: no {last_path} to continue from (drop --resume to start afresh)")
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        state = _read_state(last_path, what="checkpoint to resume")
         if state.get("config") != asdict(cfg):
             raise ValueError(f"--resume: {last_path} was trained with a different config; use the same flags")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history, start_epoch, best = state["history"], state["epoch"] + 1, state["best"]
+        try:
+            _check_finite(state["model"], source=last_path)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            history, start_epoch, best = list(state["history"]), int(state["epoch"]) + 1, dict(state["best"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            text = str(exc) if not isinstance(exc, KeyError) else f"missing {exc}"
+            first = (text.strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ValueError(f"--resume: {last_path} is damaged ({first}); drop --resume to start afresh") from None
     meta = _meta(data)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
