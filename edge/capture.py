@@ -33,6 +33,9 @@ END_LOST = "lost"
 END_STOPPED = "stopped"
 
 
+MAX_CAMERA_INDEX = 255        # V4L2 numbers its devices /dev/video0..255
+
+
 class SourceError(InputError):
     """A source that cannot be used as given (missing or undecodable file, bad spec): exit 2."""
 
@@ -69,11 +72,11 @@ class CameraSource:
         if isinstance(index, str) and index:
             self.kind = "url" if "://" in index else "device"
             self.name = _redact(index) if self.kind == "url" else index
-        elif isinstance(index, int) and not isinstance(index, bool) and index >= 0:
+        elif isinstance(index, int) and not isinstance(index, bool) and 0 <= index <= MAX_CAMERA_INDEX:
             self.kind = "index"
             self.name = f"camera {index}"
         else:
-            raise SourceError(f"camera index must be an integer >= 0, got {index!r}")
+            raise SourceError(f"camera index must be an integer 0..{MAX_CAMERA_INDEX}, got {index!r}")
         self.index = index
         self.fps: float | None = None
         self._cap = None

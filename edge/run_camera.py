@@ -35,6 +35,7 @@ from contextlib import ExitStack  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from core.argtypes import positive_int as _positive_int  # noqa: E402
+from core.atomic import atomic_open  # noqa: E402
 from core.errors import InputError  # noqa: E402
 from edge.api import CameraLoop, CameraLoopOptions, Decision, RunResult  # noqa: E402
 from edge.auth import load_link_key  # noqa: E402
@@ -231,7 +232,9 @@ def run(args: argparse.Namespace, *, source=None, stop: threading.Event | None =
                 print(f"{PROG}: {display.reason}: running headless (JSON lines on stdout)", file=sys.stderr)
                 display = None
         headless = display is None
-        jsonl = stack.enter_context(open(args.json_out, "w", encoding="utf-8")) if args.json_out else None
+        # atomic: a run that fails (e.g. a decoder that does not load) leaves no empty or partial file
+        jsonl = (stack.enter_context(atomic_open(args.json_out, "w", encoding="utf-8", shared=True))
+                 if args.json_out else None)
 
         def on_decision(decision: Decision) -> None:
             line = json.dumps(decision.to_dict())

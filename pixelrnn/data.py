@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import InputError
+from core.readouts import check_labels
 from firmware_sim.frontend import SENSOR_SIZE, crop_resize
 from pixelrnn.checkpoint import GESTURE_CLASSES, LIP_CLASSES
 
@@ -50,6 +51,14 @@ class Dataset:
     groups: np.ndarray          # (N,) str: speaker / illumination set (for leave-groups-out splits)
     names: np.ndarray           # (N,) str
 
+    def __post_init__(self) -> None:
+        frames = np.asarray(self.frames)
+        if frames.ndim != 4:
+            raise InputError(f"{self.name}: frames must be (N, T, H, W), got shape {frames.shape}")
+        labels = check_labels(self.labels, n=frames.shape[0], num_classes=len(self.classes),
+                              what=f"{self.name} labels")
+        object.__setattr__(self, "labels", labels)
+
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
@@ -69,9 +78,14 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"dataset file not found: {path} (point --data-dir or PIXELRNN_DATA at the "
                          f"shared data folder)")
     try:
-        with np.load(path, allow_pickle=False) as d:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise InputError(f"{path} is a single array (.npy), not an .npz data set with named arrays")
+        with loaded as d:
             return {k: d[k] for k in d.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"{path} is not a readable .npz file ({str(exc)[:120]})") from None
 
 
@@ -152,6 +166,11 @@ def stratified_split(labels: np.ndarray, *, fractions=(0.8, 0.1, 0.1), seed: int
 
 def stratified_folds(labels: np.ndarray, *, folds: int = FOLDS, seed: int = SPLIT_SEED) -> np.ndarray:
     """Fold number (0..folds-1) of each sample; every class spread evenly over the folds."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64)) if len(labels) else np.zeros(0, np.int64)
+    present = counts[counts > 0]
+    if present.size and present.min() < folds:
+        raise InputError(f"{folds}-fold cross-validation needs at least {folds} clips of every class; "
+                         f"class {int(np.flatnonzero(counts == present.min())[0])} has {int(present.min())}")
     rng = np.random.default_rng(seed)
     fold = np.empty(len(labels), dtype=np.int64)
     for c in np.unique(labels):

@@ -9,6 +9,7 @@ import torch
 
 from core.atomic import atomic_open
 from core.errors import InputError
+from pixelrnn.checkpoint import check_finite
 from pixelrnn.train_config import TrainConfig
 
 STATE_FORMAT = "pixelrnn-edge-train/1"
@@ -44,18 +45,33 @@ def save_state(path: Path, *, cfg: TrainConfig, version: str, epoch: int, model:
 def load_state(path: Path, *, cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
                sched) -> Progress:
     """Load ``path`` into ``model``, ``opt`` and ``sched``; refuse a state trained with other settings."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != STATE_FORMAT:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not a torch file: one line, never a traceback
+        raise InputError(f"cannot resume: {path} is unreadable ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}); "
+                         f"delete it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise InputError(f"{path} is not a pixelrnn training state")
+    missing = [k for k in ("train_config", "model", "optimizer", "init_signs", "history", "best", "epoch")
+               if k not in state]
+    if missing or not isinstance(state["model"], dict):
+        raise InputError(f"cannot resume: {path} is incomplete (missing {', '.join(missing) or 'model weights'}); "
+                         f"delete it to start over")
+    check_finite(state["model"], source=str(path))
     saved = dict(state["train_config"])
     free = _settings_free_to_change(cfg)
     mismatch = [k for k in saved if k not in free and saved[k] != getattr(cfg, k, None)]
     if mismatch:
         raise InputError(f"cannot resume: {path} was trained with different settings "
                          f"({', '.join(f'{k}={saved[k]!r}' for k in mismatch[:3])}); use the same config")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    if sched is not None and state.get("scheduler"):
-        sched.load_state_dict(state["scheduler"])
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"cannot resume: {path} does not fit this model ({str(exc).strip().splitlines()[0][:120]}); "
+                         f"delete it to start over") from None
     return Progress(init_signs=state["init_signs"], history=list(state["history"]), best=dict(state["best"]),
                     start=int(state["epoch"]) + 1)
