@@ -9,13 +9,13 @@ refuses readouts of another (:meth:`Readouts.check_program`). Anything else is r
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import InputError
+from core.npz import open_npz
 
 SIZE = 64
 FULL = 256
@@ -94,33 +94,19 @@ def load_readouts(path: str | os.PathLike, *, need_labels: bool = False,
     ``keys``: the array names accepted for the readouts, first present wins (``pixelrnn simulate``
     writes ``readout``; real-sensor files use ``readouts``).
     """
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise InputError(f"readouts must be a file path, got {path!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"readouts file not found: {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise InputError(f"{path} is a single .npy array, not an .npz archive: save readouts with "
-                             f"np.savez(path, readouts=..., labels=...)")
-        with data:
-            files = set(data.files)
-            key = next((k for k in keys if k in files), None)
-            if key is None:
-                names = " or ".join(repr(k) for k in keys)
-                hint = "; pixelrnn simulate --readout-only writes one" if "readout" in keys else ""
-                raise InputError(f"{path} has no {names} array (found {sorted(files) or 'nothing'}); "
-                                 f"expected readouts (N,64,64) or (N,256,256) uint8{hint}")
-            raw = data[key]
-            labels = data["labels"] if "labels" in files else None
-            names = data["names"] if "names" in files else None
-            program = data["program_hash"] if "program_hash" in files else None
-    except InputError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"{path} is not a readable .npz file ({first[:120]})") from None
+    path = Path(path) if isinstance(path, (str, os.PathLike)) and str(path) else path
+    with open_npz(path, what="readouts", example="np.savez(path, readouts=..., labels=...)") as data:
+        files = set(data.files)
+        key = next((k for k in keys if k in files), None)
+        if key is None:
+            names = " or ".join(repr(k) for k in keys)
+            hint = "; pixelrnn simulate --readout-only writes one" if "readout" in keys else ""
+            raise InputError(f"{path} has no {names} array (found {sorted(files) or 'nothing'}); "
+                             f"expected readouts (N,64,64) or (N,256,256) uint8{hint}")
+        raw = data[key]
+        labels = data["labels"] if "labels" in files else None
+        names = data["names"] if "names" in files else None
+        program = data["program_hash"] if "program_hash" in files else None
     readouts = check_readouts(raw, what=f"{path.name}: {key}")
     n = readouts.shape[0]
     if labels is None:

@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import InputError
+from core.npz import open_npz
 from export.bundle import MANIFEST, BundleError, build_manifest, save_sensor_weights, verify_bundle, write_manifest
 
 FORMATS = ("onnx", "tflite", "lce", "scamp5")
@@ -148,21 +148,10 @@ def load_representative(path: str | os.PathLike, *, model) -> np.ndarray:
     from firmware_sim.clips import load_clips
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"representative file not found: {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise InputError(f"{path} is a single .npy array, not an .npz archive: save the readouts with "
-                             "np.savez(path, readouts=...) (or clips with frames=...)")
-        with data:
-            readouts = data["readouts"] if "readouts" in data.files else None
-            program = str(data["program_hash"]) if "program_hash" in data.files else None
-    except InputError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"{path} is not a readable .npz file ({first[:120]})") from None
+    example = "np.savez(path, readouts=...) (or clips with frames=...)"
+    with open_npz(path, what="representative", example=example) as data:
+        readouts = data["readouts"] if "readouts" in data.files else None
+        program = str(data["program_hash"]) if "program_hash" in data.files else None
     if readouts is None:
         from firmware_sim.simulate import simulate
 

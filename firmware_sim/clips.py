@@ -14,6 +14,7 @@ import numpy as np
 
 from core.atomic import atomic_open
 from core.errors import InputError
+from core.npz import open_npz
 
 
 @dataclass
@@ -45,28 +46,14 @@ def load_clips(path: str | os.PathLike, *, size: int = 64, timesteps: int | None
 
     ``num_classes``: when given, labels must lie in 0..num_classes-1 (the model's classes).
     """
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise InputError(f"clips must be a file path, got {path!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"clips file not found: {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise InputError(f"{path} is a single .npy array, not an .npz archive: save the clips with "
-                             f"np.savez(path, frames=..., labels=...)")
-        with data:
-            if "frames" not in data.files:
-                raise InputError(f"{path} has no 'frames' array (found {data.files}); "
-                                 f"expected frames (N,T,{size},{size}) uint8")
-            frames = data["frames"]
-            labels = data["labels"] if "labels" in data.files else None
-            names = data["names"] if "names" in data.files else None
-    except InputError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"{path} is not a readable .npz file ({first[:120]})") from None
+    path = Path(path) if isinstance(path, (str, os.PathLike)) and str(path) else path
+    with open_npz(path, what="clips", example="np.savez(path, frames=..., labels=...)") as data:
+        if "frames" not in data.files:
+            raise InputError(f"{path} has no 'frames' array (found {data.files}); "
+                             f"expected frames (N,T,{size},{size}) uint8")
+        frames = data["frames"]
+        labels = data["labels"] if "labels" in data.files else None
+        names = data["names"] if "names" in data.files else None
     if frames.dtype != np.uint8:
         raise InputError(f"{path}: frames must be uint8 gray levels, got {frames.dtype}")
     expected_t = timesteps if timesteps is not None else "T"

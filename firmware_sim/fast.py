@@ -123,13 +123,7 @@ def run_clips(binary: np.ndarray, weights: SensorWeights, *, noise: NoiseModel |
     encoding. ``chunk`` clips are processed together: small chunks keep the working set in cache,
     which measured faster than large batches on this machine.
     """
-    binary = np.asarray(binary)
-    if binary.ndim != 4:
-        raise ValueError(f"binary clips must be (N, T, H, W), got shape {binary.shape}")
-    unknown = set(stages) - set(STAGES)
-    if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
-    noise = noise or NoiseModel.off()
+    binary, noise = check_run_args(binary, noise, stages)
     n = binary.shape[0]
     readouts, outputs, collected = [], [], {name: [] for name in stages}
     for start in range(0, n, chunk):
@@ -226,3 +220,14 @@ class SensorStream:
         o = output_stage((xi[1] + hh[1]).astype(np.float64), self.noise, self.rng)
         self.reset()
         return encode_analog(o)[0]
+
+
+def check_run_args(binary, noise: NoiseModel | None, stages) -> tuple[np.ndarray, NoiseModel]:
+    """The checks both whole-clip paths (this one and :mod:`firmware_sim.packed`) make of their input."""
+    binary = np.asarray(binary)
+    if binary.ndim != 4:
+        raise ValueError(f"binary clips must be (N, T, H, W), got shape {binary.shape}")
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
+    return binary, noise or NoiseModel.off()

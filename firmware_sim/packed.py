@@ -34,7 +34,7 @@ import math
 import numpy as np
 
 from firmware_sim.encoding import encode_analog, encode_binary
-from firmware_sim.fast import STAGES, SensorResult
+from firmware_sim.fast import SensorResult, check_run_args
 from firmware_sim.noise import NoiseModel
 from firmware_sim.weights import KERNEL, N_MAPS, SensorWeights
 
@@ -244,13 +244,7 @@ class _DirectConv:
 
 
 def _check(binary, weights, noise, stages):
-    binary = np.asarray(binary)
-    if binary.ndim != 4:
-        raise ValueError(f"binary clips must be (N, T, H, W), got shape {binary.shape}")
-    unknown = set(stages) - set(STAGES)
-    if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
-    return binary, noise or NoiseModel.off()
+    return check_run_args(binary, noise, stages)
 
 
 def supports(binary_shape: tuple[int, ...], stages: tuple[str, ...] = ()) -> bool:

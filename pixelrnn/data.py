@@ -16,13 +16,13 @@ name           file                                  classes    split
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import InputError
+from core.npz import open_npz
 from core.readouts import check_labels
 from firmware_sim.frontend import SENSOR_SIZE, crop_resize
 from pixelrnn.checkpoint import GESTURE_CLASSES, LIP_CLASSES
@@ -74,19 +74,9 @@ def default_data_dir() -> Path:
 
 
 def _npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise InputError(f"dataset file not found: {path} (point --data-dir or PIXELRNN_DATA at the "
-                         f"shared data folder)")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise InputError(f"{path} is a single array (.npy), not an .npz data set with named arrays")
-        with loaded as d:
-            return {k: d[k] for k in d.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"{path} is not a readable .npz file ({str(exc)[:120]})") from None
+    with open_npz(path, what="dataset", example="np.savez(path, frames=..., labels=...)",
+                  missing_hint=" (point --data-dir or PIXELRNN_DATA at the shared data folder)") as d:
+        return {k: d[k] for k in d.files}
 
 
 def _require(arrays: dict, path: Path, keys: tuple[str, ...]) -> None:
