@@ -79,7 +79,7 @@ def check_labels(labels, *, n: int, num_classes: int | None, what: str = "labels
         kind = "strings" if labels.dtype.kind in "US" else f"dtype {labels.dtype}"
         raise InputError(f"{what} must be integers (class indices), got {kind}")
     if labels.shape != (n,):
-        raise InputError(f"{what} must have shape ({n},), one per readout, got {labels.shape}")
+        raise InputError(f"{what} must have shape ({n},), one per sample, got {labels.shape}")
     if n and labels.min() < 0:
         raise InputError(f"{what} must be >= 0, found {int(labels.min())}")
     if num_classes is not None and n and labels.max() >= num_classes:

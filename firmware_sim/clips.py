@@ -15,6 +15,7 @@ import numpy as np
 from core.atomic import atomic_open
 from core.errors import InputError
 from core.npz import open_npz
+from core.readouts import check_labels
 
 
 @dataclass
@@ -22,22 +23,6 @@ class Clips:
     frames: np.ndarray               # (N, T, H, W) uint8
     labels: np.ndarray | None        # (N,) int64
     names: np.ndarray | None         # (N,) str
-
-
-def check_clip_labels(labels, *, n: int, num_classes: int | None, what: str) -> np.ndarray:
-    """Labels (n,) integer class indices in 0..num_classes-1 -> int64, or a one-line InputError."""
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "iu":
-        kind = "strings" if labels.dtype.kind in "US" else f"dtype {labels.dtype}"
-        raise InputError(f"{what}: labels must be integer class indices, got {kind}")
-    if labels.shape != (n,):
-        raise InputError(f"{what}: labels must have shape ({n},), one per clip, got {labels.shape}")
-    if n and labels.min() < 0:
-        raise InputError(f"{what}: labels must be >= 0, found {int(labels.min())}")
-    if num_classes is not None and n and labels.max() >= num_classes:
-        raise InputError(f"{what}: labels must lie in 0..{num_classes - 1} (the model has {num_classes} "
-                         f"classes), found {int(labels.max())}")
-    return labels.astype(np.int64)
 
 
 def load_clips(path: str | os.PathLike, *, size: int = 64, timesteps: int | None = 16,
@@ -63,7 +48,7 @@ def load_clips(path: str | os.PathLike, *, size: int = 64, timesteps: int | None
     if frames.shape[0] == 0:
         raise InputError(f"{path}: holds no clips")
     if labels is not None:
-        labels = check_clip_labels(labels, n=frames.shape[0], num_classes=num_classes, what=str(path))
+        labels = check_labels(labels, n=frames.shape[0], num_classes=num_classes, what=f"{path}: labels")
     elif need_labels:
         raise InputError(f"{path} has no 'labels' array: evaluation needs the true class of each clip")
     if names is not None and names.shape != (frames.shape[0],):
