@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.errors import InputError
+from core.runtimes import runtime_names
 from edge.capture import CaptureOptions, make_source
 from edge.decision import Decision
-from edge.decoder import RUNTIMES, HostDecoder
+from edge.decoder import HostDecoder
 from edge.host import HostStage
 from edge.link import LinkSpec, parse_link
 from edge.models import TASKS, Bundle, check_noise, resolve_bundle, task_defaults
@@ -62,7 +63,7 @@ class CameraLoopOptions:
 
     bundle_path: str | os.PathLike | None = None   # export bundle folder; None: the bundled model of task
     task: str | None = None             # gesture | lips; None: the bundle's own (gesture if no bundle)
-    runtime: str = "onnxruntime"        # host decoder runtime (edge.decoder.RUNTIMES)
+    runtime: str = "onnxruntime"        # host decoder runtime (a name in core.runtimes)
     threads: int = 1                    # runtime threads
     link: str | LinkSpec = "inproc"     # readout link: inproc, or udp://IPV4:PORT to a host process
     link_key: str | os.PathLike | None = None   # udp: shared MAC key file (made if absent); None: per-run key
@@ -86,7 +87,8 @@ class CameraLoopOptions:
              f"bundle_path must be a folder path or None, got {type(self.bundle_path).__name__}"),
             (self.task is None or self.task in TASKS,
              f"task must be one of {', '.join(TASKS)} or None, got {self.task!r}"),
-            (self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}"),
+            (self.runtime in runtime_names(),
+             f"runtime must be one of {', '.join(runtime_names())}, got {self.runtime!r}"),
             (_is_int(self.threads) and self.threads >= 1, f"threads must be an integer >= 1, got {self.threads!r}"),
             (_is_int(self.seed), f"seed must be an integer, got {self.seed!r}"),
             (isinstance(self.realtime, bool), f"realtime must be True or False, got {self.realtime!r}"),

@@ -75,7 +75,7 @@ class BenchOptions:
     mouth_detector: str = "thread"           # mouth ROI's face detector: thread (a camera's) | sync
 
     def __post_init__(self) -> None:
-        from edge.decoder import BACKENDS
+        from core.runtimes import runtime_names
 
         for name in ("warmup", "runs", "loop_frames", "realtime_windows", "blas_threads"):
             value = getattr(self, name)
@@ -84,9 +84,10 @@ class BenchOptions:
                 raise InputError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
         if not self.threads or not all(isinstance(t, int) and 1 <= t <= 256 for t in self.threads):
             raise InputError(f"--threads must be integers 1..256, got {self.threads!r}")
-        bad = [r for r in self.runtimes if r not in BACKENDS + ("all", "tflite")]
+        bad = [r for r in self.runtimes if r != "all" and r not in runtime_names()]
         if bad or not self.runtimes:
-            raise InputError(f"unknown runtime(s) {bad}; choose all or from {', '.join(BACKENDS)}")
+            raise InputError(f"unknown runtime(s) {bad}; choose all or from "
+                             f"{', '.join(runtime_names(aliases=False))}")
         PayloadOptions(name=self.payload, file=self.prior)       # a registered payload, with its file if it needs one
         if self.prior is not None and not isinstance(self.prior, str):
             object.__setattr__(self, "prior", str(self.prior))  # a plain path: it goes to child processes
@@ -107,12 +108,13 @@ class BenchOptions:
 
 def chosen_backends(runtimes: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     """Requested runtimes -> (installed backends to run, {backend: why skipped})."""
-    from edge.decoder import BACKENDS, backend_installed, resolve_backend
+    from core import runtimes as registry
 
     if "all" in runtimes:
-        run = [b for b in BACKENDS if backend_installed(b)]
-        return run, {b: "not installed" for b in BACKENDS if b not in run}
-    return list(dict.fromkeys(resolve_backend(r) for r in runtimes)), {}
+        names = registry.runtime_names(aliases=False)
+        run = [b for b in names if registry.installed(b)]
+        return run, {b: "not installed" for b in names if b not in run}
+    return list(dict.fromkeys(registry.resolve(r).name for r in runtimes)), {}
 
 
 def run_bench(*, options: BenchOptions, progress=lambda text: None) -> tuple[dict, dict]:

@@ -116,7 +116,8 @@ def stages_job(job: dict) -> dict:
 
 def runtime_job(job: dict) -> dict:
     """Load, first inference, host and e2e latency per thread count, and the whole loop, for one runtime."""
-    from edge.decoder import HostDecoder, backend_version
+    from core.runtimes import version as backend_version
+    from edge.decoder import HostDecoder
     from edge.host import HostStage
     from edge.link import InprocLink
     from edge.models import load_bundle

@@ -12,8 +12,8 @@ how it loads); the built-in ones:
   LCE has no aarch64 wheel: this is a desktop comparison, not a Pi runtime. The bit-packed
   ``pixelrnn_lce.tflite`` is frames -> logits (sensor included), so it cannot decode a readout.
 
-The module-level names (``BACKENDS``, ``RUNTIMES``, ``backend_installed``, ...) are views of the
-registry for the camera loop and the benchmark. Runtime packages are imported only when used.
+The runtimes are entries of :mod:`core.runtimes` (names, installed check, version, aliases are
+asked of it directly). Runtime packages are imported only when used.
 """
 from __future__ import annotations
 
@@ -25,27 +25,6 @@ from core import runtimes
 from core.bundle import BundleError
 from core.errors import InputError
 from edge.models import Bundle
-
-BACKENDS = runtimes.runtime_names(aliases=False)   # runtimes proper, at import time
-RUNTIMES = runtimes.runtime_names()                # and their aliases (tflite): the camera loop's choices
-
-
-def backend_installed(backend: str) -> bool:
-    """Whether the runtime's package can be imported (checked without importing it)."""
-    return runtimes.installed(backend)
-
-
-def available_backends() -> list[str]:
-    return [b for b in runtimes.runtime_names(aliases=False) if runtimes.installed(b)]
-
-
-def backend_version(backend: str) -> str:
-    return runtimes.version(backend)
-
-
-def resolve_backend(runtime: str) -> str:
-    """A runtime or alias name -> an installed runtime name, or a one-line InputError."""
-    return runtimes.resolve(runtime).name
 
 
 def softmax_top(logits: np.ndarray) -> tuple[int, float]:

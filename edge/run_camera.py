@@ -37,10 +37,10 @@ from pathlib import Path  # noqa: E402
 from core.argtypes import positive_int as _positive_int  # noqa: E402
 from core.atomic import atomic_open  # noqa: E402
 from core.errors import InputError  # noqa: E402
+from core.runtimes import runtime_names  # noqa: E402
 from edge.api import CameraLoop, CameraLoopOptions, Decision, RunResult  # noqa: E402
 from edge.auth import load_link_key  # noqa: E402
 from edge.capture import END_LOST, CameraLost, make_source  # noqa: E402
-from edge.decoder import RUNTIMES  # noqa: E402
 from edge.display import Display  # noqa: E402
 from edge.models import TASKS  # noqa: E402
 from edge.payloads import DEFAULT_LEVEL, PayloadOptions, file_payload_names, get_payload, payload_help, payload_names  # noqa: E402
@@ -94,7 +94,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=TASKS, default=None,
                    help="default: the bundle's task (gesture when --model is default); lips uses the "
                         "mouth ROI, gesture the centre square")
-    p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+    p.add_argument("--runtime", choices=runtime_names(), default="onnxruntime",
                    help="host decoder runtime (tflite = ai-edge-litert, else tflite-runtime); default onnxruntime")
     p.add_argument("--threads", type=_positive_int, default=1, help="runtime threads (default 1)")
     p.add_argument("--headless", action="store_true",

@@ -63,12 +63,6 @@ class SensorOptions:
         return PayloadOptions(name=self.payload, level=self.level, file=self.prior)
 
 
-def open_prior(path):
-    """A prior file -> its ``core.prior_coder.PriorCoder``, or a one-line InputError (kept for
-    callers of the earlier API: ``PayloadOptions(name="prior", file=path).open().state``)."""
-    return PayloadOptions(name="prior", file=path).open().state
-
-
 class SensorStage:
     """``push(image64, t_ns)`` per frame; returns a packet (bytes) at each window's last frame."""
 
@@ -135,11 +129,6 @@ class SensorStage:
         if codec.fallback is not None:
             info[f"fallback_{codec.fallback}_windows"] = self.fallbacks
         return {codec.name: info}
-
-    @property
-    def prior_fallbacks(self) -> int:
-        """Windows sent in the fallback payload (the name predates the payload registry)."""
-        return self.fallbacks
 
     @property
     def next_is_last(self) -> bool:

@@ -77,3 +77,18 @@ def bundled_models(tmp_path_factory) -> Path:
             assert (BUNDLED / task / "manifest.json").is_file(), f"no bundled {task} model at {BUNDLED / task}"
             shutil.copytree(BUNDLED / task, root / task, dirs_exist_ok=True)
     return root
+
+
+def decode_video(path: Path) -> list[np.ndarray]:
+    """Every frame of a video file, as OpenCV decodes it (BGR)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames

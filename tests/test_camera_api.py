@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DATA, REPO, need
+from conftest import DATA, REPO, decode_video, need
 
 pytestmark = pytest.mark.device   # base install only: no torch, no TensorFlow
 
@@ -37,16 +37,7 @@ def bundled(monkeypatch):
 
 @pytest.fixture(scope="module")
 def grid_frames() -> list[np.ndarray]:
-    import cv2
-
-    cap = cv2.VideoCapture(str(need(VIDEO)))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames = decode_video(need(VIDEO))
     assert len(frames) >= 16, f"{VIDEO} decoded to {len(frames)} frames"
     return frames
 

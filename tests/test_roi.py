@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DATA, need
+from conftest import DATA, decode_video, need
 from core.errors import InputError
 from edge.roi import MouthOptions, MouthROI, make_roi
 
@@ -146,19 +146,9 @@ def test_make_roi_chooses_the_mode_per_source():
 
 
 def _grid_frames():
-    import cv2
-
     from firmware_sim.frontend import to_gray
 
-    cap = cv2.VideoCapture(str(need(VIDEO)))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(to_gray(frame))
-    cap.release()
-    return frames
+    return [to_gray(frame) for frame in decode_video(need(VIDEO))]
 
 
 def _reference_boxes(frames, *, defer_every=16):

@@ -77,7 +77,7 @@ def toy_bundle(tmp_path_factory):
 
 # -- end to end ------------------------------------------------------------------------------------------
 def test_a_registered_runtime_runs_through_the_host_decoder(toy_runtimes, toy_bundle):
-    from edge.decoder import HostDecoder, available_backends, backend_installed, resolve_backend
+    from edge.decoder import HostDecoder
 
     toy = HostDecoder(bundle=toy_bundle, runtime="numpy-toy")
     ort = HostDecoder(bundle=toy_bundle, runtime="onnxruntime")
@@ -87,10 +87,12 @@ def test_a_registered_runtime_runs_through_the_host_decoder(toy_runtimes, toy_bu
     assert got.dtype == np.float32 and got.shape == (8, len(toy_bundle.classes))
     assert toy.describe()["backend"] == "numpy-toy" and toy.describe()["file"] == TOY_FILE
     assert toy.describe()["version"] == np.__version__ and toy.first_s is not None
-    # the alias skips the runtime that is not installed; the edge views follow the registry
+    # the alias skips the runtime that is not installed; the camera loop's options follow the registry
     assert HostDecoder(bundle=toy_bundle, runtime="toy").backend == "numpy-toy"
-    assert resolve_backend("toy") == "numpy-toy" and backend_installed("numpy-toy")
-    assert not backend_installed("toy-missing") and "numpy-toy" in available_backends()
+    assert runtimes.resolve("toy").name == "numpy-toy" and runtimes.installed("numpy-toy")
+    assert not runtimes.installed("toy-missing") and "numpy-toy" in runtimes.runtime_names(aliases=False)
+    from edge.api import CameraLoopOptions
+    assert CameraLoopOptions(runtime="toy").runtime == "toy"      # registered after edge was imported
 
 
 def test_a_registered_runtime_runs_in_the_camera_loop(toy_runtimes, toy_bundle):
@@ -174,8 +176,7 @@ def test_builtin_runtimes_and_the_tflite_alias():
     assert isinstance(alias, Alias) and alias.candidates == ("ai-edge-litert", "tflite-runtime")
     if runtimes.installed("ai-edge-litert"):
         assert runtimes.resolve("tflite").name == "ai-edge-litert"
-    from edge.decoder import BACKENDS, RUNTIMES
-    assert BACKENDS == runtimes.runtime_names(aliases=False) and set(RUNTIMES) == set(BACKENDS) | {"tflite"}
+    assert set(runtimes.runtime_names()) == set(runtimes.runtime_names(aliases=False)) | {"tflite"}
 
 
 def test_tflite_runtime_is_refused_after_tensorflow(monkeypatch):
