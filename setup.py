@@ -15,7 +15,8 @@ BASE = [
     "ai-edge-litert>=1.0",
 ]
 EXTRAS = {
-    "train": ["torch>=2.2", "onnx>=1.16", "onnxscript>=0.1", "tqdm>=4.60", "matplotlib>=3.7", "PyYAML>=6"],
+    "train": ["torch>=2.2", "onnx>=1.16", "onnxscript>=0.1", "tqdm>=4.60", "matplotlib>=3.7", "PyYAML>=6",
+              "optuna>=4.0"],
     # larq 0.14 needs numpy<2, so [larq] installs on Python 3.11/3.12 only; tflite-runtime 2.14 has cp311 wheels only
     "larq": ["tensorflow>=2.15", "tf-keras>=2.15", "larq>=0.13", "larq-compute-engine>=0.13", "numpy<2",
              'tflite-runtime; python_version < "3.12"'],
@@ -52,6 +53,7 @@ setup(
             "simulate = pixelrnn.simulate:add_simulate_parser [train]",
             "evaluate = pixelrnn.evaluate:add_evaluate_parser [train]",
             "train = pixelrnn.train:add_train_parser [train]",
+            "sweep = pixelrnn.sweep:add_sweep_parser [train]",
             "generate = pixelrnn.generative.cli:add_generate_parser [generative]",
             "export = export.cli:add_export_parser [train]",
             "calib = calib.cli:add_calib_parser [train]",

@@ -181,7 +181,11 @@ def make_seeds(coder, *, seed: int = 0) -> list[Seed]:
                     stream = int(rng.integers(0, 1 << 32))
                     seq = int(rng.choice([0, 1, 7, (1 << 32) - 1, int(rng.integers(0, 1 << 32))]))
                     t_ns = int(rng.integers(0, 1 << 63))
-                    pkt = encode_readout(readouts[rkind], model_id=MODEL, stream_id=stream, seq=seq, t_ns=t_ns,
+                    # a payload of b-bit levels (max_level < 255) carries levels 0..max_level only
+                    levels = readouts[rkind]
+                    if codec.max_level < 255:
+                        levels = levels % np.uint8(codec.max_level + 1)
+                    pkt = encode_readout(levels, model_id=MODEL, stream_id=stream, seq=seq, t_ns=t_ns,
                                          encoding=name, level=level, coder=coder if codec.open_state else None)
                     used = get_payload(pkt[6]).name
                     # what the host makes of it: known for the built-in payloads, else decoded

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from calib.layout import require_authors_readout
 from core.errors import InputError
 from core.readouts import Readouts, load_readouts, stratified_folds, stratified_split
 
@@ -315,6 +316,7 @@ def calibrate_decoder(*, weights: str | os.PathLike, readouts: str | os.PathLike
     if not out.absolute().parent.is_dir():
         raise InputError(f"output folder does not exist: {out.absolute().parent}")
     model = load_model(weights)
+    require_authors_readout(model.config.layout, "calib decoder")
     program = model.sensor_weights().program_hash()
     ref_model = None
     if reference is not None:

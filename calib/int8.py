@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calib.layout import require_authors_readout
 from core import runtimes
 from core.atomic import atomic_open
 from core.errors import InputError
@@ -108,7 +109,7 @@ def model_from_bundle(bundle: Path, manifest: dict):
     with torch.no_grad():
         model.conv1.copy_(t(sensor.conv1[:, None]))
         for name in ("w_fi", "w_fh", "w_oi", "w_oh"):
-            getattr(model, name).copy_(t(getattr(sensor, name)[None, None]))
+            getattr(model, name).copy_(t(np.reshape(getattr(sensor, name), (1, 1) + getattr(sensor, name).shape[-2:])))
         model.thresh1.fill_(sensor.thresh1)
         model.rnn_threshold.fill_(sensor.rnn_threshold)
         model.theta0.fill_(fe.theta0)
@@ -236,6 +237,7 @@ def quantize_bundle(*, bundle: str | os.PathLike, readouts: str | os.PathLike,
     if ONNX_FLOAT not in manifest["files"]:
         raise InputError(f"bundle {bundle} has no {ONNX_FLOAT}: export it with --format onnx")
     sensor = _load_sensor(bundle)
+    require_authors_readout(sensor.layout, "calib int8")
     float_onnx = _runner(ONNX_RUNTIME)(bundle / ONNX_FLOAT)   # a corrupt host.onnx: one line, before any work
     num_classes = len(manifest.get("classes", [])) or None
     data = load_readouts(readouts, need_labels=True, num_classes=num_classes)
@@ -288,7 +290,8 @@ def quantize_bundle(*, bundle: str | os.PathLike, readouts: str | os.PathLike,
         new_manifest = build_manifest(directory=bundle, files=names, classes=list(manifest.get("classes", [])),
                                       task=str(manifest.get("task", "")), sensor=sensor,
                                       formats=list(manifest.get("formats", [])),
-                                      source=str(manifest.get("source_weights", "")))
+                                      source=str(manifest.get("source_weights", "")),
+                                      skipped=manifest.get("skipped") or None)
         new_manifest["int8"] = {rt: {"file": report[rt]["int8"]["file"], "calibrated_on": "real readouts",
                                      "n_calibration": len(cal), "accuracy_change_points":
                                      report[rt]["accuracy_change_points"]}

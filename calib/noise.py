@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from calib.distance import PRIMARY, distance_floor, distance_report, per_pixel_cdf, per_pixel_w1
+from calib.layout import require_authors_readout
 from core.atomic import atomic_open
 from core.errors import InputError
 from core.readouts import load_readouts, stratified_split
@@ -226,6 +227,7 @@ def calibrate_noise(*, weights: str | os.PathLike, readouts: str | os.PathLike, 
     if not out.absolute().parent.is_dir():
         raise InputError(f"output folder does not exist: {out.absolute().parent}")
     model = load_model(weights)
+    require_authors_readout(model.config.layout, "calib noise")
     sensor = model.sensor_weights()
     model_id = sensor.program_hash()
     real = load_readouts(readouts)

@@ -2,8 +2,13 @@
 
 A device loads a bundle only after :func:`verify_bundle`: every listed file exists with its
 recorded size and sha256, so a truncated copy or an edited model is refused with a one-line reason
-before anything runs. Standard library only: a device verifies without PyTorch. The write side
-(``build_manifest``, ``write_manifest``) is ``export.bundle``.
+before anything runs. Standard library and numpy only: a device verifies without PyTorch. The
+write side (``build_manifest``, ``write_manifest``) is ``export.bundle``.
+
+``readout_layout`` (:class:`core.readout_layout.ReadoutLayout` as ``to_dict()``): what the sensor
+reads out per window. Written by every export; a manifest without it (older bundles) has the
+authors' readout (o at the last frame, 1 channel, 64x64, 8 bit). It must agree with the ``layout``
+entry of ``sensor_weights.npz`` (absent there: the authors').
 """
 from __future__ import annotations
 
@@ -17,8 +22,11 @@ from core.errors import InputError
 MANIFEST = "manifest.json"
 FORMAT = "pixelrnn-edge-bundle/1"
 
-__all__ = ["FORMAT", "MANIFEST", "BundleError", "check_manifest_fields", "check_name", "check_sensor_scalars",
-           "check_sensor_shape", "sha256_file", "verify_bundle"]
+__all__ = ["FORMAT", "MANIFEST", "SENSOR_FILE", "BundleError", "check_manifest_fields", "check_name",
+           "check_readout_layout", "check_sensor_scalars", "check_sensor_shape", "manifest_layout", "sha256_file",
+           "verify_bundle"]
+
+SENSOR_FILE = "sensor_weights.npz"
 
 # Bounds of a manifest's fields: far beyond any real model, far below what would exhaust a device
 MIN_CLASSES, MAX_CLASSES = 2, 1000
@@ -104,12 +112,78 @@ def check_manifest_fields(manifest: dict, *, where: str) -> None:
         check_sensor_shape(timesteps=pre.get("timesteps", MIN_TIMESTEPS), size=size, where=where)
 
 
+def _first_line(exc: BaseException) -> str:
+    return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
+
+
+def manifest_layout(manifest: dict, *, where: str):
+    """The manifest's ``readout_layout`` as a ReadoutLayout, or None when absent (the authors');
+    a malformed one is a one-line BundleError."""
+    from core.readout_layout import ReadoutLayout  # numpy: only when a bundle is checked
+
+    data = manifest.get("readout_layout")
+    if data is None:
+        return None
+    try:
+        return ReadoutLayout.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"{where}: readout_layout is not a valid readout layout ({_first_line(exc)}); "
+                          "re-export the bundle") from None
+
+
+def _npz_layout(file: Path):
+    """The ``layout`` entry of a sensor-weights ``.npz`` as a ReadoutLayout, or None when it has none."""
+    import json
+    import zipfile
+
+    import numpy as np
+
+    from core.readout_layout import ReadoutLayout
+
+    try:
+        data = np.load(file, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with data:
+            if "layout" not in data.files:
+                return None
+            raw = np.asarray(data["layout"])
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise ValueError(f"its layout must be JSON bytes (uint8, 1-D), got {raw.dtype} {raw.shape}")
+        return ReadoutLayout.from_dict(json.loads(raw.tobytes().decode("utf-8")))
+    except (ValueError, TypeError, KeyError, OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"{file} holds no usable readout layout ({_first_line(exc)}); re-export the bundle") from None
+
+
+def check_readout_layout(manifest: dict, directory: Path, *, where: str) -> None:
+    """``readout_layout`` (absent: the authors') is a valid layout for the manifest's timesteps and
+    agrees with the ``layout`` of ``sensor_weights.npz`` (absent: the authors'); a one-line
+    BundleError otherwise."""
+    layout = manifest_layout(manifest, where=where)
+    pre = manifest.get("preprocessing") if isinstance(manifest.get("preprocessing"), dict) else {}
+    timesteps = pre.get("timesteps")
+    if layout is not None and timesteps is not None and layout.timesteps != timesteps:
+        raise BundleError(f"{where}: readout_layout is for {layout.timesteps} frames, the preprocessing says "
+                          f"{timesteps}; re-export the bundle")
+    if SENSOR_FILE not in manifest.get("files", {}):
+        return
+    stored = _npz_layout(directory / SENSOR_FILE)
+    authors = lambda lay: lay is None or lay.is_authors  # noqa: E731
+    if (authors(layout) and authors(stored)) or (layout is not None and layout == stored):
+        return
+    said = "the authors' readout" if authors(layout) else layout.describe()
+    holds = "the authors' readout" if authors(stored) else stored.describe()
+    raise BundleError(f"{where}: readout_layout says {said}, {SENSOR_FILE} reads out {holds}: the bundle is "
+                      "inconsistent; re-export it")
+
+
 def verify_bundle(directory: str | os.PathLike) -> dict:
     """Check every file listed in ``directory/manifest.json``; return the manifest.
 
     Raises :class:`BundleError` (one line, naming the file) when the manifest is missing or
-    unreadable, a listed file is missing, its size or sha256 differs from the record, or a field
-    a device acts on is out of bounds (:func:`check_manifest_fields`).
+    unreadable, a listed file is missing, its size or sha256 differs from the record, a field
+    a device acts on is out of bounds (:func:`check_manifest_fields`), or the readout layout is
+    malformed or disagrees with the sensor program's (:func:`check_readout_layout`).
     """
     directory = Path(directory)
     path = directory / MANIFEST
@@ -138,4 +212,5 @@ def verify_bundle(directory: str | os.PathLike) -> dict:
             raise BundleError(f"bundle file {name} does not match its sha256 in {MANIFEST}: "
                               f"tampered or corrupt")
     check_manifest_fields(manifest, where=str(path))
+    check_readout_layout(manifest, directory, where=str(path))
     return manifest

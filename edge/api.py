@@ -67,7 +67,8 @@ class CameraLoopOptions:
     threads: int = 1                    # runtime threads
     link: str | LinkSpec = "inproc"     # readout link: inproc, or udp://IPV4:PORT to a host process
     link_key: str | os.PathLike | None = None   # udp: shared MAC key file (made if absent); None: per-run key
-    payload: str = "8bit"               # readout payload (a name in the edge.payloads registry)
+    payload: str = "8bit"               # readout payload (a name in the edge.payloads registry); a model
+                                        # with another readout layout sends its own (8bit stands for it)
     prior: str | os.PathLike | None = None   # the payload's file, for payloads that need one (the prior)
     level: int = DEFAULT_LEVEL          # level-carrying payloads: the host maps bits to 127 +- level
     roi: str | Box | None = None        # center | mouth | "x,y,w,h" | (x, y, w, h); None: the task's

@@ -23,7 +23,9 @@ Each measurement runs in a fresh child process, one after another (clean imports
 and TensorFlow cannot share a process; honest peak RSS per runtime), with BLAS single-threaded.
 Warm-up iterations first, then the timed runs; p50/p90/p99/mean/std/min/max in microseconds.
 ``packet`` gives the bytes per window of the chosen payload (``edge.payloads``): exact for a
-fixed-size payload, the mean over the windows sent for a variable-size one (the prior).
+fixed-size payload, the mean over the windows sent for a variable-size one (the prior). A bundle
+with another readout layout sends its own payload (``8bit`` or ``levels{bits}``) of its (M*S, S)
+image; ``packet.readout_layout`` then says which.
 
 This module holds the options, the orchestration and the command; the measurements are in
 :mod:`edge.bench_jobs`, the goals, text table and plot in :mod:`edge.bench_report`.
@@ -45,7 +47,14 @@ from edge.bench_jobs import STAGES, run_child
 from edge.bench_report import GOALS, format_table, goals, plot_histograms
 from edge.device import device_info
 from edge.packet import OVERHEAD_BYTES
-from edge.payloads import PayloadOptions, file_payload_names, payload_help, payload_names
+from edge.payloads import (
+    PayloadOptions,
+    choose_layout_payload,
+    file_payload_names,
+    layout_image_shape,
+    payload_help,
+    payload_names,
+)
 from edge.stats import summarize
 
 __all__ = ["SCHEMA", "STAGES", "RUNTIME_STAGES", "GOALS", "BenchOptions", "chosen_backends", "run_bench",
@@ -124,7 +133,8 @@ def run_bench(*, options: BenchOptions, progress=lambda text: None) -> tuple[dic
     if not isinstance(options, BenchOptions):
         raise InputError(f"options must be a BenchOptions, got {type(options).__name__}")
     bundle = resolve_bundle(model=options.model, task=options.task)
-    payload = PayloadOptions(name=options.payload, file=options.prior).open()   # a bad file fails before measuring
+    name = choose_layout_payload(bundle.layout, options.payload)     # a readout layout sends its own payload
+    payload = PayloadOptions(name=name, file=options.prior).open()   # a bad file fails before measuring
     backends, skipped = chosen_backends(options.runtimes)
     env = {v: str(options.blas_threads) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -165,7 +175,7 @@ def run_bench(*, options: BenchOptions, progress=lambda text: None) -> tuple[dic
         if name in raw["stages"]:
             results["stages"][name] = summarize(raw["stages"][name], unit="us")
     results["packet"] = packet_report(payload, stages_raw, size=bundle.sensor.frontend.size,
-                                      timesteps=bundle.sensor.timesteps)
+                                      timesteps=bundle.sensor.timesteps, layout=bundle.layout)
     if payload.state is not None and payload.codec.describe_state is not None:
         results["packet"]["state"] = payload.codec.describe_state(payload.state)
     rss = [stages_raw.get("peak_rss_mb", 0.0)]
@@ -192,10 +202,13 @@ def run_bench(*, options: BenchOptions, progress=lambda text: None) -> tuple[dic
     return results, raw
 
 
-def packet_report(payload, stages_raw: dict, *, size: int, timesteps: int) -> dict:
+def packet_report(payload, stages_raw: dict, *, size: int, timesteps: int, layout=None) -> dict:
     """Bytes per window of the payload: the exact size of a fixed-size payload; for a variable-size
-    one the mean the stages job measured over the windows it sent (None if it failed)."""
-    codec, shape = payload.codec, (size, size)
+    one the mean the stages job measured over the windows it sent (None if it failed). ``layout``:
+    the bundle's :class:`core.readout_layout.ReadoutLayout` (None or the authors': a size x size
+    readout); any other is sent as its (M*S, S) image, and the report names it."""
+    authors = layout is None or layout.is_authors
+    codec, shape = payload.codec, ((size, size) if authors else layout_image_shape(layout))
     if codec.variable:
         mean = stages_raw.get("payload_bytes")
         payload_mean = round(float(mean), 1) if mean is not None else None
@@ -203,13 +216,17 @@ def packet_report(payload, stages_raw: dict, *, size: int, timesteps: int) -> di
         payload_mean = int(codec.size(shape))
     per_window = None if payload_mean is None else payload_mean + OVERHEAD_BYTES
     raw_64, raw_256 = timesteps * 64 * 64, timesteps * 256 * 256
-    return {"payload": codec.name, "wire_id": codec.wire_id, "variable": codec.variable,
-            "bytes_per_window": per_window, "payload_bytes": payload_mean,
-            "max_payload_bytes": int(codec.size(shape)), "header_bytes": OVERHEAD_BYTES,
-            "windows": stages_raw.get("windows", 0), "fallback_windows": stages_raw.get("fallback_windows", 0),
-            "raw_64": raw_64, "raw_256": raw_256,
-            "ratio_64": raw_64 / per_window if per_window else None,
-            "ratio_256": raw_256 / per_window if per_window else None}
+    report = {"payload": codec.name, "wire_id": codec.wire_id, "variable": codec.variable,
+              "bytes_per_window": per_window, "payload_bytes": payload_mean,
+              "max_payload_bytes": int(codec.size(shape)), "header_bytes": OVERHEAD_BYTES,
+              "windows": stages_raw.get("windows", 0), "fallback_windows": stages_raw.get("fallback_windows", 0),
+              "raw_64": raw_64, "raw_256": raw_256,
+              "ratio_64": raw_64 / per_window if per_window else None,
+              "ratio_256": raw_256 / per_window if per_window else None}
+    if not authors:
+        report["readout_layout"] = {**layout.to_dict(), "shape": list(layout.shape),
+                                    "packet_shape": list(shape), "describe": layout.describe()}
+    return report
 
 
 def measured_anything(results: dict) -> bool:

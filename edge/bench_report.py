@@ -73,7 +73,8 @@ def packet_line(p: dict) -> str:
     size = f"{p['bytes_per_window']:,}" if isinstance(p["bytes_per_window"], int) else f"{p['bytes_per_window']:,.1f}"
     kind = (f"mean over {p['windows']} windows, {p.get('fallback_windows', 0)} sent in the fallback"
             if p["variable"] else "fixed")
-    return (f"packet: {size} bytes per window ({p['payload']}, {kind}); raw 16x64x64 "
+    layout = f"; readout {p['readout_layout']['describe']}" if p.get("readout_layout") else ""
+    return (f"packet: {size} bytes per window ({p['payload']}, {kind}{layout}); raw 16x64x64 "
             f"{p['raw_64']:,} ({p['ratio_64']:.1f}x), 16x256x256 {p['raw_256']:,} ({p['ratio_256']:.1f}x)")
 
 

@@ -25,6 +25,7 @@ from core import runtimes
 from core.bundle import BundleError
 from core.errors import InputError
 from edge.models import Bundle
+from edge.payloads import get_payload, layout_image_shape, layout_payload_name
 
 
 def softmax_top(logits: np.ndarray) -> tuple[int, float]:
@@ -38,8 +39,11 @@ def softmax_top(logits: np.ndarray) -> tuple[int, float]:
 class HostDecoder:
     """The off-sensor decoder of a bundle on one runtime: ``decoder(readout) -> logits``.
 
-    ``readout``: (64, 64) uint8 levels; returns (classes,) float32. ``load_s`` is the model load
-    time; the first call (``first_s``) includes the runtime's lazy set-up.
+    ``readout``: (64, 64) uint8 levels; for a bundle with another readout layout (its manifest's
+    ``readout_layout``) the packet's (M*S, S) image of the M maps (``shape``), or the (M, S, S) maps
+    themselves, fed to the runtime as (1, M, S, S). Returns (classes,) float32. ``load_s`` is the
+    model load time; the first call (``first_s``) includes the runtime's lazy set-up. ``encodings``:
+    the payload wire ids this model reads (None: any; a layout's own payload otherwise).
     """
 
     def __init__(self, *, bundle: Bundle, runtime: str = "onnxruntime", threads: int = 1) -> None:
@@ -52,24 +56,43 @@ class HostDecoder:
         self.threads = threads
         self.version = runtimes.version(entry.name)
         self.classes = bundle.classes
-        size = bundle.sensor.frontend.size
-        self.shape = (size, size)
-        how = f"export the bundle with the {entry.export_format} format, or " if entry.export_format else ""
-        self.path = bundle.file(entry.file, hint=f"{how}choose another runtime")
+        self.layout = layout = bundle.layout
+        if layout.is_authors:
+            size = bundle.sensor.frontend.size
+            self.shape = (size, size)
+            self.input_shape = (1, size, size)
+            self.encodings = None
+        else:
+            self.shape = layout_image_shape(layout)
+            self.input_shape = (1,) + layout.shape
+            self.encodings = (get_payload(layout_payload_name(layout)).wire_id,)
+        skipped = bundle.manifest.get("skipped")
+        why = skipped.get(entry.export_format) if isinstance(skipped, dict) else None
+        if isinstance(why, str) and why:
+            hint = f"the {entry.export_format} format was skipped at export ({why}); choose another runtime"
+        elif entry.export_format and not layout.is_authors:
+            hint = (f"this model's readout ({layout.describe()}) is exported for onnxruntime only; "
+                    "choose the onnxruntime runtime")
+        else:
+            how = f"export the bundle with the {entry.export_format} format, or " if entry.export_format else ""
+            hint = f"{how}choose another runtime"
+        self.path = bundle.file(entry.file, hint=hint)
         t0 = time.perf_counter()
         self._run = runtimes.load_file(entry, self.path, threads=threads)
         self.load_s = time.perf_counter() - t0
         self.first_s: float | None = None
 
     def __call__(self, readout: np.ndarray) -> np.ndarray:
-        if readout.shape != self.shape or readout.dtype != np.uint8:
-            raise InputError(f"readout must be {self.shape} uint8, got {readout.shape} {readout.dtype}")
+        if readout.dtype != np.uint8 or (readout.shape != self.shape and readout.shape != self.input_shape[1:]):
+            also = "" if self.layout.is_authors else f" or {self.input_shape[1:]}"
+            raise InputError(f"readout must be {self.shape}{also} uint8, got {readout.shape} {readout.dtype}")
+        x = readout.reshape(self.input_shape)
         if self.first_s is None:
             t0 = time.perf_counter()
-            out = self._run(readout[None])
+            out = self._run(x)
             self.first_s = time.perf_counter() - t0
         else:
-            out = self._run(readout[None])
+            out = self._run(x)
         logits = np.asarray(out, dtype=np.float32).reshape(-1)
         if logits.size != len(self.classes):
             raise BundleError(f"{self.path} returns {logits.size} logits, the manifest lists "

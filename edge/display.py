@@ -22,8 +22,14 @@ def draw_overlay(frame: np.ndarray, *, decision: Decision | None, fps: float, li
         cv2.rectangle(img, (x, y), (x + w, y + h), (0, 255, 255), 1)
     if readout is not None:
         side = min(VIEW_SIDE, img.shape[0] // 2, img.shape[1] // 2)
-        view = cv2.resize(readout, (side, side), interpolation=cv2.INTER_NEAREST)
-        img[-side:, -side:] = cv2.cvtColor(view, cv2.COLOR_GRAY2BGR)
+        rh, rw = readout.shape[:2]
+        if rh == rw:
+            vh = vw = side
+        else:                              # a readout layout's grid of maps: keep its aspect ratio
+            scale = side / max(rh, rw)
+            vh, vw = max(1, round(rh * scale)), max(1, round(rw * scale))
+        view = cv2.resize(readout, (vw, vh), interpolation=cv2.INTER_NEAREST)
+        img[-vh:, -vw:] = cv2.cvtColor(view, cv2.COLOR_GRAY2BGR)
     label = f"{decision.label} {decision.score:.2f}" if decision is not None else "waiting for a window"
     lines = [label, f"{fps:5.1f} fps   link {link_bps / 1e3:6.2f} kB/s"]
     for i, text in enumerate(lines):

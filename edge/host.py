@@ -31,7 +31,7 @@ class HostStage:
 
     def __post_init__(self) -> None:
         self.packets = PacketDecoder(expect_model=self.expect_model, shape=self.decoder.shape, coder=self.coder,
-                                     states=self.states)
+                                     states=self.states, encodings=getattr(self.decoder, "encodings", None))
 
     def handle(self, data: bytes) -> dict | None:
         """One packet -> a decision dict (see :meth:`decision`), or None (rejected / end)."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from core.bundle import BundleError, check_sensor_scalars, verify_bundle
 from core.errors import InputError
+from core.readout_layout import ReadoutLayout
 from firmware_sim.noise import NoiseModel
 from firmware_sim.weights import SensorWeights
 
@@ -85,6 +86,12 @@ class Bundle:
     @property
     def model_id(self) -> str:
         return self.sensor.program_hash()
+
+    @property
+    def layout(self) -> ReadoutLayout:
+        """What the sensor reads out per window (the manifest's ``readout_layout``, checked against
+        ``sensor_weights.npz`` by ``verify_bundle``; a bundle without one has the authors')."""
+        return self.sensor.layout
 
     def file(self, name: str, *, hint: str = "") -> Path:
         """A file listed in the manifest (checked by verify_bundle), or a one-line BundleError."""

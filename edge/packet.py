@@ -10,17 +10,21 @@ offset   type    field
 4        u8      version (1)
 5        u8      kind: 0 = readout, 1 = end of stream (no payload)
 6        u8      encoding: the payload's wire id in ``edge.payloads``: 8 = 8-bit analog levels,
-                 1 = 1-bit packed (sign of o), 2 = 1-bit signs, arithmetic-coded with a learned prior
+                 1 = 1-bit packed (sign of o), 2 = 1-bit signs, arithmetic-coded with a learned prior,
+                 20 / 18 / 17 = the 4 / 2 / 1-bit levels of a readout layout (``levels4/2/1``)
 7        u8      level: payloads that use one (1-bit, prior): the host maps bits to ``127 +- level``;
-                 0 for the others
+                 0 for the others (the ``levels`` payloads reject any other value: ``bad_encoding``)
 8        u32     stream id (random per sensor run: a restarted sensor is a new stream)
 12       u32     window sequence number (0, 1, 2, ... per stream)
 16       u64     timestamp of the window's last frame, ``time.monotonic_ns()`` of the sender
 24       8s      model id: the sensor program hash (``SensorWeights.program_hash()``, 16 hex)
-32       u16     height, u16 width of the readout
+32       u16     height, u16 width of the readout: 64, 64 for the authors' readout; M*S, S for a
+                 readout layout's M maps of S x S, stacked vertically (frame-major)
 36       u32     payload length in bytes
-40       ...     payload: H*W bytes (8-bit), ceil(H*W/8) bytes (1-bit, ``np.packbits``) or, prior:
-                 8-byte prior id + ``core.prior_coder.PriorCoder`` payload (variable length)
+40       ...     payload: H*W bytes (8-bit), ceil(H*W/8) bytes (1-bit, ``np.packbits``), ceil(H*W*b/8)
+                 bytes (``levels{b}``: b bits per level, MSB first, zero padding bits; exactly
+                 ``ReadoutLayout.pack``) or, prior: 8-byte prior id + ``core.prior_coder.PriorCoder``
+                 payload (variable length)
 end-4    u32     CRC32 of everything before it
 =======  ======  =========================================================================
 
@@ -29,6 +33,15 @@ the prior payload it is 44 + 8 (prior id) + 4 (CRC32 of the bits) + the arithmet
 ``-log2 p(bits) / 8`` bytes under the prior: small for readouts like the prior's training data,
 slightly over 512 for an untrained prior. The decoder accepts at most :func:`max_payload_bytes`
 (2 * ceil(H*W/8) + 64); a readout the prior would code longer than that is sent 1-bit instead.
+
+Readout layouts (:class:`core.readout_layout.ReadoutLayout`: o read out at several frames, K output
+kernel pairs, pooled maps, 8/4/2/1-bit levels): the window's (M, S, S) levels travel as one
+(M*S, S) image in the layout's own payload (``8bit`` or ``levels{b}``; ``edge.payloads``), so the
+frame is the same and a host takes the shape and the one encoding its bundle's layout expects
+(``bad_shape``, ``bad_encoding`` otherwise). Sizes per window, 44 bytes of overhead added: every 4th
+frame x 2 channels, 8 bit = 32,768 B; every 2nd frame, 32x32, 1 bit = 1,024 B; every 8th frame x 3
+channels, 16x16, 2 bit = 384 B. Rows are at most ``MAX_SIDE`` (4,096 = the largest layout, 16 frames
+x 4 channels x 64); a UDP link carries at most 65,507 bytes per datagram (``edge.link``).
 
 Prior payload: the same bits as the 1-bit payload, coded losslessly by
 :class:`core.prior_coder.PriorCoder` (both ends load the same prior file). The prior id is the
@@ -210,18 +223,29 @@ def side_states(*, coder=None, states: Mapping | None = None) -> dict[int, objec
 
 
 def decode_packet(data: bytes, *, expect_model: str | None = None, coder=None, states: Mapping | None = None,
-                  expect_shape: tuple[int, int] | None = None) -> Packet:
+                  expect_shape: tuple[int, int] | None = None,
+                  expect_encodings: tuple[int, ...] | None = None) -> Packet:
     """Parse and check one packet; raise :class:`PacketError` (with a reason) if it is malformed.
     ``states``: the host's payload side state ``{payload name or wire id: state}``; ``coder``: the
     prior coder (``core.prior_coder.PriorCoder``), needed for prior payloads. ``expect_shape``: the
     readout shape the host takes (``bad_shape``), checked before the payload is decoded (the
-    prior's decoding costs time in proportion to H * W)."""
+    prior's decoding costs time in proportion to H * W). ``expect_encodings``: the wire ids the
+    host's model reads (``bad_encoding`` for any other; None: any registered payload)."""
     return _decode(data, expect_model=expect_model, states=side_states(coder=coder, states=states),
-                   expect_shape=expect_shape)
+                   expect_shape=expect_shape, expect_encodings=_check_encodings(expect_encodings))
+
+
+def _check_encodings(encodings) -> frozenset[int] | None:
+    if encodings is None:
+        return None
+    if isinstance(encodings, (str, bytes)) or not all(
+            isinstance(e, (int, np.integer)) and not isinstance(e, bool) and 0 <= e <= 255 for e in encodings):
+        raise ValueError(f"expected encodings must be wire ids 0..255 or None, got {encodings!r}")
+    return frozenset(int(e) for e in encodings)
 
 
 def _decode(data: bytes, *, expect_model: str | None, states: Mapping[int, object],
-            expect_shape: tuple[int, int] | None) -> Packet:
+            expect_shape: tuple[int, int] | None, expect_encodings: frozenset[int] | None = None) -> Packet:
     data = bytes(data)
     if len(data) < OVERHEAD_BYTES:
         raise PacketError("short", f"packet of {len(data)} bytes is shorter than the {OVERHEAD_BYTES}-byte frame")
@@ -241,6 +265,9 @@ def _decode(data: bytes, *, expect_model: str | None, states: Mapping[int, objec
     codec = find_payload(encoding)
     if codec is None or (codec.uses_level and not 1 <= level <= ZERO_LEVEL):
         raise PacketError("bad_encoding", f"unknown encoding {encoding} (level {level})")
+    if expect_encodings is not None and kind == KIND_READOUT and encoding not in expect_encodings:
+        takes = ", ".join(find_payload(e).name for e in sorted(expect_encodings) if find_payload(e) is not None)
+        raise PacketError("bad_encoding", f"{codec.name} payload, the host's model reads {takes or 'none'}")
     model_id = model_raw.hex()
     if expect_model is not None and model_id != expect_model:
         raise PacketError("wrong_model", f"packet from sensor program {model_id}, host model is {expect_model}")
@@ -282,6 +309,8 @@ class PacketDecoder:
     rejected (``wrong_model``). ``shape``: the readout shape the host model takes (``bad_shape``).
     ``states``: payload side state, ``{payload name or wire id: state}`` (:mod:`edge.payloads`);
     ``coder``: shorthand for the prior's coder (without one, prior packets are ``no_prior``).
+    ``encodings``: the payload wire ids the host's model reads (a readout layout's one payload);
+    None: any registered payload. Others are ``bad_encoding``.
 
     Sequence and stream rules (they bound what a packet that passed the checks can do, e.g. a
     replayed or buggy one; forged ones never get here on a UDP link, see :mod:`edge.auth`):
@@ -307,6 +336,7 @@ class PacketDecoder:
     states: Mapping | None = None
     expect_stream: int | None = None
     max_seq_jump: int = MAX_SEQ_JUMP
+    encodings: tuple[int, ...] | None = None
     accepted: int = 0
     lost: int = 0
     bytes_in: int = 0
@@ -314,6 +344,7 @@ class PacketDecoder:
     _last_seq: dict = field(default_factory=dict, repr=False)
     _current: int | None = field(default=None, repr=False)
     _states: dict = field(default_factory=dict, repr=False)
+    _encodings: frozenset | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.expect_stream is not None and not (isinstance(self.expect_stream, (int, np.integer))
@@ -323,12 +354,14 @@ class PacketDecoder:
                 and self.max_seq_jump >= 1):
             raise ValueError(f"max_seq_jump must be an integer >= 1, got {self.max_seq_jump!r}")
         self._states = side_states(coder=self.coder, states=self.states)
+        self._encodings = _check_encodings(self.encodings)
 
     def decode(self, data: bytes) -> Packet | None:
         """The packet, or None if it was rejected (the reason is counted in ``rejected``)."""
         self.bytes_in += len(data)
         try:
-            packet = _decode(data, expect_model=self.expect_model, states=self._states, expect_shape=self.shape)
+            packet = _decode(data, expect_model=self.expect_model, states=self._states, expect_shape=self.shape,
+                             expect_encodings=self._encodings)
             last = self._check_sequence(packet)
         except PacketError as exc:
             self.rejected[exc.reason] += 1

@@ -8,7 +8,14 @@ one :func:`register_payload` call and nothing else.
 
 Built in: ``8bit`` (id 8, the levels as they are), ``1bit`` (id 1, ``np.packbits`` of the signs of
 o) and ``prior`` (id 2, the same signs arithmetic-coded under a learned prior, falling back to
-``1bit`` for a readout the prior would code longer than its maximum).
+``1bit`` for a readout the prior would code longer than its maximum), and for models with a
+:class:`core.readout_layout.ReadoutLayout` of 4, 2 or 1-bit levels ``levels4`` / ``levels2`` /
+``levels1`` (ids 16 + bits = 20, 18, 17: the b-bit levels bit-packed MSB first, exactly
+``ReadoutLayout.pack``; not the ``1bit`` payload, which sends the sign of an 8-bit level).
+
+A readout layout's M maps of S x S travel as one (M*S, S) image, the maps stacked vertically in
+frame-major order (:func:`layout_image_shape`); its payload is the layout's own
+(:func:`layout_payload_name`): ``8bit`` for 8-bit levels, ``levels{bits}`` otherwise.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import numpy as np
 from core.constants import ZERO_LEVEL
 from core.errors import InputError
 from core.prior_coder import load_prior
+from core.readout_layout import ReadoutLayout
 
 DEFAULT_LEVEL = 50           # level-carrying payloads: the host rebuilds 127 +- 50 (o = +-5 MAC)
 PRIOR_ID_BYTES = 8
@@ -48,7 +56,8 @@ class PayloadCodec:
     ``size(shape)``: the exact size, or with ``min_size`` the largest accepted (variable size);
     ``open_state(path)``: side state opened once from a file (``file_label`` says what file),
     checked by ``check_state`` when handed in directly and summarized by ``describe_state`` (for run
-    summaries); ``reasons``: rejections ``decode`` adds."""
+    summaries); ``reasons``: rejections ``decode`` adds; ``max_level``: the largest level ``encode``
+    takes (levels above it are refused, never truncated)."""
 
     wire_id: int
     name: str
@@ -65,6 +74,7 @@ class PayloadCodec:
     file_hint: str = ""
     fallback: str | None = None
     reasons: tuple[str, ...] = ()
+    max_level: int = 255
 
     def __post_init__(self) -> None:
         if not (isinstance(self.wire_id, int) and not isinstance(self.wire_id, bool) and 0 <= self.wire_id <= 255):
@@ -83,6 +93,9 @@ class PayloadCodec:
             raise ValueError(f"payload {self.name!r}: a codec that opens a file needs a file_label")
         if not all(isinstance(r, str) and r for r in self.reasons):
             raise ValueError(f"payload {self.name!r}: reasons must be non-empty strings, got {self.reasons!r}")
+        level = self.max_level
+        if not (isinstance(level, int) and not isinstance(level, bool) and 1 <= level <= 255):
+            raise ValueError(f"payload {self.name!r}: max_level must be an integer 1..255, got {self.max_level!r}")
 
     @property
     def variable(self) -> bool:
@@ -179,6 +192,9 @@ def encode_payload(codec: PayloadCodec, readout: np.ndarray, *, state=None,
     longer than its maximum for this readout."""
     if codec.check_state is not None:
         codec.check_state(state)
+    if codec.max_level < 255 and readout.size and int(readout.max()) > codec.max_level:
+        raise ValueError(f"payload {codec.name!r} carries levels 0..{codec.max_level}, the readout holds "
+                         f"{int(readout.max())}")
     payload = codec.encode(readout, state, level)
     if payload is not None and len(payload) <= codec.size(readout.shape):
         return codec, bytes(payload)
@@ -316,3 +332,73 @@ register_payload(PayloadCodec(
     describe_state=lambda coder: {"prior_hash": coder.prior_hash}, file_label="the prior file",
     file_hint="the command pixelrnn generate export-prior writes one",
     fallback="1bit", reasons=("no_prior", "wrong_prior", "bad_prior_decode")))
+
+
+# -- b-bit levels of a readout layout (4, 2, 1 bit) -------------------------------------------------
+LEVELS_BITS = (4, 2, 1)
+LEVELS_WIRE_BASE = 16                # wire id of levels{b}: 16 + b
+
+
+def _levels_codec(bits: int) -> PayloadCodec:
+    """``levels{bits}``: ``bits`` bits per level, MSB first, padded with zero bits to whole bytes
+    (``ReadoutLayout.pack`` of the levels in row-major order). Its decoder refuses a level byte other
+    than 0 (``bad_encoding``) and nonzero padding bits (``bad_payload``): one canonical payload."""
+    top = (1 << bits) - 1
+    name = f"levels{bits}"
+
+    def size(shape: Shape) -> int:
+        return (int(shape[0]) * int(shape[1]) * bits + 7) // 8
+
+    def encode(readout, state, level) -> bytes:
+        flat = np.ascontiguousarray(readout, dtype=np.uint8).reshape(-1, 1)
+        return np.packbits(np.unpackbits(flat, axis=1)[:, 8 - bits:].reshape(-1)).tobytes()
+
+    def decode(payload, shape, state, level) -> np.ndarray:
+        if level != 0:
+            raise PacketError("bad_encoding", f"{name} payload with level byte {level} (it carries none: 0)")
+        n = int(shape[0]) * int(shape[1])
+        stream = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
+        if stream[n * bits:].any():
+            raise PacketError("bad_payload", f"{name} payload has nonzero padding bits")
+        planes = stream[:n * bits].reshape(n, bits)
+        return np.packbits(np.pad(planes, ((0, 0), (8 - bits, 0))), axis=1).reshape(shape)
+
+    return PayloadCodec(
+        wire_id=LEVELS_WIRE_BASE + bits, name=name,
+        help=f"{bits}-bit readout levels of a model trained for them ({size((64, 64)):,} B per 64x64 map)",
+        encode=encode, decode=decode, size=size, max_level=top)
+
+
+for _bits in LEVELS_BITS:
+    register_payload(_levels_codec(_bits))
+
+
+def layout_payload_name(layout: ReadoutLayout) -> str:
+    """The payload that carries ``layout``'s levels: ``8bit`` for 8-bit levels, else ``levels{bits}``."""
+    return "8bit" if layout.bits == 8 else f"levels{layout.bits}"
+
+
+def layout_image_shape(layout: ReadoutLayout) -> Shape:
+    """(M * S, S): the packet image of a layout's (M, S, S) levels, the maps stacked vertically."""
+    return (layout.maps * layout.side, layout.side)
+
+
+def choose_layout_payload(layout: ReadoutLayout, requested: str) -> str:
+    """The payload a sensor with ``layout`` sends when ``requested`` was asked for.
+
+    The authors' layout takes any payload but the ``levels`` ones (they carry b-bit levels of a
+    model trained for them); any other layout sends its own (:func:`layout_payload_name`), and
+    ``requested`` must be that or ``8bit`` (the default, which stands for "the layout's"). Anything
+    else is a one-line InputError naming the layout and what to do."""
+    own = layout_payload_name(layout)
+    codec = get_payload(requested)
+    if layout.is_authors:
+        if codec.name.startswith("levels") and codec.name[6:].isdigit():
+            raise InputError(f"payload {codec.name} carries the levels of a model trained for "
+                             f"{codec.name[6:]}-bit readouts; this model reads out the authors' 8-bit "
+                             f"readout: use 8bit, 1bit or prior")
+        return codec.name
+    if codec.name not in (own, "8bit"):
+        raise InputError(f"payload {codec.name} cannot carry this model's readout ({layout.describe()}): "
+                         f"its layout is sent as {own}; leave the payload at 8bit (the default) or give {own}")
+    return own

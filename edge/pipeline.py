@@ -17,13 +17,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 
 from core.errors import InputError
-from edge.auth import LinkKey, load_link_key
+from edge.auth import MAC_BYTES, LinkKey, load_link_key
 from edge.capture import END_EOF, END_LOST, Capture, CaptureOptions, End
 from edge.decision import Decision
 from edge.decoder import HostDecoder
 from edge.display import Display, draw_overlay
 from edge.host import HostStage
-from edge.link import InprocLink, LinkSpec, UdpSender
+from edge.link import MAX_DATAGRAM, InprocLink, LinkSpec, UdpSender
 from edge.models import Bundle, check_noise, task_defaults
 from edge.packet import OVERHEAD_BYTES
 from edge.remote import RemoteConfig, RemoteHost
@@ -90,6 +90,8 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
         options = replace(options, roi=task_defaults(bundle.task).roi)
     stop = stop or threading.Event()
     sensor = SensorStage(weights=bundle.sensor, options=options.sensor)
+    if options.link.kind == "udp":
+        _check_datagram(sensor)
     live = bool(getattr(source, "live", False)) or options.capture.realtime   # mouth detector: own thread
     pre = Preprocessor(make_roi(options.roi, mouth=options.mouth, live=live), size=sensor.size)
     lat = {name: Latency() for name in ("read", "preprocess", "link")}
@@ -103,7 +105,7 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
         last["decision"] = decision
         on_decision(decision)
         if publisher is not None:
-            publisher.decision(decision, readout=sensor.last_readout)
+            publisher.decision(decision, readout=sensor.last_view)
 
     with ExitStack() as stack:
         stack.callback(pre.roi.close)          # the mouth ROI's detector thread, if any
@@ -120,7 +122,7 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
                 bundle_dir=str(bundle.path), runtime=options.runtime, threads=options.threads,
                 host=options.link.host, port=options.link.port,
                 prior=None if options.sensor.prior is None else str(options.sensor.prior),
-                payload=options.sensor.payload, stream_id=sensor.stream_id,
+                payload=sensor.codec.name, stream_id=sensor.stream_id,
                 link_key=None if options.link_key is None else os.fspath(options.link_key),
                 key=key if options.link_key is None else None)))
             tx = stack.enter_context(UdpSender(options.link.host, remote.port, key=key))
@@ -174,7 +176,7 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
                     elapsed = max(time.perf_counter() - t_first, 1e-9)
                     shown = draw_overlay(item.image, decision=last["decision"],
                                          fps=counts["frames"] / elapsed, link_bps=tx.bytes_out / elapsed,
-                                         readout=sensor.last_readout, roi=pre.last_box)
+                                         readout=sensor.last_view, roi=pre.last_box)
                     if not display.show(shown):
                         end = "quit"
                         break
@@ -205,6 +207,15 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
                            seconds=(t_end - t_first) if t_first else 0.0, wall=t_end - t_start, end=end,
                            roi=pre.roi)
     return RunResult(end=end, message=message, summary=summary)
+
+
+def _check_datagram(sensor: SensorStage) -> None:
+    """A UDP link sends one packet per datagram: refuse, before the run, a readout that cannot fit."""
+    biggest = OVERHEAD_BYTES + sensor.codec.size(sensor.readout_shape) + MAC_BYTES
+    if biggest > MAX_DATAGRAM:
+        raise InputError(f"a window's packet ({biggest:,} bytes with its MAC: {sensor.layout.describe()}) does not "
+                         f"fit one UDP datagram ({MAX_DATAGRAM:,} bytes); use the inproc link or a model with a "
+                         f"smaller readout")
 
 
 def _link_key(options: PipelineOptions, on_note: Callable[[str], None]) -> LinkKey:
@@ -252,7 +263,7 @@ def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_
         "runtime": host_info, "link": options.link.url if options.link.kind == "inproc" else
         f"udp://{options.link.host}:{getattr(tx, 'address', ('', 0))[1]}",
         "link_auth": _link_auth(tx, host_stats),
-        "payload": options.sensor.payload,
+        "payload": sensor.codec.name,
         "frames": frames, "windows": windows, "decisions": counts["decisions"],
         "drops": {"capture": capture.drops, "lost_windows": host_stats.get("lost", 0),
                   "reconnects": capture.reconnects, "partial_window_frames": frames - windows * t},
@@ -267,6 +278,7 @@ def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_
                   "ratio_256": round(t * RAW_256 / per_window, 2) if per_window else None,
                   "received_by_host": host_stats.get("bytes_in", 0)},
         "roi": roi_info,
+        **sensor.layout_summary(),           # a model with another readout layout: {"readout_layout": {...}}
         **sensor.payload_summary(),          # payloads with a file: e.g. {"prior": {file, prior_hash, ...}}
     }
 

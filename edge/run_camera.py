@@ -191,7 +191,8 @@ def format_summary(result: RunResult) -> str:
     lines = [
         head,
         f"  source {s['source']}; model {s['task']} {s['model_id']} ({rt.get('backend')} {rt.get('version')}, "
-        f"{rt.get('threads')} thread(s)); link {link}; payload {s['payload']}",
+        f"{rt.get('threads')} thread(s)); link {link}; payload {s['payload']}"
+        + (f" (readout {s['readout_layout']['describe']})" if s.get("readout_layout") else ""),
         f"  drops: capture {d['capture']}, lost windows {d['lost_windows']}, malformed packets {malformed}"
         + (f" ({reasons})" if reasons else "") + f"; reconnects {d['reconnects']}; "
         f"{d['partial_window_frames']} trailing frames not a full window",

@@ -7,6 +7,11 @@ readout is framed as a packet (``edge.packet``): that packet is all that leaves 
 payload type comes from the registry in ``edge.payloads`` (8bit, 1bit, prior, ...); a payload with
 side state opens it once here (the prior: a prior file, ``core.prior_coder``, numpy only), and the
 host opens its own copy.
+
+A sensor program with another readout layout (``SensorWeights.layout``, :mod:`core.readout_layout`)
+sends its window's (M, S, S) levels as one (M*S, S) image in the layout's own payload (``8bit`` or
+``levels{bits}``, :func:`edge.payloads.choose_layout_payload`): the options' ``8bit`` (the default)
+stands for it; 1bit, prior or another bit depth are a one-line InputError.
 """
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.errors import InputError
+from core.readout_layout import SIZE as LAYOUT_SIZE  # the sensor size a readout layout is defined on
 from edge.packet import OVERHEAD_BYTES, encode_end, encode_readout
-from edge.payloads import DEFAULT_LEVEL, PayloadOptions
+from edge.payloads import DEFAULT_LEVEL, PayloadOptions, choose_layout_payload, layout_image_shape
 from edge.stats import Latency
 from firmware_sim.fast import SensorStream
 from firmware_sim.frontend import crop_resize, to_gray
@@ -74,7 +80,19 @@ class SensorStage:
         self.model_id = weights.program_hash()
         self.size = weights.frontend.size
         self.timesteps = weights.timesteps
-        self.payload = self.options.payload_options.open()    # codec, level and side state, opened once
+        self.layout = weights.layout
+        if self.layout.is_authors:
+            self.readout_shape = (self.size, self.size)
+        else:
+            if self.size != LAYOUT_SIZE:
+                raise InputError(f"a readout layout needs a {LAYOUT_SIZE}x{LAYOUT_SIZE} sensor, this program "
+                                 f"runs {self.size}x{self.size}")
+            self.readout_shape = layout_image_shape(self.layout)    # (M*S, S): the maps stacked vertically
+        name = choose_layout_payload(self.layout, self.options.payload)
+        options_used = self.options.payload_options
+        if name != options_used.name:
+            options_used = PayloadOptions(name=name, level=self.options.level, file=self.options.prior)
+        self.payload = options_used.open()                     # codec, level and side state, opened once
         self.codec = self.payload.codec
         self.encoding = self.codec.wire_id                     # the packet header's encoding byte
         self.coder = self.payload.state                        # side state (the prior's coder), or None
@@ -100,6 +118,8 @@ class SensorStage:
         self.frames += 1
         if readout is None:
             return None
+        if readout.shape != self.readout_shape:                # a layout's (M, S, S) -> (M*S, S)
+            readout = readout.reshape(self.readout_shape)
         packet = encode_readout(readout, model_id=self.model_id, stream_id=self.stream_id, seq=self.windows,
                                 t_ns=t_ns, encoding=self.encoding, level=self.payload.level, coder=self.coder)
         self.encode_latency.add(time.perf_counter() - t1)
@@ -115,8 +135,30 @@ class SensorStage:
         """Payload bytes per window: the exact size for a fixed-size payload, the measured mean over
         the windows sent for a variable-size one (None before any window)."""
         if not self.codec.variable:
-            return self.codec.size((self.size, self.size))
+            return self.codec.size(self.readout_shape)
         return self.payload_bytes / self.windows if self.windows else None
+
+    @property
+    def last_view(self) -> np.ndarray | None:
+        """The last readout as an image to look at: the authors' readout as it is; a layout's maps in
+        a grid (a row per read-out frame, a column per channel), b-bit levels stretched to 0..255."""
+        readout = self.last_readout
+        if readout is None or self.layout.is_authors:
+            return readout
+        layout = self.layout
+        s, k = layout.side, layout.channels
+        grid = readout.reshape(len(layout.frames), k, s, s).transpose(0, 2, 1, 3).reshape(-1, k * s)
+        if layout.bits < 8:
+            grid = (grid.astype(np.uint16) * 255 // layout.max_level).astype(np.uint8)
+        return grid
+
+    def layout_summary(self) -> dict:
+        """For a run summary: ``{"readout_layout": ...}`` for a non-authors layout, else ``{}``."""
+        if self.layout.is_authors:
+            return {}
+        return {"readout_layout": {**self.layout.to_dict(), "shape": list(self.layout.shape),
+                                   "packet_shape": list(self.readout_shape),
+                                   "describe": self.layout.describe()}}
 
     def payload_summary(self) -> dict:
         """For a run summary: ``{payload name: {file, what describes its side state, windows sent in

@@ -7,6 +7,16 @@ also holds ``sensor_weights.npz`` (the sensor program for the numpy simulator on
 
 Everything is written into a temporary folder next to ``out`` and moved into ``out`` only when all
 of it succeeded; on any failure the temporary folder is removed and ``out`` is left as it was.
+
+A model with another readout layout (``config.layout`` not the authors', :mod:`core.readout_layout`)
+exports ``sensor_weights.npz``, ``host.onnx`` (its decoder on the layout's levels) and the manifest:
+
+- ``onnx`` writes ``host.onnx`` only; ``sensor.onnx`` and ``pixelrnn.onnx`` (the hand-built sensor
+  graph reads out the authors' layout only) are listed with the reason under ``skipped`` in the
+  manifest (and in :attr:`ExportResult.skipped`);
+- ``tflite``, ``lce`` and ``scamp5`` cannot express a layout yet: asked for by name, the export is
+  refused with a one-line InputError naming the format and the layout (nothing is written); under
+  ``all`` they are skipped, each with its reason under ``skipped``. ``int8`` (TFLite) is refused.
 """
 from __future__ import annotations
 
@@ -15,7 +25,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +47,50 @@ class ExportResult:
     files: dict[str, int]          # file name (relative to out) -> bytes, manifest.json included
     seconds: float
     formats: tuple[str, ...]
+    skipped: dict[str, str] = field(default_factory=dict)   # format or file -> why it was not written
+
+
+# formats (and files of a format) a model with another readout layout cannot be exported to yet
+LAYOUT_REASONS = {
+    "tflite": "the Keras/Larq twin behind TFLite builds the authors' readout only",
+    "lce": "the Keras/Larq twin behind LCE builds the authors' readout only",
+    "scamp5": "the SCAMP-5 weight text holds one output kernel pair and the authors' 64x64 8-bit decoder",
+}
+
+
+def _asked_all(formats) -> bool:
+    """Whether ``all`` was among the formats asked for (after :func:`parse_formats` accepted them)."""
+    return formats == ALL or (not isinstance(formats, str) and ALL in list(formats))
+
+
+def layout_plan(layout, chosen: tuple[str, ...], *, asked_all: bool, int8: bool,
+                decoder: str = "authors") -> tuple[tuple[str, ...], dict[str, str]]:
+    """(formats to write, {format or file: why skipped}) for a model reading out ``layout``.
+
+    The authors' layout: everything chosen, nothing skipped. Any other: ``onnx`` writes host.onnx
+    only (sensor.onnx and pixelrnn.onnx skipped); tflite, lce and scamp5 are skipped under ``all``
+    and a one-line InputError when named."""
+    if layout.is_authors and decoder == "authors":
+        return chosen, {}
+    from export.onnx_export import LAYOUT_SKIPPED
+
+    if layout.is_authors:       # another head on the authors' readout: the layout path exports it
+        what = f"the {decoder} decoder head"
+    else:
+        what = f"this model's readout layout ({layout.describe()})"
+
+    if int8:
+        raise InputError(f"int8 quantizes the TFLite decoder, and the tflite format cannot express {what} yet; "
+                         f"drop int8")
+    refused = [f for f in chosen if f in LAYOUT_REASONS]
+    if refused and not asked_all:
+        fmt = refused[0]
+        raise InputError(f"format {fmt} cannot express {what} yet: "
+                         f"{LAYOUT_REASONS[fmt]}; export with --format onnx (host.onnx + sensor_weights.npz)")
+    skipped = {f: f"{LAYOUT_REASONS[f]}; cannot express {what}" for f in refused}
+    if "onnx" in chosen:
+        skipped.update(LAYOUT_SKIPPED)
+    return tuple(f for f in chosen if f not in LAYOUT_REASONS), skipped
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
@@ -87,6 +141,8 @@ def export_model(*, weights: str | os.PathLike, out: str | os.PathLike,
     from pixelrnn.checkpoint import load_model
 
     model = load_model(weights)
+    chosen, skipped = layout_plan(model.config.layout, chosen, asked_all=_asked_all(formats), int8=int8,
+                                  decoder=model.config.decoder)
     calib = load_representative(representative, model=model) if int8 else None
     staging = _make_staging(out)
     try:
@@ -96,7 +152,7 @@ def export_model(*, weights: str | os.PathLike, out: str | os.PathLike,
             sensor = model.sensor_weights()
             manifest = build_manifest(directory=staging, files=files, classes=model.config.class_names,
                                       task=model.config.task, sensor=sensor, formats=list(chosen),
-                                      source=Path(weights).name)
+                                      source=Path(weights).name, skipped=skipped)
             write_manifest(staging, manifest)
             _publish(staging, out, files, previous)
         except OSError as exc:
@@ -105,7 +161,7 @@ def export_model(*, weights: str | os.PathLike, out: str | os.PathLike,
         shutil.rmtree(staging, ignore_errors=True)
     sizes = {name: record["bytes"] for name, record in manifest["files"].items()}
     sizes[MANIFEST] = (out / MANIFEST).stat().st_size
-    return ExportResult(out=out, files=sizes, seconds=time.perf_counter() - start, formats=chosen)
+    return ExportResult(out=out, files=sizes, seconds=time.perf_counter() - start, formats=chosen, skipped=skipped)
 
 
 # -- steps ----------------------------------------------------------------------------------------

@@ -38,8 +38,13 @@ def package_versions() -> dict[str, str]:
 
 
 def build_manifest(*, directory: str | os.PathLike, files: list[str], classes: list[str], task: str,
-                   sensor: SensorWeights, formats: list[str], source: str = "") -> dict:
-    """The manifest of ``files`` (names relative to ``directory``), checksummed as they are now."""
+                   sensor: SensorWeights, formats: list[str], source: str = "",
+                   skipped: dict[str, str] | None = None) -> dict:
+    """The manifest of ``files`` (names relative to ``directory``), checksummed as they are now.
+
+    ``readout_layout`` is the sensor program's readout (``ReadoutLayout.to_dict()``, always written;
+    ``core.bundle`` reads a manifest without one as the authors'). ``skipped``: ``{format or file:
+    why}`` for what an ``all`` export could not write for this model (recorded as ``skipped``)."""
     directory = Path(directory)
     entries = {}
     for name in sorted(files):
@@ -47,7 +52,17 @@ def build_manifest(*, directory: str | os.PathLike, files: list[str], classes: l
         path = directory / name
         entries[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     t, s = sensor.timesteps, sensor.frontend.size
-    return {
+    layout = sensor.layout
+    if layout.is_authors:
+        readout = f"uint8 (1,{s},{s}) = clip(floor({ZERO_LEVEL:g} + {IW:g} * o_T), 0, 255)"
+    else:
+        quant = (f"clip(floor({ZERO_LEVEL:g} + {IW:g} * o), 0, 255)" if layout.bits == 8 else
+                 f"clip(floor(o / {layout.step:g}) + {layout.zero:g}, 0, {layout.max_level})")
+        readout = (f"uint8 (1,{','.join(map(str, layout.shape))}) = {quant} of o at frames "
+                   f"{','.join(map(str, layout.frames))} x {layout.channels} channel(s)"
+                   + (f", mean of {layout.pool}x{layout.pool} blocks" if layout.pool > 1 else "")
+                   + " (maps frame-major)")
+    manifest = {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source_weights": source,
@@ -60,11 +75,15 @@ def build_manifest(*, directory: str | os.PathLike, files: list[str], classes: l
             "threshold_gray": sensor.frontend.threshold_gray,
             "input_shape": [1, t, s, s], "input_dtype": "uint8", "timesteps": t,
             "iw": IW, "zero_level": ZERO_LEVEL,
-            "readout": f"uint8 (1,{s},{s}) = clip(floor({ZERO_LEVEL:g} + {IW:g} * o_T), 0, 255)",
+            "readout": readout,
         },
+        "readout_layout": layout.to_dict(),
         "files": entries,
         "versions": package_versions(),
     }
+    if skipped:
+        manifest["skipped"] = {str(k): str(v) for k, v in skipped.items()}
+    return manifest
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:

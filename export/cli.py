@@ -40,6 +40,8 @@ def run_export(args: argparse.Namespace) -> int:
                           int8=args.int8, representative=args.representative)
     for name, size in result.files.items():
         print(f"  {name:<28s} {size / 1024:10.1f} KB")
+    for name, why in result.skipped.items():
+        print(f"  skipped {name}: {why}")
     total = sum(result.files.values())
     print(f"exported {', '.join(result.formats)} to {result.out}: {len(result.files)} files, "
           f"{total / 1024:.1f} KB in {result.seconds:.2f} s")

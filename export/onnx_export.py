@@ -9,6 +9,13 @@ Three models, all plain ONNX that stock ONNX Runtime runs (no custom op library)
 - ``host.onnx``: ``readout`` -> ``logits`` (1, classes) float32, the off-sensor decoder.
 - ``pixelrnn.onnx``: ``frames`` -> ``logits`` and ``readout`` (sensor function + decoder).
 
+A model with another readout layout (:class:`core.readout_layout.ReadoutLayout`: several frames, K
+output kernel pairs, pooling, 4/2/1-bit levels; the ``authors`` or ``mlp`` head) gets ``host.onnx``
+only: ``readout`` (1, M, S, S) uint8 levels -> ``logits``, :meth:`PixelRNN.decode` node by node
+(:func:`layout_host_model`). The sensor function reads out the authors' layout only, so
+``sensor.onnx`` and ``pixelrnn.onnx`` are not made for it (:data:`LAYOUT_SKIPPED` says why); the
+camera loop runs the sensor from ``sensor_weights.npz`` (``firmware_sim``) either way.
+
 Exactness (``firmware_sim.fast`` is the reference, byte for byte): the front end uses the same
 float32 ops in the same order as ``FrontEnd.normalize`` / ``binarize``. Binary convolutions of +-1
 maps with +-1 kernels give integer sums that float32 holds exactly, in any summation order. Every
@@ -30,8 +37,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from core.errors import InputError
+from core.readout_layout import ReadoutLayout
 from firmware_sim.encoding import IW, ZERO_LEVEL
-from firmware_sim.weights import KERNEL, SensorWeights
+from firmware_sim.weights import KERNEL, SensorWeights, require_authors_layout
 from pixelrnn import __version__
 
 OPSET = 17              # ONNX Runtime >= 1.13 (a Pi's pip wheel) runs it
@@ -43,6 +51,9 @@ PRODUCER = "pixelrnn-edge"
 SIZE = 64
 POOL = 4
 FILES = ("sensor.onnx", "host.onnx", "pixelrnn.onnx")
+LAYOUT_SKIPPED = {name: "the hand-built sensor graph reads out the authors' layout only (o at the last frame, "
+                        "1 channel, 64x64, 8 bit); the device runs the sensor from sensor_weights.npz"
+                  for name in ("sensor.onnx", "pixelrnn.onnx")}
 
 _F = TensorProto.FLOAT
 
@@ -179,8 +190,8 @@ def _sensor_initializers(sensor: SensorWeights) -> list[TensorProto]:
     t1, tg = threshold_level(sensor.thresh1), threshold_level(sensor.rnn_threshold)
     return [
         _init("conv1", sensor.conv1[:, None], "16 binary 5x5 kernels (cross-correlation)"),
-        _init("w_input", np.stack([sensor.w_fi, sensor.w_oi])[:, None], "W_fi, W_oi"),
-        _init("w_hidden", np.stack([sensor.w_fh, sensor.w_oh])[:, None], "W_fh, W_oh"),
+        _init("w_input", np.stack([sensor.w_fi, sensor.w_oi[0]])[:, None], "W_fi, W_oi"),
+        _init("w_hidden", np.stack([sensor.w_fh, sensor.w_oh[0]])[:, None], "W_fh, W_oh"),
         _init("input_mean", fe.mean, "front end mean (gray/255 scale)"),
         _init("input_std", fe.std, "front end std"),
         _init("theta0", fe.theta0, "input binarization threshold, sign(x - theta0)"),
@@ -199,6 +210,7 @@ def _check_sensor(sensor: SensorWeights) -> None:
         raise TypeError(f"sensor must be a firmware_sim SensorWeights, got {type(sensor).__name__}")
     if sensor.frontend.size != SIZE:
         raise ValueError(f"ONNX export supports {SIZE}x{SIZE} sensors, got size {sensor.frontend.size}")
+    require_authors_layout(sensor, "the ONNX sensor graph (sensor.onnx, pixelrnn.onnx)")
 
 
 # -- the host decoder -----------------------------------------------------------------------------
@@ -313,15 +325,201 @@ def full_model(*, sensor: SensorWeights, decoder: DecoderParams, metadata: dict[
                        doc="PixelRNN: frames -> sensor readout -> host decoder -> class logits")
 
 
+# -- the host decoder of any readout layout ---------------------------------------------------------
+@dataclass(frozen=True)
+class LayoutDecoderParams:
+    """The off-sensor decoder of a model with a readout layout, as float32 numpy arrays.
+
+    ``head`` is ``authors`` (per-map sign of the 1x1 conv, BatchNorm, tanh, minus thresh3, Linear)
+    or ``mlp`` (BatchNorm, Linear, ReLU, Linear; dropout is the identity in eval). ``linears``:
+    the Linear layers' (weight (out, in), bias (out,)) in order.
+    """
+
+    layout: ReadoutLayout
+    head: str
+    bn_weight: np.ndarray     # (M,)
+    bn_bias: np.ndarray       # (M,)
+    bn_mean: np.ndarray       # (M,) running mean
+    bn_var: np.ndarray        # (M,) running variance
+    bn_eps: float
+    linears: tuple[tuple[np.ndarray, np.ndarray], ...]
+    fin_sign: np.ndarray | None = None    # (M,) +-1 (authors head)
+    thresh3: np.ndarray | None = None     # (1,) (authors head)
+    convs: tuple = ()                     # cnn head: ("conv", weight, bias) | ("relu",) | ("maxpool",) | ("avgpool", k)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.linears[-1][0].shape[0])
+
+
+def layout_decoder_params(model) -> LayoutDecoderParams:
+    """Read the decoder of a PixelRNN with any readout layout (eval-mode semantics: running stats)."""
+    f32 = lambda t: t.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+    layout = model.config.layout
+    m = layout.maps
+    head = model.config.decoder
+    common = dict(layout=layout, head=head, bn_weight=f32(model.bn.weight).reshape(m),
+                  bn_bias=f32(model.bn.bias).reshape(m), bn_mean=f32(model.bn.running_mean).reshape(m),
+                  bn_var=f32(model.bn.running_var).reshape(m), bn_eps=float(model.bn.eps))
+    if head == "mlp":
+        from torch import nn
+
+        kinds = [type(layer) for layer in model.head]
+        if kinds != [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]:
+            raise ValueError(f"the mlp head must be Linear, ReLU, Dropout, Linear; got "
+                             f"{', '.join(k.__name__ for k in kinds)}")
+        linears = tuple((f32(layer.weight), f32(layer.bias)) for layer in model.head if isinstance(layer, nn.Linear))
+        return LayoutDecoderParams(linears=linears, **common)
+    if head == "cnn":
+        from torch import nn
+
+        convs, side = [], layout.side
+        for layer in model.head:
+            if isinstance(layer, nn.Conv2d):
+                convs.append(("conv", f32(layer.weight), f32(layer.bias)))
+            elif isinstance(layer, nn.ReLU):
+                convs.append(("relu",))
+            elif isinstance(layer, nn.MaxPool2d):
+                convs.append(("maxpool",))
+                side //= 2
+            elif isinstance(layer, nn.AdaptiveAvgPool2d):
+                if side % 4:
+                    raise ValueError(f"the cnn head's 4x4 average pool needs a side divisible by 4, got {side}")
+                convs.append(("avgpool", side // 4))
+            elif not isinstance(layer, (nn.Identity, nn.Flatten, nn.Dropout, nn.Linear)):
+                raise ValueError(f"the cnn head has a layer the ONNX export does not know: {type(layer).__name__}")
+        linears = tuple((f32(layer.weight), f32(layer.bias)) for layer in model.head if isinstance(layer, nn.Linear))
+        return LayoutDecoderParams(linears=linears, convs=tuple(convs), **common)
+    return LayoutDecoderParams(linears=((f32(model.fc.weight), f32(model.fc.bias)),),
+                               fin_sign=f32(model.binarize(model.fin_conv.detach())).reshape(m),
+                               thresh3=f32(model.thresh3).reshape(1), **common)
+
+
+def _check_layout_decoder(decoder: LayoutDecoderParams) -> None:
+    if not isinstance(decoder, LayoutDecoderParams):
+        raise TypeError(f"decoder must be LayoutDecoderParams, got {type(decoder).__name__}")
+    layout = decoder.layout
+    m, feats = layout.maps, layout.maps * layout.side ** 2
+    if decoder.head not in ("authors", "mlp", "cnn"):
+        raise ValueError(f"decoder head must be authors, mlp or cnn, got {decoder.head!r}")
+    for name in ("bn_weight", "bn_bias", "bn_mean", "bn_var") + (("fin_sign",) if decoder.head == "authors" else ()):
+        if getattr(decoder, name) is None or getattr(decoder, name).shape != (m,):
+            raise ValueError(f"decoder {name} must have shape ({m},) for {m} readout maps")
+    width = feats
+    if decoder.head == "cnn":
+        channels = [c[1].shape[0] for c in decoder.convs if c[0] == "conv"]
+        width = channels[-1] * 16 if channels else 0
+    for i, (weight, bias) in enumerate(decoder.linears):
+        if weight.ndim != 2 or weight.shape[1] != width or bias.shape != (weight.shape[0],):
+            raise ValueError(f"decoder Linear {i} must be (out, {width}) with a bias (out,), got "
+                             f"{weight.shape} and {bias.shape}")
+        width = weight.shape[0]
+
+
+def _layout_host_nodes(decoder: LayoutDecoderParams) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """readout (1, M, S, S) uint8 levels -> logits, as ``PixelRNN.decode``: dequantize (the layout's
+    ``dequantize``: (r - 127) / 10 for 8 bit, (r - zero + 0.5) * step otherwise), then the head."""
+    layout = decoder.layout
+    m, s = layout.maps, layout.side
+    nodes = [helper.make_node("Cast", ["readout"], ["readout_f"], to=_F)]
+    inits = []
+    if layout.is_authors:       # another head on the authors' readout: its input stays (1, 64, 64)
+        nodes = [helper.make_node("Cast", ["readout"], ["readout_u"], to=_F),
+                 helper.make_node("Reshape", ["readout_u", "host_shape_maps"], ["readout_f"])]
+        inits = [_init("host_shape_maps", [1, m, s, s], dtype=np.int64)]
+    if layout.bits == 8:
+        nodes += [helper.make_node("Sub", ["readout_f", "host_zero_level"], ["readout_c"]),
+                  helper.make_node("Div", ["readout_c", "host_iw"], ["o"])]
+        inits += [_init("host_zero_level", ZERO_LEVEL), _init("host_iw", IW)]
+    else:
+        nodes += [helper.make_node("Sub", ["readout_f", "host_zero_level"], ["readout_c"]),
+                  helper.make_node("Add", ["readout_c", "host_half"], ["readout_mid"]),
+                  helper.make_node("Mul", ["readout_mid", "host_step"], ["o"])]
+        inits += [_init("host_zero_level", layout.zero), _init("host_half", 0.5),
+                 _init("host_step", layout.step, f"MAC units per {layout.bits}-bit level")]
+    bn = ["bn_weight", "bn_bias", "bn_mean", "bn_var"]
+    inits += [_init("bn_weight", decoder.bn_weight), _init("bn_bias", decoder.bn_bias),
+              _init("bn_mean", decoder.bn_mean), _init("bn_var", decoder.bn_var),
+              _init("host_shape_flat", [1, m * s * s], dtype=np.int64)]
+    if decoder.head == "authors":
+        nodes += [helper.make_node("Mul", ["o", "fin_sign"], ["y"]),
+                  helper.make_node("BatchNormalization", ["y"] + bn, ["y_bn"], epsilon=decoder.bn_eps),
+                  helper.make_node("Tanh", ["y_bn"], ["y_tanh"]),
+                  helper.make_node("Sub", ["y_tanh", "thresh3"], ["y_feat"])]
+        inits += [_init("fin_sign", decoder.fin_sign.reshape(1, m, 1, 1), "sign of the 1x1 conv weight, per map"),
+                  _init("thresh3", decoder.thresh3.reshape(()))]
+    else:
+        nodes.append(helper.make_node("BatchNormalization", ["o"] + bn, ["y_feat"], epsilon=decoder.bn_eps))
+    if decoder.head == "cnn":      # conv layers on the (1, M, S, S) maps, then flatten to the Linear
+        cur = "y_feat"
+        for j, layer in enumerate(decoder.convs):
+            nxt = f"cnn{j}"
+            if layer[0] == "conv":
+                nodes.append(helper.make_node("Conv", [cur, f"cnn{j}_w", f"cnn{j}_b"], [nxt],
+                                              kernel_shape=list(layer[1].shape[2:]), pads=[1, 1, 1, 1]))
+                inits += [_init(f"cnn{j}_w", layer[1], "3x3 conv weight"), _init(f"cnn{j}_b", layer[2])]
+            elif layer[0] == "relu":
+                nodes.append(helper.make_node("Relu", [cur], [nxt]))
+            elif layer[0] == "maxpool":
+                nodes.append(helper.make_node("MaxPool", [cur], [nxt], kernel_shape=[2, 2], strides=[2, 2]))
+            else:
+                k = int(layer[1])
+                nodes.append(helper.make_node("AveragePool", [cur], [nxt], kernel_shape=[k, k], strides=[k, k]))
+            cur = nxt
+        nodes.append(helper.make_node("Flatten", [cur], ["h_0"], axis=1))
+    else:
+        nodes.append(helper.make_node("Reshape", ["y_feat", "host_shape_flat"], ["h_0"]))
+    last = len(decoder.linears) - 1
+    for i, (weight, bias) in enumerate(decoder.linears):
+        out = "logits" if i == last else f"fc{i}_out"
+        nodes += [helper.make_node("MatMul", [f"h_{i}", f"fc{i}_weight_t"], [f"fc{i}_mm"]),
+                  helper.make_node("Add", [f"fc{i}_mm", f"fc{i}_bias"], [out])]
+        inits += [_init(f"fc{i}_weight_t", np.ascontiguousarray(weight.T), f"Linear {i} weight, transposed"),
+                  _init(f"fc{i}_bias", bias)]
+        if i != last:
+            nodes.append(helper.make_node("Relu", [out], [f"h_{i + 1}"]))
+    return nodes, inits
+
+
+def layout_metadata(*, sensor: SensorWeights, classes: list[str] | None = None,
+                    task: str | None = None) -> dict[str, str]:
+    """The metadata_props of a readout layout's ``host.onnx`` (strings; JSON where structured)."""
+    layout = sensor.layout
+    meta = {k: v for k, v in model_metadata(sensor=sensor, classes=classes, task=task).items()
+            if k not in ("readout_spec", "input_spec")}
+    shape = ",".join(map(str, layout.shape))
+    meta["readout_spec"] = (f"readout uint8 (1,{shape}): {layout.describe()}; maps frame-major, levels as "
+                            "core.readout_layout.ReadoutLayout.quantize")
+    meta["readout_layout"] = json.dumps(layout.to_dict(), sort_keys=True)
+    return meta
+
+
+def layout_host_model(*, decoder: LayoutDecoderParams, metadata: dict[str, str]) -> onnx.ModelProto:
+    """``host.onnx`` of a readout layout: ``readout`` (1, M, S, S) uint8 -> ``logits`` (1, classes)."""
+    _check_layout_decoder(decoder)
+    nodes, inits = _layout_host_nodes(decoder)
+    shape = [1, SIZE, SIZE] if decoder.layout.is_authors else [1, *decoder.layout.shape]
+    readout = helper.make_tensor_value_info("readout", TensorProto.UINT8, shape)
+    logits = helper.make_tensor_value_info("logits", _F, [1, decoder.num_classes])
+    graph = helper.make_graph(nodes, "pixelrnn_host", [readout], [logits], initializer=inits)
+    return _make_model(graph, functions=[], metadata=metadata,
+                       doc=f"PixelRNN host decoder ({decoder.head} head): readout levels "
+                           f"({decoder.layout.describe()}) -> class logits")
+
+
 def build_models(*, model) -> dict[str, onnx.ModelProto]:
     """The three ONNX models of a :class:`pixelrnn.model.PixelRNN` (eval semantics, noise off).
 
     The decoder always reads the 8-bit readout, the only thing a real sensor sends, whatever
-    ``config.readout_8bit`` the model was trained with.
+    ``config.readout_8bit`` the model was trained with. A model with another readout layout gets
+    ``host.onnx`` only (its levels, as the sensor sends them; see :data:`LAYOUT_SKIPPED`).
     """
     if not (hasattr(model, "sensor_weights") and hasattr(model, "config")):
         raise TypeError(f"model must be a pixelrnn PixelRNN, got {type(model).__name__}")
     sensor = model.sensor_weights()
+    if not sensor.layout.is_authors or model.config.decoder != "authors":
+        meta = layout_metadata(sensor=sensor, classes=model.config.class_names, task=model.config.task)
+        return {"host.onnx": layout_host_model(decoder=layout_decoder_params(model), metadata=meta)}
     decoder = decoder_params(model)
     meta = model_metadata(sensor=sensor, classes=model.config.class_names, task=model.config.task)
     return {"sensor.onnx": sensor_model(sensor=sensor, metadata=meta),

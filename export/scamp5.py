@@ -77,7 +77,7 @@ def scamp5_entries(*, sensor: SensorWeights, decoder, gate_threshold: bool) -> d
     if gate_threshold:
         entries["rnn_model.rnn_threshold"] = f32([sensor.rnn_threshold])
     for key, kernel in zip(KERNEL_KEYS[1:], (sensor.w_fi, sensor.w_fh, sensor.w_oi, sensor.w_oh)):
-        entries[key] = kernels_to_text_order(kernel[None])
+        entries[key] = kernels_to_text_order(kernel.reshape(-1, KERNEL, KERNEL))   # w_oi, w_oh: (K=1, 5, 5)
     entries.update({"fin_conv.weight": f32(decoder.fin_sign).reshape(1, 1, 1, 1),
                     "fin_convpost.0.weight": f32(decoder.bn_weight).reshape(1),
                     "fin_convpost.0.bias": f32(decoder.bn_bias).reshape(1),
@@ -102,6 +102,10 @@ def write_scamp5_text(*, model, path: str | os.PathLike) -> Path:
     """Write a :class:`pixelrnn.model.PixelRNN`'s weights as SCAMP-5 text, atomically."""
     from export.onnx_export import decoder_params
 
+    layout = model.config.layout
+    if not layout.is_authors:
+        raise InputError(f"format scamp5 cannot express this model's readout layout yet ({layout.describe()}): "
+                         "the weight text holds one output kernel pair and the authors' 64x64 8-bit decoder")
     path = Path(path)
     text = format_scamp5_text(scamp5_entries(sensor=model.sensor_weights(), decoder=decoder_params(model),
                                              gate_threshold=bool(model.config.gate_threshold)))

@@ -110,6 +110,10 @@ def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False
     if not isinstance(model, PixelRNN):
         raise InputError(f"model must be a pixelrnn.model.PixelRNN, got {type(model).__name__}")
     chosen = _check_formats(formats)
+    layout = model.config.layout
+    if not layout.is_authors:
+        raise InputError(f"format {'/'.join(sorted(chosen))} cannot express this model's readout layout yet "
+                         f"({layout.describe()}): the Keras/Larq twin builds the authors' readout only")
     if not isinstance(int8, bool):
         raise InputError(f"int8 must be True or False, got {int8!r}")
     if representative is not None:

@@ -1,14 +1,16 @@
 """firmware_sim: the PixelRNN sensor program on a simulated pixel-processor array (PPA).
 
-Two paths give identical results: an instruction-level simulator of the array (``ppa`` +
-``program``), which counts instructions and estimates time and energy, and a vectorized numpy
-path (``fast``) for throughput. Both import only numpy (the camera loop runs them on a Pi).
+Three paths give identical results: an instruction-level simulator of the array (``ppa`` +
+``program``), which counts instructions and estimates time and energy, the vectorized numpy
+oracle (``fast``) and the table look-up engine (``packed``) for throughput. What leaves the sensor
+per window is the weights' readout layout (:class:`core.readout_layout.ReadoutLayout`; the
+authors' by default). All of it imports only numpy (the camera loop runs it on a Pi).
 """
 from firmware_sim.encoding import IW, decode_analog, encode_analog, encode_binary
 from firmware_sim.frontend import FrontEnd
 from firmware_sim.mosaic import from_mosaic, to_mosaic
 from firmware_sim.noise import NoiseModel
-from firmware_sim.weights import SensorWeights
+from firmware_sim.weights import SensorWeights, require_authors_layout
 
 __all__ = ["IW", "FrontEnd", "NoiseModel", "SensorWeights", "decode_analog", "encode_analog",
-           "encode_binary", "from_mosaic", "to_mosaic"]
+           "encode_binary", "from_mosaic", "require_authors_layout", "to_mosaic"]

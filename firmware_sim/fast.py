@@ -5,6 +5,14 @@ without modelling individual array instructions. Binary convolutions are done as
 matrix product over 5x5 patches (im2col): +-1 operands give integer sums that float32 holds exactly,
 so the result equals the hardware's 25 add-or-subtract steps. Every threshold comparison is made on
 an exact (float64) pre-activation, so no rounding ever decides a sign (docs/DESIGN.md section 4).
+
+The readout follows the weights' :class:`core.readout_layout.ReadoutLayout`: in every read-out
+frame f (1-based) and for every output kernel pair k, ``o = W_oi[k]*x_{f-1} + W_oh[k]*h_{f-1}``
+(float64), then :func:`output_stage` (gain, N(0, out_sigma^2) per pixel, offsets), then the
+layout's ``pool_maps`` and ``quantize``. Maps are frame-major (index ``i*K + k``). Noise is drawn
+in this order, per chunk of clips: conv (16, B, h/4, w/4) for all frames, then for every step its
+gate (n, h, w) and, in a read-out step, right after it the output (n, K, h, w). For the authors'
+layout (o at the last frame, K = 1) that is the order, and so the numbers, of before layouts.
 """
 from __future__ import annotations
 
@@ -75,11 +83,21 @@ def sign_ge(pre: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SensorResult:
-    """Per-clip outputs. ``stages`` holds the 8-bit encoded intermediates that were asked for."""
+    """Per-clip outputs. ``stages`` holds the 8-bit encoded intermediates that were asked for.
 
-    readout: np.ndarray            # (N, 64, 64) uint8, o at the last frame
-    output: np.ndarray             # (N, 64, 64) float32, o at the last frame (MAC units, unclipped)
+    ``readout`` holds the layout's uint8 levels: (N, 64, 64) for the authors' layout (o at the last
+    frame), (N, M, S, S) for any other (M maps, frame-major; S = 64 / pool). ``output`` is the analog
+    o (MAC units, after the output stage and pooling, before quantization; float32) of the same
+    shape. ``levels`` is the readout as (N, M, S, S) for every layout.
+    """
+
+    readout: np.ndarray
+    output: np.ndarray
     stages: dict[str, np.ndarray]
+
+    @property
+    def levels(self) -> np.ndarray:
+        return self.readout[:, None] if self.readout.ndim == 3 else self.readout
 
 
 def cnn_stage(binary: np.ndarray, weights: SensorWeights, noise: NoiseModel,
@@ -121,26 +139,68 @@ def run_clips(binary: np.ndarray, weights: SensorWeights, *, noise: NoiseModel |
 
     ``stages``: names from :data:`STAGES` to return, each (N, T, H, W) uint8 in the reference
     encoding. ``chunk`` clips are processed together: small chunks keep the working set in cache,
-    which measured faster than large batches on this machine.
+    which measured faster than large batches on this machine. The readout is the weights' layout
+    (see :class:`SensorResult`); the authors' reads out the last frame of clips of any length T,
+    any other layout needs T = ``weights.timesteps``.
     """
     binary, noise = check_run_args(binary, noise, stages)
+    read_steps = check_readout(weights, binary.shape)
     n = binary.shape[0]
     readouts, outputs, collected = [], [], {name: [] for name in stages}
     for start in range(0, n, chunk):
-        r, o, st = _run_chunk(binary[start:start + chunk], weights, noise, rng, stages)
+        r, o, st = _run_chunk(binary[start:start + chunk], weights, noise, rng, stages, read_steps)
         readouts.append(r)
         outputs.append(o)
         for name in stages:
             collected[name].append(st[name])
-    empty = (0,) + binary.shape[2:]
-    return SensorResult(
-        readout=np.concatenate(readouts) if readouts else np.zeros(empty, np.uint8),
-        output=np.concatenate(outputs) if outputs else np.zeros(empty, np.float32),
-        stages={name: np.concatenate(v) for name, v in collected.items()} if n else {})
+    return make_result(weights, binary.shape, readouts, outputs,
+                       {name: np.concatenate(v) for name, v in collected.items()} if n else {})
 
 
-def _run_chunk(binary, weights, noise, rng, stages):
+def check_readout(weights: SensorWeights, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The 0-based steps whose o is read out of (N, T, H, W) clips; checks the clips fit the layout."""
+    _, t, h, w = shape
+    frames = weights.readout_frames(t)
+    p = weights.layout.pool
+    if h % p or w % p:
+        raise ValueError(f"the readout layout pools {p}x{p} blocks: frames of {h}x{w} do not divide")
+    return tuple(f - 1 for f in frames)
+
+
+def result_shape(weights: SensorWeights, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of ``SensorResult.readout`` for (N, T, H, W) clips: (N, H, W) for the authors'
+    layout, (N, M, H/pool, W/pool) otherwise."""
+    n, _, h, w = shape
+    layout = weights.layout
+    if layout.is_authors:
+        return (n, h, w)
+    return (n, len(layout.frames) * layout.channels, h // layout.pool, w // layout.pool)
+
+
+def make_result(weights: SensorWeights, shape: tuple[int, ...], levels: list, outputs: list,
+                stages: dict) -> SensorResult:
+    """Chunks of (n, M, S, S) levels and outputs -> the SensorResult of the layout (shared by the paths)."""
+    want = result_shape(weights, shape)
+    empty = (0,) + want[1:]
+    readout = np.concatenate(levels) if levels else np.zeros(empty, np.uint8)
+    output = np.concatenate(outputs) if outputs else np.zeros(empty, np.float32)
+    return SensorResult(readout=readout.reshape(readout.shape[:1] + want[1:]),
+                        output=output.reshape(output.shape[:1] + want[1:]), stages=stages)
+
+
+def readout_maps(o: np.ndarray, weights: SensorWeights, noise: NoiseModel,
+                 rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    """(n, K, H, W) exact o of one read-out frame -> (levels uint8, output float32), each (n, K, S, S):
+    the output stage (draws (n, K, H, W) normals when out_sigma is on), pooling, quantization."""
+    layout = weights.layout
+    o = layout.pool_maps(output_stage(o.astype(np.float64), noise, rng))
+    return layout.quantize(o), o.astype(np.float32)
+
+
+def _run_chunk(binary, weights, noise, rng, stages, read_steps):
     n, t, h, w = binary.shape
+    layout = weights.layout
+    k_out = weights.channels
     frames = binary.reshape(n * t, h, w)
     conv, pooled, x = cnn_stage(frames, weights, noise, rng)
     out: dict[str, np.ndarray] = {}
@@ -153,17 +213,23 @@ def _run_chunk(binary, weights, noise, rng, stages):
     x = x.reshape(n, t, h, w)
     if "3_thresholded_quantized" in stages:
         out["3_thresholded_quantized"] = encode_binary(x)
-    # Input-driven halves of the recurrent convolutions do not depend on h: all frames at once.
-    xi = binary_conv_f32(x.reshape(n * t, h, w), np.stack([weights.w_fi, weights.w_oi]))
-    fi = xi[0].reshape(n, t, h, w)
-    oi = xi[1].reshape(n, t, h, w)
-    w_h = np.stack([weights.w_fh, weights.w_oh])
+    # Input-driven halves of the recurrent convolutions do not depend on h: fi for all frames at
+    # once, oi (K kernels) for the read-out frames.
+    fi = binary_conv_f32(x.reshape(n * t, h, w), weights.w_fi[None])[0].reshape(n, t, h, w)
+    r = len(read_steps)
+    oi = binary_conv_f32(x[:, list(read_steps)].reshape(n * r, h, w), weights.w_oi)
+    oi = np.moveaxis(oi.reshape(k_out, n, r, h, w), 0, 2)            # (n, R, K, h, w)
+    w_h = weights.w_fh[None]
+    w_h_read = np.concatenate([weights.w_fh[None], weights.w_oh])
     hidden = np.ones((n, h, w), dtype=np.int8)
     hid_seq = np.empty((n, t, h, w), np.int8) if "4_hidden" in stages else None
     gate_seq = np.empty((n, t, h, w), np.int8) if "7_forget_gate_x" in stages else None
-    o = None
+    levels = np.empty((n, r, k_out, h // layout.pool, w // layout.pool), np.uint8)
+    output = np.empty(levels.shape, np.float32)
+    index = {step: i for i, step in enumerate(read_steps)}
     for step in range(t):
-        hh = binary_conv_f32(hidden, w_h)
+        i = index.get(step)
+        hh = binary_conv_f32(hidden, w_h if i is None else w_h_read)
         if hid_seq is not None:
             hid_seq[:, step] = hidden
         pre = (fi[:, step] + hh[0]).astype(np.float64)
@@ -172,20 +238,23 @@ def _run_chunk(binary, weights, noise, rng, stages):
         gate = sign_ge(pre - weights.rnn_threshold)
         if gate_seq is not None:
             gate_seq[:, step] = gate
-        if step == t - 1:
-            o = output_stage((oi[:, step] + hh[1]).astype(np.float64), noise, rng)
+        if i is not None:
+            o = oi[:, i] + np.moveaxis(hh[1:], 0, 1)                     # (n, K, h, w), exact
+            levels[:, i], output[:, i] = readout_maps(o, weights, noise, rng)
         hidden = gate * hidden
     if hid_seq is not None:
         out["4_hidden"] = encode_binary(hid_seq)
     if gate_seq is not None:
         out["7_forget_gate_x"] = encode_binary(gate_seq)
-    return encode_analog(o), o.astype(np.float32), out
+    return levels.reshape(n, r * k_out, *levels.shape[3:]), output.reshape(n, r * k_out, *levels.shape[3:]), out
 
 
 class SensorStream:
     """Frame-by-frame sensor stage for a live loop: push one binary frame, get a readout every T frames.
 
     The hidden state starts at +1 for each window of ``weights.timesteps`` frames, as in training.
+    The layout's read-out frames are quantized as they pass; the window's levels come back at its
+    last frame: (H, W) for the authors' layout, (M, S, S) for any other.
     """
 
     def __init__(self, weights: SensorWeights, *, noise: NoiseModel | None = None,
@@ -193,33 +262,39 @@ class SensorStream:
         self.weights = weights
         self.noise = noise or NoiseModel.off()
         self.rng = rng
-        self._w_i = np.stack([weights.w_fi, weights.w_oi])
-        self._w_h = np.stack([weights.w_fh, weights.w_oh])
+        self._frames = weights.readout_frames(weights.timesteps)
+        self._w_i = np.concatenate([weights.w_fi[None], weights.w_oi])
+        self._w_h = np.concatenate([weights.w_fh[None], weights.w_oh])
         self.reset()
 
     def reset(self) -> None:
         self.step = 0
         self.hidden = None
+        self._levels: list[np.ndarray] = []
 
     def push(self, binary_frame: np.ndarray) -> np.ndarray | None:
-        """Process one (H, W) +-1 frame; return the (H, W) uint8 readout at the window's last frame."""
+        """Process one (H, W) +-1 frame; return the window's uint8 levels at its last frame, else None."""
         frame = np.asarray(binary_frame)[None]
         if self.hidden is None:
             self.hidden = np.ones_like(frame, dtype=np.int8)
+        read = self.step + 1 in self._frames
         _, _, x = cnn_stage(frame, self.weights, self.noise, self.rng)
-        xi = binary_conv_f32(x, self._w_i)
-        hh = binary_conv_f32(self.hidden, self._w_h)
+        xi = binary_conv_f32(x, self._w_i if read else self._w_i[:1])
+        hh = binary_conv_f32(self.hidden, self._w_h if read else self._w_h[:1])
         pre = (xi[0] + hh[0]).astype(np.float64)
         if self.noise.gate_sigma:
             pre = pre + self.noise.gate_sigma * _normal(self.rng, pre.shape)
         gate = sign_ge(pre - self.weights.rnn_threshold)
         self.step += 1
+        if read:
+            o = np.moveaxis(xi[1:] + hh[1:], 0, 1)                      # (1, K, H, W), exact
+            self._levels.append(readout_maps(o, self.weights, self.noise, self.rng)[0][0])
         if self.step < self.weights.timesteps:
             self.hidden = gate * self.hidden
             return None
-        o = output_stage((xi[1] + hh[1]).astype(np.float64), self.noise, self.rng)
+        levels = np.concatenate(self._levels)
         self.reset()
-        return encode_analog(o)[0]
+        return levels[0] if self.weights.layout.is_authors else levels
 
 
 def check_run_args(binary, noise: NoiseModel | None, stages) -> tuple[np.ndarray, NoiseModel]:

@@ -19,9 +19,13 @@ conv1 (16 kernels): three table look-ups per pixel
     the fast path's float64 expression is evaluated as it is, on the same draws.
 The RNN (one kernel per convolution): 25 shifted int8 adds
     For a single kernel, the gathers (~2 ns per pixel) lose to 25 SIMD int8 adds of the flat
-    zero-padded +-1 plane. fi for every frame of every clip at once, oi for the last frame only;
-    then per frame, for all clips of the batch together, fh (and oh in the last frame), the gate
-    (an int8 comparison) and h *= sign(gate).
+    zero-padded +-1 plane. fi for every frame of every clip at once, oi (each of the K output
+    kernels) for the read-out frames only; then per frame, for all clips of the batch together, fh
+    (and the K oh in a read-out frame), the gate (an int8 comparison) and h *= sign(gate).
+The readout (the weights' ReadoutLayout)
+    o = oi + oh is an exact integer. Without an output perturbation the authors' 8-bit, unpooled
+    readout is one table look-up; otherwise the fast path's float64 output stage, ``pool_maps`` and
+    ``quantize`` run as they are, on the same draws.
 
 All clips of a batch go through each stage together; the only Python loops are over the T
 frames of the recurrence and over groups of frames that keep the working set in cache. Work
@@ -34,7 +38,7 @@ import math
 import numpy as np
 
 from firmware_sim.encoding import encode_analog, encode_binary
-from firmware_sim.fast import SensorResult, check_run_args
+from firmware_sim.fast import SensorResult, check_readout, check_run_args, make_result
 from firmware_sim.noise import NoiseModel
 from firmware_sim.weights import KERNEL, N_MAPS, SensorWeights
 
@@ -170,7 +174,10 @@ class PackedProgram:
         self.weights = weights
         self.conv1 = _Conv(weights.conv1)
         self.w_fi, self.w_fh = _DirectConv(weights.w_fi), _DirectConv(weights.w_fh)
-        self.w_oi, self.w_oh = _DirectConv(weights.w_oi), _DirectConv(weights.w_oh)
+        self.w_oi = [_DirectConv(k) for k in weights.w_oi]     # one per output kernel pair
+        self.w_oh = [_DirectConv(k) for k in weights.w_oh]
+        layout = weights.layout
+        self.plain_readout = layout.bits == 8 and layout.pool == 1     # the ADC level of o itself
         t1 = weights.thresh1
         # pooled = max(conv, 0) >= thresh1, in the +25 offset domain (uint8 compare)
         self.pool_thr = 0 if t1 <= 0 else int(min(CONV_OFFSET + math.ceil(t1), 255))
@@ -286,44 +293,54 @@ def run_clips(binary: np.ndarray, weights: SensorWeights, *, noise: NoiseModel |
     if not supports(binary.shape, stages):
         from firmware_sim import fast
         return fast.run_clips(binary, weights, noise=noise, rng=rng, stages=stages)
+    read_steps = check_readout(weights, binary.shape)
     if noise.enabled and (noise.conv_sigma or noise.gate_sigma or noise.out_sigma) and rng is None:
         raise ValueError("noise is on: pass a numpy Generator (rng) to draw it")
-    n, t, h, w = binary.shape
+    n = binary.shape[0]
     prog = program_for(weights)
     readouts, outputs, collected = [], [], {name: [] for name in stages}
     for start in range(0, n, chunk):
         part = binary[start:start + chunk]
-        r, o, st = _run_chunk(prog, part, noise, rng, stages, frame_chunk)
+        r, o, st = _run_chunk(prog, part, noise, rng, stages, frame_chunk, read_steps)
         readouts.append(r)
         outputs.append(o)
         for name in stages:
             collected[name].append(st[name])
-    empty = (0, h, w)
-    return SensorResult(
-        readout=np.concatenate(readouts) if readouts else np.zeros(empty, np.uint8),
-        output=np.concatenate(outputs) if outputs else np.zeros(empty, np.float32),
-        stages={name: np.concatenate(v) for name, v in collected.items()} if n else {})
+    return make_result(weights, binary.shape, readouts, outputs,
+                       {name: np.concatenate(v) for name, v in collected.items()} if n else {})
 
 
-def _draw(rng, noise: NoiseModel, n: int, t: int, h: int, w: int):
+def _draw(rng, noise: NoiseModel, n: int, t: int, h: int, w: int, read_steps: tuple[int, ...], k: int):
     """The fast path's draws for n clips, clip by clip in its order: conv (16, T, h/4, w/4), then
-    each frame's gate (h, w), then the output (h, w). One call: a Generator's normals are a stream."""
-    sizes = [N_MAPS * t * (h // POOL) * (w // POOL) if noise.conv_sigma else 0,
-             t * h * w if noise.gate_sigma else 0, h * w if noise.out_sigma else 0]
-    total = sum(sizes)
+    for each frame its gate (h, w) and, in a read-out frame, right after it the output (K, h, w).
+    One call: a Generator's normals are a stream. Returns conv, a list of T gate views (n, h, w)
+    and a list of one output view (n, K, h, w) per read-out frame (None where that noise is off)."""
+    conv_size = N_MAPS * t * (h // POOL) * (w // POOL) if noise.conv_sigma else 0
+    gate_size = h * w if noise.gate_sigma else 0
+    out_size = k * h * w if noise.out_sigma else 0
+    total = conv_size + t * gate_size + len(read_steps) * out_size
     if not total:
         return None, None, None
     z = rng.standard_normal((n, total))
-    conv = z[:, :sizes[0]].reshape(n, N_MAPS, t, h // POOL, w // POOL) if sizes[0] else None
-    gate = z[:, sizes[0]:sizes[0] + sizes[1]].reshape(n, t, h, w) if sizes[1] else None
-    out = z[:, sizes[0] + sizes[1]:].reshape(n, h, w) if sizes[2] else None
-    return conv, gate, out
+    conv = z[:, :conv_size].reshape(n, N_MAPS, t, h // POOL, w // POOL) if conv_size else None
+    gate, out = [], []
+    at = conv_size
+    for step in range(t):
+        gate.append(z[:, at:at + gate_size].reshape(n, h, w) if gate_size else None)
+        at += gate_size
+        if step in read_steps:
+            out.append(z[:, at:at + out_size].reshape(n, k, h, w) if out_size else None)
+            at += out_size
+    return conv, (gate if gate_size else None), (out if out_size else None)
 
 
-def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, stages, frame_chunk):
+def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, stages, frame_chunk,
+               read_steps):
     n, t, h, w = binary.shape
     weights = prog.weights
-    z_conv, z_gate, z_out = _draw(rng, noise, n, t, h, w)
+    layout = weights.layout
+    k_out = weights.channels
+    z_conv, z_gate, z_out = _draw(rng, noise, n, t, h, w, read_steps, k_out)
     out: dict[str, np.ndarray] = {}
     bits = (binary > 0).view(np.uint8)
     if "0_binarized_x" in stages:
@@ -352,9 +369,13 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
     for g in range(0, n * t, group):
         prog.w_fi(xs, fi_all, g, min(g + group, n * t))
     fi = fi_all.reshape(n, t, hp, wp)[:, :, PAD:PAD + h, PAD:PAD + w]
-    x_last = np.ascontiguousarray(xs.reshape(n, t, hp, wp)[:, t - 1])
-    oi = np.empty_like(x_last)
-    prog.w_oi(x_last, oi)
+    r = len(read_steps)
+    x_read = np.ascontiguousarray(xs.reshape(n, t, hp, wp)[:, list(read_steps)]).reshape(n * r, hp, wp)
+    oi = []                                             # per output kernel: (n, R, hp, wp)
+    for conv in prog.w_oi:
+        oi.append(np.empty_like(x_read))
+        conv(x_read, oi[-1])
+        oi[-1] = oi[-1].reshape(n, r, hp, wp)
 
     hs = np.zeros((n, hp, wp), np.int8)                 # h as +-1 int8, zero border
     h_in = hs[inner]
@@ -363,7 +384,12 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
     fh = fh_buf[inner]
     hid_seq = np.empty((n, t, h, w), np.uint8) if "4_hidden" in stages else None
     gate_seq = np.empty((n, t, h, w), np.uint8) if "7_forget_gate_x" in stages else None
-    readout = output = None
+    side_h, side_w = h // layout.pool, w // layout.pool
+    levels = np.empty((n, r, k_out, side_h, side_w), np.uint8)
+    output = np.empty(levels.shape, np.float32)
+    perturbed = noise.out_gain != 1.0 or noise.out_sigma or noise.has_offset
+    oh = np.empty_like(hs) if r else None
+    i = 0
     for step in range(t):
         if hid_seq is not None:
             hid_seq[:, step] = h_in > 0
@@ -372,28 +398,35 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
             gate = np.add(fi[:, step], fh) >= prog.gate_thr       # exact: |fi + fh| <= 50
         else:
             pre = fi[:, step].astype(np.float64) + fh                      # exact integer fi + fh
-            pre = pre + noise.gate_sigma * z_gate[:, step]
+            pre = pre + noise.gate_sigma * z_gate[step]
             gate = (pre - weights.rnn_threshold) >= 0
         if gate_seq is not None:
             gate_seq[:, step] = gate
-        if step == t - 1:
-            oh = np.empty_like(hs)
-            prog.w_oh(hs, oh)
-            o_int = oi[inner].astype(np.int16) + oh[inner]                   # exact oi + oh
-            if noise.out_gain != 1.0 or noise.out_sigma or noise.has_offset:
+        if i < r and step == read_steps[i]:
+            o_int = np.empty((n, k_out, h, w), np.int16)
+            for k in range(k_out):
+                prog.w_oh[k](hs, oh)
+                np.add(oi[k][:, i][inner], oh[inner], out=o_int[:, k], dtype=np.int16)   # exact oi + oh
+            if perturbed:
                 o = o_int.astype(np.float64)
                 if noise.out_gain != 1.0:
                     o = o * noise.out_gain
                 if noise.out_sigma:
-                    o = o + noise.out_sigma * z_out
+                    o = o + noise.out_sigma * z_out[i]
                 if noise.has_offset:
                     o = o + noise.output_offset(o.shape[-2:])
-                readout = encode_analog(o)
-                output = o.astype(np.float32)
+                o = layout.pool_maps(o)
+                levels[:, i] = layout.quantize(o)
+                output[:, i] = o
+            elif prog.plain_readout:
+                levels[:, i] = prog.readout_lut[o_int + 50]
+                output[:, i] = o_int
             else:
-                readout = prog.readout_lut[o_int + 50]
-                output = o_int.astype(np.float32)
-        else:
+                o = layout.pool_maps(o_int.astype(np.float64))
+                levels[:, i] = layout.quantize(o)
+                output[:, i] = o
+            i += 1
+        if step < t - 1:
             sign = gate.view(np.int8) * np.int8(2)
             sign -= np.int8(1)
             h_in *= sign                                 # keep (gate +1) or flip (gate -1)
@@ -401,4 +434,5 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
         out["4_hidden"] = np.where(hid_seq > 0, 255, 0).astype(np.uint8)
     if gate_seq is not None:
         out["7_forget_gate_x"] = np.where(gate_seq > 0, 255, 0).astype(np.uint8)
-    return readout, output, out
+    shape = (n, r * k_out, side_h, side_w)
+    return levels.reshape(shape), output.reshape(shape), out

@@ -35,7 +35,9 @@ Saturation
     - every quantity accumulated before a comparison is a sum of at most 25 unit taps (one 5x5
       binary convolution), so every partial sum satisfies |s| <= 25 < 25.6 and is never clipped;
       sums of two convolutions (the gate's fi + fh, the output's oi + oh) are never formed in a
-      register before a decision: each half lives in its own register;
+      register before a decision: each half lives in its own register, or (a pooled or b < 8-bit
+      readout) the halves are halved first, v = oi/2 + oh/2 with |v| <= 25, and so are the block
+      means of v that pooling forms;
     - comparisons are register versus register. The gate compares fi against the comparand
       ``rnn_threshold - fh``; if that comparand saturates at +25.6 (or -25.6), an integer
       fi in [-25, 25] is below (or above) it exactly as it is below (above) the unsaturated
@@ -214,11 +216,29 @@ class PPA:
         self._digital[dst] = bits.astype(bool) if bits.dtype == bool else bits > 0
         self._count("sense")
 
-    def readout(self, name: str) -> np.ndarray:
-        """Read an analog register through the 8-bit ADC: ``encode_analog`` (uint8)."""
-        value = encode_analog(self._a(name))
+    def readout(self, name: str, *, every: int = 1) -> np.ndarray:
+        """Read an analog register through the 8-bit ADC: ``encode_analog`` (uint8).
+
+        ``every``: read only every ``every``-th row and column, starting at (0, 0) (a pooled map
+        whose block values sit at the blocks' first elements). SCAMP-5 reads out such a
+        subsampled grid, as it reads a window of the array.
+        """
+        value = encode_analog(self._a(name)[..., ::self._every(every), ::every])
         self._count("readout")
         return value
+
+    def readout_bits(self, name: str, *, every: int = 1) -> np.ndarray:
+        """Read a digital register out of the array (one bit per element; bools): SCAMP-5 outputs
+        binary images of its digital registers. ``every`` as in :meth:`readout`."""
+        value = self._d(name)[..., ::self._every(every), ::every].copy()
+        self._count("readout_bits")
+        return value
+
+    @staticmethod
+    def _every(every) -> int:
+        if not (isinstance(every, (int, np.integer)) and every >= 1):
+            raise ValueError(f"readout: every must be a positive integer, got {every!r}")
+        return int(every)
 
     # ----- analog instructions -------------------------------------------------------------
     def load(self, dst: str, value: float) -> None:
@@ -245,6 +265,12 @@ class PPA:
     def neg(self, dst: str, src: str) -> None:
         self._write_analog(dst, -self._a(src))
         self._count("neg")
+
+    def half(self, dst: str, src: str) -> None:
+        """dst = src / 2: SCAMP-5's analog ``div`` (halving by sharing charge between two
+        capacitors); modelled exact, like the other analog instructions."""
+        self._write_analog(dst, self._a(src) * 0.5)
+        self._count("half")
 
     def add_or_sub(self, dst: str, src: str, cond: str, *, sign: int = 1) -> None:
         """The binary MAC: dst += src where XNOR(cond bit, sign > 0), else dst -= src.

@@ -6,11 +6,18 @@ time and energy. The instruction stream has no data-dependent branches (SIMD), s
 dummy frame is the count for every frame.
 
 Registers (names as on SCAMP-5: six analog A-F, digital R0-R12; roles never live at the same time
-share a register; 6 analog and 10 digital are used)::
+share a register; 6 analog and 10 digital are used, for every readout layout)::
 
     analog   A unit (1.0, one MAC)   B conv acc | fi      C pool temp, constants | fh, comparand
-             D pooled (interleaved) | oi        E oh      F threshold chunk
-    digital  R0 all ones   R1 hidden h   R2 x_t (mosaic)   R3 input frame   R4-R9 scratch
+             D pooled (interleaved) | oi | o, o/2      E oh | readout scratch, level thresholds
+             F threshold chunk
+    digital  R0 all ones   R1 hidden h   R2 x_t (mosaic)   R3 input frame
+             R4-R9 scratch (walks; in a readout: a comparison and the level's bit planes)
+
+A SCAMP-5 element has about 7 analog and 14 digital registers (shared/docs/DESIGN.md);
+:func:`check_registers` refuses a program that needs more, naming the bank ("needs 8 analog
+registers, a SCAMP-5 element has 7"). Channels are read out one after another in the same
+registers, so every :class:`~core.readout_layout.ReadoutLayout` (K <= 4) fits.
 
 One frame (all B clips of a batch at once):
 
@@ -40,26 +47,47 @@ One frame (all B clips of a batch at once):
     That is 2 * (3 + 6 + 12 + 24) = 90 shifts per axis, 252 instructions per frame. Bits are moved,
     not analog values: digital moves are exact on the hardware.
 (e) the RNN on the mosaic, with one walk that moves x_t, h_{t-1} and the validity plane together:
-    fi = W_fi * x_t and fh = W_fh * h_{t-1} in separate registers (and, in the readout frame only,
-    oi = W_oi * x_t and oh = W_oh * h_{t-1}); o = oi + oh (+ gain error, noise and offsets,
-    injected: see :mod:`firmware_sim.noise`) is read out through the 8-bit ADC. Those act on the
-    register's saturated value (|o| <= 25.6), the fast path's on the unbounded sum: with noise
-    off and no output perturbation the readouts are identical; with a gain error or offsets they
-    can differ only at pixels where |oi + oh| > 25.6. The gate compares fi (+ N(0, gate_sigma^2))
+    fi = W_fi * x_t and fh = W_fh * h_{t-1} in separate registers (and, in a read-out frame of the
+    weights' readout layout, oi = W_oi[0] * x_t and oh = W_oh[0] * h_{t-1}; each further output
+    kernel pair k takes one more walk of x_t, h_{t-1} and the validity plane into the same two
+    registers, after channel k-1 has been read out, see (f)). The gate compares fi (+ N(0, gate_sigma^2))
     against the comparand ``rnn_threshold - fh``, built as -fh plus constant chunks of at most 25
     of the same sign (monotone, so it saturates only if its final value would). Without gate noise fi + fh is an
     integer and ``fi + fh >= thr`` equals ``fi + fh >= ceil(thr)``, so the loaded constant is
     ``ceil(thr)`` and every register value is an exact integer; with noise it is ``thr`` itself.
     Either way it is clipped to [-51, 51], beyond which the comparand saturates for every fh.
     Then h_t = f XNOR h_{t-1} (keep or flip) with ``d_xor`` and ``d_not``. The gate is computed in
-    every frame (the readout frame too, for the ``7_forget_gate_x`` stage).
+    every frame (the readout frames too, for the ``7_forget_gate_x`` stage), after the readouts.
+(f) the readout of one channel, as :mod:`firmware_sim.fast` defines it (output stage, then the
+    layout's pooling and quantization):
+
+    - 8 bit, no pooling (the authors'): o = oi + oh (+ gain error, noise and offsets, injected:
+      see :mod:`firmware_sim.noise`) read out through the 8-bit ADC. Those act on the register's
+      saturated value (|o| <= 25.6), the fast path's on the unbounded sum: with noise off and no
+      output perturbation the readouts are identical; with a gain error or offsets they can
+      differ only at pixels where |oi + oh| > 25.6.
+    - otherwise the register holds v = o / 2 = oi/2 + oh/2 (two ``half`` and an ``add``: |v| <= 25,
+      so, with noise off, it never saturates and every value is exact); the output stage is
+      injected into v at half scale. Pooling p x p: per axis, log2(p) rounds of ``half``, a shift
+      by 1, 2, 4 elements and an ``add`` (the mean of a pair of means, never above 25), which
+      leaves each block's mean at the block's first element; the readout reads that grid
+      (``every=p``). 8 bit: o = v + v (saturating, which the ADC's tighter range hides) through the
+      ADC. b < 8 bit: no ADC; the level ``clip(floor(o / step) + 2**(b-1), 0, 2**b - 1)`` is a count
+      of comparisons, v >= t_m / 2 for m = 1 .. 2**b - 1, with t_m the smallest float64 whose
+      ``floor(t / step)`` reaches ``m - 2**(b-1)`` (so each comparison is exactly the fast path's
+      float64 quantization); the count's binary digits are XORs of the comparisons (bit j of a
+      count is the parity of the comparisons m divisible by 2**j), and the b bit planes are read
+      out (``readout_bits``). A threshold beyond +-25.6 saturates, where no v (|v| <= 25) reaches.
+      With noise on the injected v can approach the register's range; that is physical and kept.
 
 Stage dumps (``stages``) are simulator probes (``peek``), not instructions: ``1_conv1`` reads each
 kernel's accumulator, ``2_conv1post`` the interleaved pooled plane; the host arranges them into
 the reference mosaic layout.
 
-``SensorResult.output`` is o as the register holds it: saturated at +-25.6 where the fast path
-reports the unbounded sum (|o| <= 50). The 8-bit readout is the same either way (see :mod:`ppa`).
+``SensorResult.output`` is o as the register holds it: for an 8-bit readout the o register read
+by the ADC, saturated at +-25.6 where the fast path reports the unbounded sum (|o| <= 50; the
+8-bit readout is the same either way, see :mod:`ppa`); for b < 8 bits 2 v, which is exact.
+With noise off every readout level and binary state equals the fast path's for every layout.
 """
 from __future__ import annotations
 
@@ -68,7 +96,7 @@ import math
 import numpy as np
 
 from firmware_sim.encoding import encode_analog
-from firmware_sim.fast import STAGES, SensorResult
+from firmware_sim.fast import STAGES, SensorResult, check_readout, make_result
 from firmware_sim.mosaic import to_mosaic
 from firmware_sim.noise import NoiseModel
 from firmware_sim.ppa import PPA, CostModel
@@ -95,6 +123,49 @@ _COL_WALK = ((0, None, False), (1, "west", True), (2, "west", False), (-1, "east
              (-2, "east", False))
 CHUNK_MAX = 25.0
 COMPARAND_LIMIT = 51.0
+# The readout of one channel: v (o or o/2), the scratch (pool shifts, level thresholds), and the
+# digital registers of a level's comparisons and bit planes (free once the walks are done).
+V, VTMP = OI, OH
+CMP, PLANES = S1, (S2, S3, S4, S5)
+# What one SCAMP-5 element holds (shared/docs/DESIGN.md: ~7 analog, ~14 digital registers).
+SCAMP5_ANALOG = 7
+SCAMP5_DIGITAL = 14
+
+
+def check_registers(analog: int, digital: int) -> None:
+    """Refuse a program that needs more registers than a SCAMP-5 element has, naming the bank."""
+    for bank, need, have in (("analog", analog, SCAMP5_ANALOG), ("digital", digital, SCAMP5_DIGITAL)):
+        if need > have:
+            raise ValueError(f"this readout layout's sensor program needs {need} {bank} registers, "
+                             f"a SCAMP-5 element has {have}")
+
+
+def registers_needed(layout) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The analog and digital registers the program uses for ``layout`` (checked against SCAMP-5)."""
+    digital = set(DIGITAL)
+    if layout.bits < 8:
+        digital |= {CMP, *PLANES[:layout.bits]}
+    analog = set(ANALOG) | {V, VTMP}
+    return (tuple(sorted(analog)), tuple(sorted(digital, key=lambda r: int(r[1:]))))
+
+
+def level_thresholds(layout) -> list[float]:
+    """For a b < 8-bit layout: t_m (m = 1 .. 2**b - 1), the smallest float64 t with
+    ``floor(t / step) + zero >= m``; since ``t -> floor(t / step)`` is monotone (IEEE division), the
+    level ``clip(floor(o / step) + zero, 0, max)`` is exactly the number of m with ``o >= t_m``."""
+    step, zero = layout.step, int(layout.zero)
+    out = []
+    for m in range(1, layout.max_level + 1):
+        k = m - zero
+        t = k * step
+        if math.floor(t / step) >= k:
+            while math.floor(math.nextafter(t, -math.inf) / step) >= k:
+                t = math.nextafter(t, -math.inf)
+        else:
+            while math.floor(t / step) < k:
+                t = math.nextafter(t, math.inf)
+        out.append(t)
+    return out
 
 
 def _walk(ppa: PPA, chains):
@@ -178,6 +249,11 @@ class _Program:
         self.rng = rng
         self.stages = tuple(stages)
         self.gate_chunks = _comparand_chunks(weights.rnn_threshold, integer=not noise.gate_sigma)
+        self.layout = weights.layout
+        analog, digital = registers_needed(self.layout)
+        check_registers(len(analog), len(digital))
+        self.analog, self.digital = analog, digital
+        self.thresholds = [t / 2 for t in level_thresholds(self.layout)] if self.layout.bits < 8 else []
 
     def _normal(self, shape) -> np.ndarray:
         if self.rng is None:
@@ -190,15 +266,16 @@ class _Program:
         ppa.d_set(ONE)
         ppa.d_set(HID)
 
-    def frame(self, ppa: PPA, bits: np.ndarray, *, last: bool) -> dict:
-        """One frame; returns the probes asked for in ``stages`` (and ``readout``/``output`` if last)."""
+    def frame(self, ppa: PPA, bits: np.ndarray, *, read: bool) -> dict:
+        """One frame; returns the probes asked for in ``stages`` (and, in a read-out frame,
+        ``readout`` (B, K, S, S) uint8 levels and ``output`` (B, K, S, S) float64)."""
         probes: dict[str, np.ndarray] = {}
         want = set(self.stages)
         ppa.sense(INP, bits)
         if "0_binarized_x" in want:
             probes["0_binarized_x"] = ppa.peek_bits(INP)
         self._cnn(ppa, probes, want)
-        self._rnn(ppa, probes, want, last=last)
+        self._rnn(ppa, probes, want, read=read)
         return probes
 
     def _cnn(self, ppa: PPA, probes: dict, want: set) -> None:
@@ -236,28 +313,21 @@ class _Program:
         if "3_thresholded_quantized" in want:
             probes["3_thresholded_quantized"] = ppa.peek_bits(XT)
 
-    def _rnn(self, ppa: PPA, probes: dict, want: set, *, last: bool) -> None:
-        accs = [(FI, "w_fi", 0), (FH, "w_fh", 1)]
-        if last:
-            accs += [(OI, "w_oi", 0), (OH, "w_oh", 1)]
-        for reg, _, _ in accs:
-            ppa.load(reg, 0.0)
-        for dy, dx, planes in _walk(ppa, [(XT, S1, S2), (HID, S3, S4), (ONE, S5, S6)]):
-            ppa.where(planes[2])
-            for reg, name, src in accs:
-                sign = int(getattr(self.w, name)[dy + PAD, dx + PAD])
-                ppa.add_or_sub(reg, UNIT, planes[src], sign=sign)
-        ppa.all()
-        if last:
-            ppa.add(OI, OI, OH)
-            if self.noise.out_gain != 1.0:               # analog scale error of the o register
-                ppa.inject(OI, (self.noise.out_gain - 1.0) * ppa.peek(OI))
-            if self.noise.out_sigma:
-                ppa.inject(OI, self.noise.out_sigma * self._normal(ppa.shape))
-            if self.noise.has_offset:                    # global and per-pixel fixed-pattern offset
-                ppa.inject(OI, self.noise.output_offset(ppa.shape[-2:]))
-            probes["output"] = ppa.peek(OI)
-            probes["readout"] = ppa.readout(OI)
+    def _rnn(self, ppa: PPA, probes: dict, want: set, *, read: bool) -> None:
+        accs = [(FI, self.w.w_fi, 0), (FH, self.w.w_fh, 1)]
+        if read:
+            accs += [(OI, self.w.w_oi[0], 0), (OH, self.w.w_oh[0], 1)]
+        self._walk_macs(ppa, accs)
+        if read:
+            levels, outputs = [], []
+            for k in range(self.w.channels):
+                if k:
+                    self._walk_macs(ppa, [(OI, self.w.w_oi[k], 0), (OH, self.w.w_oh[k], 1)])
+                level, output = self._read_channel(ppa)
+                levels.append(level)
+                outputs.append(output)
+            probes["readout"] = np.stack(levels, axis=-3)
+            probes["output"] = np.stack(outputs, axis=-3)
         if self.noise.gate_sigma:
             ppa.inject(FI, self.noise.gate_sigma * self._normal(ppa.shape))
         ppa.neg(FH, FH)                                   # comparand: thr - fh
@@ -275,9 +345,71 @@ class _Program:
         ppa.d_xor(HID, S1, HID)                           # h = f XNOR h: keep or flip
         ppa.d_not(HID, HID)
 
+    def _walk_macs(self, ppa: PPA, accs) -> None:
+        """Clear the accumulators and add each (register, 5x5 kernel, 0: x_t / 1: h) over one walk."""
+        for reg, _, _ in accs:
+            ppa.load(reg, 0.0)
+        for dy, dx, planes in _walk(ppa, [(XT, S1, S2), (HID, S3, S4), (ONE, S5, S6)]):
+            ppa.where(planes[2])
+            for reg, kernel, src in accs:
+                ppa.add_or_sub(reg, UNIT, planes[src], sign=int(kernel[dy + PAD, dx + PAD]))
+        ppa.all()
 
-def _new_array(height: int, width: int, batch: int | None, cost_model: CostModel | None) -> PPA:
-    return PPA(height=height, width=width, analog=ANALOG, digital=DIGITAL, batch=batch,
+    def _read_channel(self, ppa: PPA) -> tuple[np.ndarray, np.ndarray]:
+        """oi in OI, oh in OH -> (levels, output) of one channel, each (B, S, S); see (f) above."""
+        layout, noise = self.layout, self.noise
+        p = layout.pool
+        if layout.bits == 8 and p == 1:
+            ppa.add(OI, OI, OH)
+            if noise.out_gain != 1.0:                    # analog scale error of the o register
+                ppa.inject(OI, (noise.out_gain - 1.0) * ppa.peek(OI))
+            if noise.out_sigma:
+                ppa.inject(OI, noise.out_sigma * self._normal(ppa.shape))
+            if noise.has_offset:                         # global and per-pixel fixed-pattern offset
+                ppa.inject(OI, noise.output_offset(ppa.shape[-2:]))
+            return ppa.readout(OI), ppa.peek(OI)
+        ppa.half(OI, OI)
+        ppa.half(OH, OH)
+        ppa.add(V, OI, OH)                               # v = o / 2, |v| <= 25: exact
+        if noise.out_gain != 1.0:                        # the output stage at half scale
+            ppa.inject(V, (noise.out_gain - 1.0) * ppa.peek(V))
+        if noise.out_sigma:
+            ppa.inject(V, 0.5 * noise.out_sigma * self._normal(ppa.shape))
+        if noise.has_offset:
+            ppa.inject(V, 0.5 * noise.output_offset(ppa.shape[-2:]))
+        for forward in ("west", "north"):                # columns, then rows
+            d = 1
+            while d < p:                                 # v <- mean of v and v d elements on
+                ppa.half(V, V)
+                ppa.shift(VTMP, V, forward)
+                for _ in range(d - 1):
+                    ppa.shift(VTMP, VTMP, forward)
+                ppa.add(V, V, VTMP)
+                d *= 2
+        if layout.bits == 8:
+            ppa.add(VTMP, V, V)                          # o (saturates beyond the ADC's range only)
+            return ppa.readout(VTMP, every=p), ppa.peek(VTMP)[..., ::p, ::p]
+        planes = PLANES[:layout.bits]
+        for m, threshold in enumerate(self.thresholds, start=1):
+            ppa.load(VTMP, threshold)
+            j = (m & -m).bit_length() - 1                # the largest j with 2**j dividing m
+            if m == 1 << j:                              # the first comparison of plane j
+                ppa.compare(planes[j], V, VTMP)
+                for low in range(j):
+                    ppa.d_xor(planes[low], planes[low], planes[j])
+            else:
+                ppa.compare(CMP, V, VTMP)
+                for low in range(j + 1):
+                    ppa.d_xor(planes[low], planes[low], CMP)
+        level = np.zeros(ppa.shape[:-2] + (ppa.height // p, ppa.width // p), np.uint8)
+        for j, plane in enumerate(planes):
+            level |= ppa.readout_bits(plane, every=p).astype(np.uint8) << np.uint8(j)
+        return level, 2.0 * ppa.peek(V)[..., ::p, ::p]
+
+
+def _new_array(program: _Program, height: int, width: int, batch: int | None,
+               cost_model: CostModel | None) -> PPA:
+    return PPA(height=height, width=width, analog=program.analog, digital=program.digital, batch=batch,
                cost_model=cost_model)
 
 
@@ -325,63 +457,72 @@ def run_clips_instruction(binary: np.ndarray, weights: SensorWeights, *, noise: 
     _check_size(h, w)
     if t < 1:
         raise ValueError("binary clips need at least one frame (T >= 1)")
+    read_steps = check_readout(weights, binary.shape)
     bits = _binary_bits(binary)
     program = _Program(weights, noise, rng, stages)
     readouts, outputs, collected = [], [], {name: [] for name in stages}
     for start in range(0, n, chunk):
         part = bits[start:start + chunk]
-        ppa = _new_array(h, w, part.shape[0], None)
+        ppa = _new_array(program, h, w, part.shape[0], None)
         program.prologue(ppa)
         per_step = {name: [] for name in stages}
+        levels, analog = [], []
         for step in range(t):
-            probes = program.frame(ppa, part[:, step], last=step == t - 1)
+            probes = program.frame(ppa, part[:, step], read=step in read_steps)
             for name in stages:
                 per_step[name].append(probes[name])
-        readouts.append(probes["readout"])
-        outputs.append(probes["output"].astype(np.float32))
+            if step in read_steps:
+                levels.append(probes["readout"])
+                analog.append(probes["output"])
+        b = part.shape[0]
+        readouts.append(np.stack(levels, axis=1).reshape(b, -1, *levels[0].shape[-2:]))
+        outputs.append(np.stack(analog, axis=1).reshape(b, -1, *analog[0].shape[-2:]).astype(np.float32))
         for name in stages:
             seq = np.stack(per_step[name], axis=1)
             if seq.dtype == bool:
                 collected[name].append(np.where(seq, 255, 0).astype(np.uint8))
             else:
                 collected[name].append(encode_analog(seq))
-    empty = (0, h, w)
-    return SensorResult(
-        readout=np.concatenate(readouts) if readouts else np.zeros(empty, np.uint8),
-        output=np.concatenate(outputs) if outputs else np.zeros(empty, np.float32),
-        stages={name: np.concatenate(v) for name, v in collected.items()} if n else {})
+    return make_result(weights, binary.shape, readouts, outputs,
+                       {name: np.concatenate(v) for name, v in collected.items()} if n else {})
 
 
 def frame_cost(weights: SensorWeights, *, last: bool = False, noise: NoiseModel | None = None,
                size: int = 64, cost_model: CostModel | None = None) -> dict:
     """Instructions of one frame (by kind), with time and energy per frame (see :mod:`ppa`).
 
-    ``last=True`` counts the readout frame (which also computes and reads out o). The window's
-    prologue (3 instructions) is not included. ``noise`` matters only through the gate constant
-    (see the module docstring); injected noise is not an instruction.
+    ``last=True`` counts a read-out frame (the last one for the authors' layout), which also
+    computes and reads out o for each of the layout's K channels, pooled and quantized as the
+    layout says. The window's prologue (3 instructions) is not included. ``noise`` matters only
+    through the gate constant (see the module docstring); injected noise is not an instruction.
     """
     noise = _check_common(weights, noise, ())
     _check_size(size, size)
-    ppa = _new_array(size, size, None, cost_model)
     program = _Program(weights, noise, np.random.default_rng(0), ())
+    ppa = _new_array(program, size, size, None, cost_model)
     program.prologue(ppa)
     ppa.reset_counts()
-    program.frame(ppa, np.ones((size, size), bool), last=last)
+    program.frame(ppa, np.ones((size, size), bool), read=last)
     return ppa.cost()
 
 
 def clip_cost(weights: SensorWeights, *, timesteps: int | None = None, noise: NoiseModel | None = None,
               size: int = 64, cost_model: CostModel | None = None) -> dict:
-    """Instructions of one window of ``timesteps`` frames (default ``weights.timesteps``), prologue included."""
+    """Instructions of one window of ``timesteps`` frames (default ``weights.timesteps``), prologue
+    included, with the readouts of the weights' layout (a layout other than the authors' needs
+    ``timesteps`` to be its own). ``readout_frames`` says how many frames read out."""
     noise = _check_common(weights, noise, ())
     _check_size(size, size)
     t = weights.timesteps if timesteps is None else timesteps
     if not (isinstance(t, (int, np.integer)) and t >= 1):
         raise ValueError(f"timesteps must be a positive integer, got {t!r}")
-    ppa = _new_array(size, size, None, cost_model)
+    frames = weights.readout_frames(int(t))
     program = _Program(weights, noise, np.random.default_rng(0), ())
+    ppa = _new_array(program, size, size, None, cost_model)
     program.prologue(ppa)
     frame = np.ones((size, size), bool)
     for step in range(t):
-        program.frame(ppa, frame, last=step == t - 1)
-    return ppa.cost()
+        program.frame(ppa, frame, read=step + 1 in frames)
+    cost = ppa.cost()
+    cost["readout_frames"] = len(frames)
+    return cost

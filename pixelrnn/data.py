@@ -4,14 +4,17 @@ Every reader returns a :class:`Dataset` of 16-frame 64x64 uint8 gray clips; the 
 (normalisation, binarization) is applied later by the model / firmware_sim, from one definition.
 Resizing uses :func:`firmware_sim.frontend.crop_resize`, the same call the camera loop makes.
 
-=============  ====================================  =========  =====================================
-name           file                                  classes    split
-=============  ====================================  =========  =====================================
-``grid``       grid_s1_digits.npz                    10 digits  fixed stratified 80/10/10
-``avletters``  avletters_lips.npz (variable length)  26 letters leave-speakers-out (7 / 1 / 2)
-``cambridge``  pixelrnn_ref/cambridge_test90.npz     9 gestures 5-fold stratified cross-validation
-``tulips``     pixelrnn_ref/tulips_test10.npz        4 digits   test only (one..four)
-=============  ====================================  =========  =====================================
+================  ====================================  ==========  ====================================
+name              file                                  classes     split
+================  ====================================  ==========  ====================================
+``grid``          grid_s1_digits.npz                    10 digits   fixed stratified 80/10/10
+``avletters``     avletters_lips.npz (variable length)  26 letters  leave-speakers-out (7 / 1 / 2)
+``avletters_ms``  the same file and clips               26 letters  multi-speaker: takes 1-2 train (a
+                                                                    stratified 10% of them val), take 3
+                                                                    test
+``cambridge``     pixelrnn_ref/cambridge_test90.npz     9 gestures  5-fold stratified cross-validation
+``tulips``        pixelrnn_ref/tulips_test10.npz        4 digits    test only (one..four)
+================  ====================================  ==========  ====================================
 """
 from __future__ import annotations
 
@@ -34,12 +37,18 @@ AVLETTERS_CLASSES = [chr(ord("A") + i) for i in range(26)]
 AVLETTERS_VAL_SPEAKERS = ("Verity",)
 AVLETTERS_TEST_SPEAKERS = ("Yi", "Anya")
 SPLIT_SEED = 20240617          # fixed: the splits never change with the training seed
+# AVLetters multi-speaker protocol (avletters_ms): every speaker seen in training; the held-out take.
+AVLETTERS_MS_TRAIN_REPS = (1, 2)
+AVLETTERS_MS_TEST_REPS = (3,)
+AVLETTERS_MS_VAL_FRACTION = 0.1   # of the training repetitions' clips, per class
 FOLDS = 5
 
-DATASETS = ("grid", "avletters", "cambridge", "tulips")
+DATASETS = ("grid", "avletters", "cambridge", "tulips", "avletters_ms")
 FILES = {"grid": "grid_s1_digits.npz", "avletters": "avletters_lips.npz",
-         "cambridge": "pixelrnn_ref/cambridge_test90.npz", "tulips": "pixelrnn_ref/tulips_test10.npz"}
-TASKS = {"grid": "lips", "avletters": "lips", "cambridge": "gesture", "tulips": "lips"}
+         "cambridge": "pixelrnn_ref/cambridge_test90.npz", "tulips": "pixelrnn_ref/tulips_test10.npz",
+         "avletters_ms": "avletters_lips.npz"}
+TASKS = {"grid": "lips", "avletters": "lips", "cambridge": "gesture", "tulips": "lips", "avletters_ms": "lips"}
+AVLETTERS_NAMES = ("avletters", "avletters_ms")     # one file and loader, two split protocols
 
 
 @dataclass
@@ -50,6 +59,7 @@ class Dataset:
     classes: list[str]
     groups: np.ndarray          # (N,) str: speaker / illumination set (for leave-groups-out splits)
     names: np.ndarray           # (N,) str
+    repetitions: np.ndarray | None = None   # (N,) int: AVLetters take 1..3 (None for the others)
 
     def __post_init__(self) -> None:
         frames = np.asarray(self.frames)
@@ -58,6 +68,12 @@ class Dataset:
         labels = check_labels(self.labels, n=frames.shape[0], num_classes=len(self.classes),
                               what=f"{self.name} labels")
         object.__setattr__(self, "labels", labels)
+        if self.repetitions is not None:
+            reps = np.asarray(self.repetitions, dtype=np.int64)
+            if reps.shape != labels.shape:
+                raise InputError(f"{self.name}: repetitions must be one per clip ({labels.shape[0]}), "
+                                 f"got shape {reps.shape}")
+            object.__setattr__(self, "repetitions", reps)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -65,7 +81,8 @@ class Dataset:
     def subset(self, idx: np.ndarray) -> "Dataset":
         idx = np.asarray(idx, dtype=np.int64)
         return Dataset(self.name, self.frames[idx], self.labels[idx], self.classes, self.groups[idx],
-                       self.names[idx])
+                       self.names[idx],
+                       None if self.repetitions is None else self.repetitions[idx])
 
 
 def default_data_dir() -> Path:
@@ -111,8 +128,9 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None) -> Dat
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     path = root / FILES[name]
     d = _npz(path)
-    if name == "avletters":
-        _require(d, path, ("frames", "offsets", "labels", "speakers"))
+    if name in AVLETTERS_NAMES:
+        _require(d, path, ("frames", "offsets", "labels", "speakers")
+                 + (("repetitions",) if name == "avletters_ms" else ()))
         off, raw = d["offsets"], d["frames"]
         clips = np.stack([resize_clip(raw[off[i]:off[i + 1]][even_indices(int(off[i + 1] - off[i]))])
                           for i in range(len(off) - 1)])
@@ -120,7 +138,8 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None) -> Dat
         names = np.array([f"{s}_{AVLETTERS_CLASSES[k]}{r}" for s, k, r in
                           zip(d["speakers"], d["labels"], reps)])
         return Dataset(name, clips, d["labels"].astype(np.int64), AVLETTERS_CLASSES,
-                       d["speakers"].astype(str), names)
+                       d["speakers"].astype(str), names,
+                       reps.astype(np.int64) if "repetitions" in d else None)
     _require(d, path, ("frames", "labels"))
     frames, labels = d["frames"], d["labels"].astype(np.int64)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (TIMESTEPS, SENSOR_SIZE, SENSOR_SIZE):
@@ -169,10 +188,28 @@ def stratified_folds(labels: np.ndarray, *, folds: int = FOLDS, seed: int = SPLI
     return fold
 
 
+def multi_speaker_split(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AVLetters multi-speaker protocol: train on takes 1-2 of every speaker, test on take 3."""
+    if ds.repetitions is None:
+        raise InputError(f"{ds.name}: the multi-speaker split needs each clip's repetition "
+                         f"(the 'repetitions' array of avletters_lips.npz)")
+    reps = ds.repetitions
+    known = AVLETTERS_MS_TRAIN_REPS + AVLETTERS_MS_TEST_REPS
+    if not np.isin(reps, known).all():
+        raise InputError(f"{ds.name}: repetitions must be in {known}, got {sorted(set(reps.tolist()) - set(known))}")
+    te = np.flatnonzero(np.isin(reps, AVLETTERS_MS_TEST_REPS))
+    pool = np.flatnonzero(np.isin(reps, AVLETTERS_MS_TRAIN_REPS))
+    f = AVLETTERS_MS_VAL_FRACTION
+    tr_pos, va_pos, _ = stratified_split(ds.labels[pool], fractions=(1.0 - f, f, 0.0), seed=SPLIT_SEED)
+    return pool[tr_pos], pool[va_pos], te
+
+
 def split(ds: Dataset, *, fold: int = 0) -> dict[str, np.ndarray]:
     """Train / val / test indices of ``ds``: the fixed, honest split for that dataset.
 
     cambridge: test = fold ``fold`` of 5; validation = one clip per class from the remaining folds.
+    avletters_ms: test = every repetition-3 clip; validation = a fixed stratified 10% of the
+    repetition-1/2 clips (per class, seed :data:`SPLIT_SEED`); train = the other repetition-1/2 clips.
     """
     if ds.name == "grid":
         tr, va, te = stratified_split(ds.labels)
@@ -180,6 +217,8 @@ def split(ds: Dataset, *, fold: int = 0) -> dict[str, np.ndarray]:
         te = np.flatnonzero(np.isin(ds.groups, AVLETTERS_TEST_SPEAKERS))
         va = np.flatnonzero(np.isin(ds.groups, AVLETTERS_VAL_SPEAKERS))
         tr = np.flatnonzero(~np.isin(ds.groups, AVLETTERS_TEST_SPEAKERS + AVLETTERS_VAL_SPEAKERS))
+    elif ds.name == "avletters_ms":
+        tr, va, te = multi_speaker_split(ds)
     elif ds.name == "cambridge":
         if not (isinstance(fold, int) and 0 <= fold < FOLDS):
             raise InputError(f"--fold must be 0..{FOLDS - 1} for cambridge, got {fold!r}")

@@ -292,6 +292,10 @@ def build_twin(*, model: PixelRNN, include_sensor: bool = True, bitpacked: bool 
         raise InputError(f"model must be a pixelrnn.model.PixelRNN, got {type(model).__name__}")
     if input_dtype not in ("uint8", "float32"):
         raise InputError(f"input_dtype must be 'uint8' or 'float32', got {input_dtype!r}")
+    layout = model.config.layout
+    if not layout.is_authors or model.config.decoder != "authors":
+        raise InputError(f"the Keras/Larq twin (TFLite, LCE) builds the authors' readout and head only; this model "
+                         f"reads out {layout.describe()} with the {model.config.decoder} head (export onnx instead)")
     gray = exact_gray_threshold(model) if include_sensor else None
     twin = make_keras_model(model.config, include_sensor=include_sensor, quantizer="ste_sign",
                             bitpacked=bitpacked, gray_threshold=gray, input_dtype=input_dtype)

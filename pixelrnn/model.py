@@ -10,6 +10,12 @@ Per frame, in the pixel array: binary input ``sign(x - theta0)``; 16 binary 5x5 
 Off the sensor: the 8-bit readout of o_T, then 1x1 conv (one binary weight), BatchNorm2d(1), tanh,
 minus thresh3, Linear(4096 -> classes).
 
+That is the authors' network and this file's default. The config generalises the readout
+(:class:`core.readout_layout.ReadoutLayout`): o read out at several frames (``readout_every``), K
+output kernel pairs (``out_channels``), maps averaged over blocks on the array (``readout_pool``)
+and 8, 4, 2 or 1-bit levels (``readout_bits``, trained through a straight-through quantizer); the
+decoder then sees M = frames x K maps, with the authors' head or a small MLP (``decoder``).
+
 Weights are latent reals (clipped to [-1, 1] by :meth:`PixelRNN.clip_latent_`), binarized in the
 forward pass by a straight-through estimator chosen by name. In eval mode with noise off the
 forward is bit-exact with ``firmware_sim`` (tested): integer sums of +-1 products are exact in
@@ -23,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.readout_layout import ReadoutLayout
 from firmware_sim.encoding import IW, ZERO_LEVEL
 from firmware_sim.frontend import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, FrontEnd
 from firmware_sim.noise import NoiseModel
@@ -33,6 +40,10 @@ SIZE = 64
 N_MAPS = 16
 KERNEL = 5
 POOL = 4
+DECODERS = {"authors": "1x1 conv (one binary weight per map), BatchNorm, tanh, minus thresh3, Linear",
+            "mlp": "BatchNorm per map, Linear -> hidden, ReLU, dropout 0.2, Linear",
+            "cnn": "BatchNorm per map, three 3x3 conv + ReLU (+ 2x2 max-pool) layers of hidden/8, "
+                   "4x4 average pool, dropout 0.2, Linear"}
 
 
 @dataclass
@@ -49,7 +60,14 @@ class ModelConfig:
     learn_theta0: bool = False           # learn the input binarization threshold (lip models)
     input_mean: float = IMAGENET_GRAY_MEAN
     input_std: float = IMAGENET_GRAY_STD
-    readout_8bit: bool = True            # decoder sees the 8-bit readout, as on the real sensor
+    readout_8bit: bool = True            # decoder sees the quantized readout, as on the real sensor
+    readout_every: int = 0               # read o out at frames every, 2*every, ..., T (0: the last only)
+    out_channels: int = 1                # K output kernel pairs (W_oi, W_oh): K maps per readout frame
+    readout_bits: int = 8                # 8 (the ADC), 4, 2 or 1; trained for (STE), not applied after
+    readout_pool: int = 1                # maps averaged over pool x pool blocks on the array
+    readout_step: float = 0.0            # MAC units per level for bits < 8 (0: the layout's default)
+    decoder: str = "authors"             # off-sensor head: see DECODERS
+    decoder_hidden: int = 256            # width of the "mlp" head
     noise_conv: float = 0.0              # training noise (MAC units), on while model.training
     noise_gate: float = 0.0
     noise_out: float = 0.0
@@ -64,6 +82,21 @@ class ModelConfig:
         get_quantizer(self.quantizer, m=self.quantizer_m)  # validates name and m
         NoiseModel(self.noise_conv, self.noise_gate, self.noise_out)  # validates sigmas
         FrontEnd(mean=self.input_mean, std=self.input_std)
+        _ = self.layout  # validates the readout fields
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got {self.decoder!r}")
+        if not (isinstance(self.decoder_hidden, int) and self.decoder_hidden >= 1):
+            raise ValueError(f"decoder_hidden must be a positive integer, got {self.decoder_hidden!r}")
+
+    @property
+    def layout(self) -> ReadoutLayout:
+        """What leaves the sensor per window (:mod:`core.readout_layout`)."""
+        return self.layout_for(self.timesteps)
+
+    def layout_for(self, timesteps: int) -> ReadoutLayout:
+        """The readout of a window of ``timesteps`` frames (the model runs on any clip length)."""
+        return ReadoutLayout.every(self.readout_every, timesteps=timesteps, channels=self.out_channels,
+                                   bits=self.readout_bits, pool=self.readout_pool, step=self.readout_step)
 
     @property
     def class_names(self) -> list[str]:
@@ -234,7 +267,8 @@ def _conv1(xpad: torch.Tensor, wbig: torch.Tensor) -> torch.Tensor:
 
 class _Recurrence(torch.autograd.Function):
     """The gate recurrence, fused: G steps of ``z_t = ((xf_t + W_fh * h_t) + n_t) - thr``,
-    ``h_{t+1} = sign(z_t) . h_t`` from h_0 = +1 -> h_G, the hidden state the readout convolves.
+    ``h_{t+1} = sign(z_t) . h_t`` from h_0 = +1 -> the hidden states ``keep`` (indices 0..G), the
+    ones the readouts convolve.
 
     The same float operations, in the same order, as the step-by-step autograd graph, so every
     gate is bit-identical; the backward runs the chain rule by hand (one small GEMM per step for
@@ -243,7 +277,7 @@ class _Recurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xf, w_fh, thr, noise, surrogate):
+    def forward(ctx, xf, w_fh, thr, noise, surrogate, keep):
         b, g, h, w = xf.shape
         wbig = s2d_weight(w_fh)
         hpad = xf.new_zeros(b, g + 1, h + POOL, w + POOL)       # H_0 .. H_G with a 2-pixel zero border
@@ -257,8 +291,9 @@ class _Recurrence(torch.autograd.Function):
             z.sub_(thr)
             torch.mul(sign(z), hs[:, t], out=hs[:, t + 1])
         ctx.surrogate = surrogate
+        ctx.keep = keep
         ctx.save_for_backward(w_fh, hpad, zs)
-        return hs[:, g, None].clone()
+        return hs[:, list(keep)].clone()
 
     @staticmethod
     def backward(ctx, grad):
@@ -269,38 +304,44 @@ class _Recurrence(torch.autograd.Function):
         sur = ctx.surrogate(zs)
         gpad = zs.new_zeros(b, g, h + POOL, w + POOL)
         gz = gpad[:, :, 2:h + 2, 2:w + 2]
-        gh = grad[:, 0]
+        gh = torch.zeros_like(hs[:, 0])
         for t in range(g - 1, -1, -1):
+            for i, kept in enumerate(ctx.keep):     # the readouts that see h_{t+1}
+                if kept == t + 1:
+                    gh = gh + grad[:, i]
             torch.mul(gh * hs[:, t], sur[:, t], out=gz[:, t])   # d h_{t+1} / d f_t = h_t
             gh = gh * sign(zs[:, t]) + _conv1(gpad[:, t], wflip)
         rows = hpad[:, :g].reshape(b * g, h + POOL, w + POOL).unfold(1, 8, POOL).unfold(2, 8, POOL).reshape(-1, 64)
         gm = gz.reshape(b * g, h // POOL, POOL, w // POOL, POOL).permute(0, 1, 3, 2, 4).reshape(-1, POOL * POOL)
         dw = _fold_taps(gm.t() @ rows)
         dthr = -gz.sum().reshape(1) if ctx.needs_input_grad[2] else None
-        return gz, dw, dthr, None, None
+        return gz, dw, dthr, None, None, None
 
 
-def noise_sizes(noise: NoiseModel, timesteps: int, size: int = SIZE) -> dict[str, int]:
-    """Standard normals one clip consumes, per noise site in stream order (conv, gate, out)."""
+def noise_sizes(noise: NoiseModel, timesteps: int, size: int = SIZE, out_maps: int = 1) -> dict[str, int]:
+    """Standard normals one clip consumes, per noise site in stream order (conv, gate, out).
+
+    ``out_maps``: the analog maps read out per window (readout frames x output channels).
+    """
     sizes = {}
     if noise.conv_sigma:
         sizes["conv"] = timesteps * N_MAPS * (size // POOL) ** 2
     if noise.gate_sigma:
         sizes["gate"] = timesteps * size * size
     if noise.out_sigma:
-        sizes["out"] = size * size
+        sizes["out"] = out_maps * size * size
     return sizes
 
 
 def draw_noise(noise: NoiseModel, batch: int, timesteps: int, generators: list[torch.Generator] | None,
-               size: int = SIZE) -> dict[str, torch.Tensor]:
+               size: int = SIZE, out_maps: int = 1) -> dict[str, torch.Tensor]:
     """The standard normals of a batch, (B, n) per noise site: one draw per clip from its generator.
 
     One ``randn`` per clip gives the same numbers as the former per-site draws in stream order
     (torch's CPU normal sampler transforms blocks of 16 uniforms, and every block size here is a
     multiple of 16), so a clip's noise does not depend on its batch, rank or device.
     """
-    sizes = noise_sizes(noise, timesteps, size)
+    sizes = noise_sizes(noise, timesteps, size, out_maps)
     total = sum(sizes.values())
     if not total:
         return {}
@@ -326,8 +367,8 @@ class PixelRNN(nn.Module):
         # in-pixel RNN
         self.w_fi = u(1, 1, KERNEL, KERNEL)
         self.w_fh = u(1, 1, KERNEL, KERNEL)
-        self.w_oi = u(1, 1, KERNEL, KERNEL)
-        self.w_oh = u(1, 1, KERNEL, KERNEL)
+        self.w_oi = u(config.out_channels, 1, KERNEL, KERNEL)
+        self.w_oh = u(config.out_channels, 1, KERNEL, KERNEL)
         if config.gate_threshold:
             self.rnn_threshold = nn.Parameter(torch.ones(1))
         else:
@@ -336,20 +377,37 @@ class PixelRNN(nn.Module):
             self.theta0 = nn.Parameter(torch.zeros(1))
         else:
             self.register_buffer("theta0", torch.zeros(1))
-        # off-sensor decoder
-        self.fin_conv = nn.Parameter(torch.ones(1, 1, 1, 1))
-        self.bn = nn.BatchNorm2d(1)
-        self.thresh3 = nn.Parameter(torch.zeros(1))
-        self.fc = nn.Linear(SIZE * SIZE, config.num_classes)
+        # off-sensor decoder, on the M readout maps of S x S
+        layout = config.layout
+        m, feats = layout.maps, layout.maps * layout.side ** 2
+        self.bn = nn.BatchNorm2d(m)
+        if config.decoder == "mlp":
+            self.head = nn.Sequential(nn.Linear(feats, config.decoder_hidden), nn.ReLU(), nn.Dropout(0.2),
+                                      nn.Linear(config.decoder_hidden, config.num_classes))
+        elif config.decoder == "cnn":
+            c = max(8, config.decoder_hidden // 8)
+            self.head = nn.Sequential(
+                nn.Conv2d(m, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2) if layout.side >= 16 else nn.Identity(),
+                nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2) if layout.side >= 32 else nn.Identity(),
+                nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                nn.Dropout(0.2), nn.Linear(2 * c * 16, config.num_classes))
+        else:
+            self.fin_conv = nn.Parameter(torch.ones(1, m, 1, 1))
+            self.thresh3 = nn.Parameter(torch.zeros(1))
+            self.fc = nn.Linear(feats, config.num_classes)
 
     # -- binary weights ---------------------------------------------------------------------
     LATENT = ("conv1", "w_fi", "w_fh", "w_oi", "w_oh", "fin_conv")
 
+    def latent(self) -> list[nn.Parameter]:
+        """The latent binary weights this model has (the mlp head has no ``fin_conv``)."""
+        return [getattr(self, name) for name in self.LATENT if hasattr(self, name)]
+
     @torch.no_grad()
     def clip_latent_(self) -> None:
         """Keep latent binary weights in [-1, 1] (call after each optimizer step, as Larq does)."""
-        for name in self.LATENT:
-            getattr(self, name).clamp_(-1, 1)
+        for p in self.latent():
+            p.clamp_(-1, 1)
 
     def _active_noise(self, noise: NoiseModel | None) -> NoiseModel:
         if noise is not None:
@@ -369,7 +427,10 @@ class PixelRNN(nn.Module):
                generators: list[torch.Generator] | None = None, draws: dict[str, torch.Tensor] | None = None,
                _theta: tuple[torch.Tensor, torch.Tensor] | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The in-pixel part on (B, T, 64, 64) +-1 input -> o_T (B, 1, 64, 64) and recorded states.
+        """The in-pixel part on (B, T, 64, 64) +-1 input -> the analog readout maps and recorded states.
+
+        The maps are (B, M, S, S) for the config's :attr:`ModelConfig.layout` (M = readout frames x
+        output channels, frame-major; S = 64 / pool); the authors' layout gives o_T as (B, 1, 64, 64).
 
         ``generators`` (one per clip) make the noise of each clip independent of the batch it is
         in, so training is reproducible across batch splits and DistributedDataParallel ranks;
@@ -380,7 +441,7 @@ class PixelRNN(nn.Module):
         if generators is not None and len(generators) != b:
             raise ValueError(f"{len(generators)} noise generators for a batch of {b} clips")
         if draws is None:
-            draws = draw_noise(noise, b, t, generators, h)
+            draws = draw_noise(noise, b, t, generators, h, self.config.layout_for(t).maps)
         draws = {k: v.to(binary.device) for k, v in draws.items()}
         # in-pixel CNN: conv + relu + 4x4 max-pool in one GEMM per chunk of frames
         wc = s2d_weight(self.binarize(self.conv1))
@@ -392,40 +453,46 @@ class PixelRNN(nn.Module):
         if noise.conv_sigma:
             pre = pooled + draws["conv"].reshape(pooled.shape) * noise.conv_sigma
         x = to_mosaic(self.binarize(pre - self.thresh1)).reshape(b, t, 1, h, w)
-        # in-pixel RNN; the last step's gate does not reach o_T, so it is only made when recorded
+        # in-pixel RNN: o at each readout frame f (1-based) sees x_{f-1} and h_{f-1}; gates after the
+        # last readout frame do not reach any readout, so they are only made when recorded
+        layout = self.config.layout_for(t)
+        keep = [f - 1 for f in layout.frames]
+        k_out, r = layout.channels, len(keep)
         w_fi, w_oi = self.binarize(self.w_fi), self.binarize(self.w_oi)
         w_fh, w_oh = self.binarize(self.w_fh), self.binarize(self.w_oh)
-        gates = t if record else t - 1
+        gates = t if record else keep[-1]
         xf = bconv(x[:, :gates].reshape(b * gates, 1, h, w), s2d_weight(w_fi)).reshape(b, gates, h, w) \
             if gates else None
-        xo = bconv(x[:, t - 1], s2d_weight(w_oi))[:, 0]
-        wfh, woh = s2d_weight(w_fh), s2d_weight(w_oh)
+        wfh = s2d_weight(w_fh)
         gate_noise = draws["gate"].reshape(b, t, h, w) * noise.gate_sigma if noise.gate_sigma else None
         hidden = torch.ones(b, 1, h, w, dtype=binary.dtype, device=binary.device)
         states: dict[str, list] = {"hidden": [], "gate": []}
-        out = None
-        if not record and gates:
-            noise_g = gate_noise[:, :gates] if gate_noise is not None else None
-            hidden = _Recurrence.apply(xf, w_fh, self.rnn_threshold, noise_g, self.surrogate)
-        for step in range(0 if record else gates, t):
-            if step == t - 1:
-                out = (xo + bconv(hidden, woh)[:, 0])[:, None]
-                if noise.out_gain != 1.0:   # calibrated analog gain of the output (firmware_sim.noise)
-                    out = out * noise.out_gain
-                if noise.out_sigma:
-                    out = out + draws["out"].reshape(out.shape) * noise.out_sigma
-                if noise.has_offset:        # scalar out_offset, plus a per-pixel map if calibrated
-                    out = out + torch.as_tensor(noise.output_offset((h, w)), dtype=out.dtype, device=out.device)
-            if step >= gates:
-                break
-            ft = xf[:, step] + bconv(hidden, wfh)[:, 0]
-            if gate_noise is not None:
-                ft = ft + gate_noise[:, step]
-            gate = self.binarize(ft - self.rnn_threshold)[:, None]
-            if record:
+        if record:
+            for step in range(gates):
+                ft = xf[:, step] + bconv(hidden, wfh)[:, 0]
+                if gate_noise is not None:
+                    ft = ft + gate_noise[:, step]
+                gate = self.binarize(ft - self.rnn_threshold)[:, None]
                 states["hidden"].append(hidden)
                 states["gate"].append(gate)
-            hidden = gate * hidden
+                hidden = gate * hidden
+            kept = torch.cat([states["hidden"][i] for i in keep], 1)
+        elif keep[-1] == 0:
+            kept = hidden
+        else:
+            noise_g = gate_noise[:, :gates] if gate_noise is not None else None
+            kept = _Recurrence.apply(xf, w_fh, self.rnn_threshold, noise_g, self.surrogate, tuple(keep))
+        # o^{f,k} = W_oi[k] * x_{f-1} + W_oh[k] * h_{f-1}: (B, R*K, H, W), frame-major
+        xo = bconv(x[:, keep].reshape(b * r, 1, h, w), s2d_weight(w_oi))
+        out = (xo + bconv(kept.reshape(b * r, 1, h, w), s2d_weight(w_oh))).reshape(b, r * k_out, h, w)
+        if noise.out_gain != 1.0:   # calibrated analog gain of the output (firmware_sim.noise)
+            out = out * noise.out_gain
+        if noise.out_sigma:
+            out = out + draws["out"].reshape(out.shape) * noise.out_sigma
+        if noise.has_offset:        # scalar out_offset, plus a per-pixel map if calibrated
+            out = out + torch.as_tensor(noise.output_offset((h, w)), dtype=out.dtype, device=out.device)
+        if layout.pool > 1:         # the mean of each pool x pool block, on the array
+            out = F.avg_pool2d(out, layout.pool)
         recorded = {}
         if record:
             with torch.no_grad():
@@ -437,19 +504,48 @@ class PixelRNN(nn.Module):
         return out, recorded
 
     def readout(self, out: torch.Tensor) -> torch.Tensor:
-        """o -> the 8-bit readout level (float, 0..255), straight-through gradient inside the range."""
-        level = ZERO_LEVEL + IW * out
-        quantized = torch.clamp(torch.floor(level), 0, 255)
-        return level + (quantized - level).detach()
+        """Analog maps -> the readout levels (float, 0..2**bits-1) of the layout, as the sensor reads
+        them out; the gradient is straight through wherever the level is inside the ADC's range."""
+        layout = self.config.layout
+        if layout.bits == 8:
+            level = ZERO_LEVEL + IW * out
+        else:
+            level = out / layout.step + layout.zero
+        quantized = torch.clamp(torch.floor(level), 0, layout.max_level)
+        if layout.bits == 8:        # the authors' 8-bit readout: identity gradient, as always
+            return level + (quantized - level).detach()
+        inside = ((level >= 0) & (level <= layout.max_level + 1)).to(level.dtype)
+        return quantized + (level - level.detach()) * inside
+
+    def readout_levels(self, out: torch.Tensor):
+        """Analog maps -> uint8 levels shaped as ``firmware_sim``'s ``SensorResult.readout``:
+        (B, 64, 64) for the authors' layout, (B, M, S, S) otherwise."""
+        levels = self.readout(out).detach().to(torch.uint8).cpu().numpy()
+        return levels[:, 0] if self.config.layout.is_authors else levels
+
+    def dequantize(self, levels: torch.Tensor) -> torch.Tensor:
+        """Readout levels -> MAC units, as :meth:`core.readout_layout.ReadoutLayout.dequantize`."""
+        layout = self.config.layout
+        if layout.bits == 8:
+            return (levels - ZERO_LEVEL) / IW
+        return (levels - layout.zero + 0.5) * layout.step
 
     def decode(self, readout: torch.Tensor) -> torch.Tensor:
-        """8-bit readout levels (B, 64, 64) or (B, 1, 64, 64), uint8 or float -> logits (B, classes)."""
-        if readout.dim() == 3:
+        """Readout levels (B, M, S, S), uint8 or float -> logits (B, classes); the authors' layout
+        also takes (B, 64, 64)."""
+        layout = self.config.layout
+        if readout.dim() == 3 and layout.maps == 1:
             readout = readout[:, None]
-        o = (readout.to(torch.float32) - ZERO_LEVEL) / IW
-        return self.decode_analog(o)
+        if tuple(readout.shape[1:]) != layout.shape:
+            raise ValueError(f"readout must be (B, {', '.join(map(str, layout.shape))}) for this model's "
+                             f"layout ({layout.describe()}), got {tuple(readout.shape)}")
+        return self.decode_analog(self.dequantize(readout.to(torch.float32)))
 
     def decode_analog(self, o: torch.Tensor) -> torch.Tensor:
+        if self.config.decoder == "mlp":
+            return self.head(self.bn(o).flatten(1))
+        if self.config.decoder == "cnn":
+            return self.head(self.bn(o))
         y = o * self.binarize(self.fin_conv)
         y = torch.tanh(self.bn(y)) - self.thresh3
         return self.fc(y.flatten(1))
@@ -483,7 +579,8 @@ class PixelRNN(nn.Module):
         s = lambda p: self.binarize(p).detach().cpu().numpy().astype("int8")  # noqa: E731
         return SensorWeights(
             conv1=s(self.conv1)[:, 0], thresh1=float(self.thresh1), w_fi=s(self.w_fi)[0, 0],
-            w_fh=s(self.w_fh)[0, 0], w_oi=s(self.w_oi)[0, 0], w_oh=s(self.w_oh)[0, 0],
+            w_fh=s(self.w_fh)[0, 0], w_oi=s(self.w_oi)[:, 0], w_oh=s(self.w_oh)[:, 0],
+            layout=self.config.layout,
             rnn_threshold=float(self.rnn_threshold),
             frontend=FrontEnd(mean=self.config.input_mean, std=self.config.input_std,
                               theta0=float(self.theta0)),

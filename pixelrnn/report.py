@@ -31,7 +31,7 @@ def torch_readout(model, frames: np.ndarray, *, batch: int = 64) -> np.ndarray:
     for s in range(0, len(frames), batch):
         binary = model.binarize_input(torch.from_numpy(frames[s:s + batch]))
         o, _ = model.sensor(binary, noise=NoiseModel.off())
-        outs.append(model.readout(o)[:, 0].to(torch.uint8).numpy())
+        outs.append(model.readout_levels(o))
     return np.concatenate(outs)
 
 
@@ -92,6 +92,9 @@ def final_report(*, best_path: Path, ds: Dataset, test_idx: np.ndarray, out: Pat
     test_metrics = metrics(labels=test.labels, preds=sim_preds, class_names=model.config.class_names)
     report = {
         "dataset": ds.name, "config": config, "best_epoch": best_epoch,
+        "val_accuracy": next((r["val_acc"] for r in history if r.get("epoch") == best_epoch), None),
+        "readout_layout": model.config.layout.to_dict(),
+        "readout_bytes": model.config.layout.payload_bytes,
         "test": test_metrics,
         "test_accuracy_pytorch": float((torch_preds == test.labels).mean()),
         "simulator_agrees": bool(readout_equal and np.array_equal(sim_preds, torch_preds)),

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from core.errors import InputError
+from core.readout_layout import ReadoutLayout
 from firmware_sim.noise import NoiseModel
 from pixelrnn import __version__
 from pixelrnn.data import DATASETS
@@ -24,8 +25,10 @@ OPTIMIZERS = ("adam",)
 NORMALIZATIONS = ("dataset", "imagenet")
 DEVICES = ("auto", "cpu", "cuda")
 
-_INTS = ("fold", "limit", "batch_size", "epochs", "seed", "max_shift", "max_time_shift", "threads", "patience")
-_NUMBERS = ("quantizer_m", "noise_conv", "noise_gate", "noise_out", "lr", "lr_binary", "weight_decay")
+_INTS = ("fold", "limit", "batch_size", "epochs", "seed", "max_shift", "max_time_shift", "threads", "patience",
+         "readout_every", "out_channels", "readout_bits", "readout_pool", "decoder_hidden")
+_NUMBERS = ("quantizer_m", "noise_conv", "noise_gate", "noise_out", "lr", "lr_binary", "weight_decay",
+            "readout_step")
 _BOOLS = ("freeze_binary", "learn_theta0", "gate_threshold", "augment")
 
 
@@ -67,6 +70,15 @@ class TrainConfig:
     device: str = "auto"               # cpu, cuda, or auto (cuda when available, else cpu); float32 everywhere
     patience: int = 0                  # early stopping: stop after this many epochs without a better
                                        # validation result (0 = off, run all epochs)
+    # the readout (core.readout_layout): the defaults are the authors' (o at the last frame, 8 bit)
+    readout_every: int = 0             # read o out every N frames (0: the last frame only)
+    out_channels: int = 1              # K output kernel pairs: K maps per readout frame
+    readout_bits: int = 8              # 8, 4, 2 or 1 (trained for, straight-through)
+    readout_pool: int = 1              # maps averaged over pool x pool blocks on the array (1, 2, 4, 8)
+    readout_step: float = 0.0          # MAC units per level below 8 bits (0: the default for the bits)
+    decoder: str = "authors"           # off-sensor head: authors (1x1 conv, BN, tanh, Linear), mlp or cnn
+    decoder_hidden: int = 256          # width of the mlp head (the cnn's channels: hidden / 8, 16, 16)
+    init_from: str = ""                # a model.pt to start the in-pixel weights and thresholds from
     out_dir: str = "runs/grid"
 
     def __post_init__(self) -> None:
@@ -95,6 +107,18 @@ class TrainConfig:
         _check(bool(self.out_dir), "out_dir must not be empty")
         if self.noise_file:
             NoiseModel.from_spec(self.noise_file)   # one-line error now, not after loading the data
+        try:
+            self.layout(16)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        _check(self.decoder in ("authors", "mlp", "cnn"), f"decoder must be authors, mlp or cnn, got {self.decoder!r}")
+        _check(self.decoder_hidden >= 1, f"decoder_hidden must be >= 1, got {self.decoder_hidden}")
+        _check(not self.init_from or Path(self.init_from).is_file(), f"init_from: no such file {self.init_from!r}")
+
+    def layout(self, timesteps: int) -> ReadoutLayout:
+        """The readout these settings ask for, for clips of ``timesteps`` frames."""
+        return ReadoutLayout.every(self.readout_every, timesteps=timesteps, channels=self.out_channels,
+                                   bits=self.readout_bits, pool=self.readout_pool, step=self.readout_step)
 
     def resolved_device(self) -> str:
         """``device`` with ``auto`` resolved: cuda when a GPU is visible, else cpu."""

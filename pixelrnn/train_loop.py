@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from core.atomic import write_json_atomic
 from core.errors import InputError
 from firmware_sim.noise import NoiseModel
-from pixelrnn.checkpoint import save_checkpoint
+from pixelrnn.checkpoint import load_model, save_checkpoint
 from pixelrnn.data import TASKS, Augment, Dataset, load_dataset, split
 from pixelrnn.distributed import Dist, GlobalBatchNorm2d, init_distributed, teardown_distributed
 from pixelrnn.model import ModelConfig, PixelRNN, draw_noise
@@ -59,13 +59,36 @@ def build_model(cfg: TrainConfig, train_set: Dataset) -> PixelRNN:
                      task=TASKS[cfg.dataset], quantizer=cfg.quantizer, quantizer_m=cfg.quantizer_m,
                      gate_threshold=cfg.gate_threshold, learn_theta0=cfg.learn_theta0,
                      input_mean=mean, input_std=std, noise_conv=cfg.noise_conv,
-                     noise_gate=cfg.noise_gate, noise_out=cfg.noise_out)
+                     noise_gate=cfg.noise_gate, noise_out=cfg.noise_out, timesteps=train_set.frames.shape[1],
+                     readout_every=cfg.readout_every, out_channels=cfg.out_channels,
+                     readout_bits=cfg.readout_bits, readout_pool=cfg.readout_pool,
+                     readout_step=cfg.readout_step, decoder=cfg.decoder, decoder_hidden=cfg.decoder_hidden)
     torch.manual_seed(cfg.seed)
     model = PixelRNN(mc)
+    if cfg.init_from:
+        init_sensor_from(model, cfg.init_from)
     if cfg.freeze_binary:
-        for name in PixelRNN.LATENT:
-            getattr(model, name).requires_grad_(False)
+        for p in model.latent():
+            p.requires_grad_(False)
     return model
+
+
+def init_sensor_from(model: PixelRNN, path: str) -> None:
+    """Start ``model``'s in-pixel weights and thresholds from the checkpoint at ``path`` (a warm start).
+
+    The input CNN, the gate and theta0 are copied; the checkpoint's output kernel pair fills every
+    output channel (a latent copy with signs flipped at random for the extra channels, so they
+    differ). The decoder starts fresh: its input is the new readout.
+    """
+    src = load_model(path)
+    with torch.no_grad():
+        for name in ("conv1", "thresh1", "w_fi", "w_fh", "rnn_threshold", "theta0"):
+            getattr(model, name).copy_(getattr(src, name).detach())
+        for name in ("w_oi", "w_oh"):
+            dst, w = getattr(model, name), getattr(src, name).detach()[:1]
+            for k in range(dst.shape[0]):
+                flip = 1.0 if k == 0 else torch.where(torch.rand(w.shape) < 0.3, -1.0, 1.0)
+                dst[k:k + 1].copy_(w * flip)
 
 
 def _seed_of(*parts: int) -> int:
@@ -91,7 +114,8 @@ def prepare_batch(ds: Dataset, idx: np.ndarray, *, epoch: int, cfg: TrainConfig,
     """A training batch ready for the model: frames, labels and the clips' noise draws (on the CPU,
     from each clip's own generator, so they do not depend on the batch, rank or device)."""
     frames, labels, gens = batch_tensors(ds, idx, epoch=epoch, cfg=cfg, train=True)
-    return frames, labels, draw_noise(noise, len(idx), frames.shape[1], gens, frames.shape[-1])
+    return frames, labels, draw_noise(noise, len(idx), frames.shape[1], gens, frames.shape[-1],
+                                      cfg.layout(frames.shape[1]).maps)
 
 
 @torch.no_grad()
@@ -144,7 +168,7 @@ def _output_folder(out_dir: str, *, resume: bool) -> Path:
 
 def _optimizer(cfg: TrainConfig, model: PixelRNN) -> torch.optim.Optimizer:
     """Adam with two learning rates: ``lr_binary`` for the latent binary weights, ``lr`` for the rest."""
-    binary = [getattr(model, n) for n in PixelRNN.LATENT if getattr(model, n).requires_grad]
+    binary = [p for p in model.latent() if p.requires_grad]
     ids = {id(p) for p in binary}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     groups = [{"params": rest, "lr": cfg.lr}] + ([{"params": binary, "lr": cfg.lr_binary}] if binary else [])

@@ -35,7 +35,7 @@ def test_kernel_layout_maps_back_to_the_model(task, ref_dir, authors_models):
     text = read_scamp5_text(need(ref_dir / "weights_for_scamp" / AUTHORS[task]))
     w = authors_models[task].sensor_weights()
     assert np.array_equal(kernels_from_text_order(text["cnn_model.conv1.weight"]), w.conv1)
-    for key, kernel in zip(KERNEL_KEYS[1:], (w.w_fi, w.w_fh, w.w_oi, w.w_oh)):
+    for key, kernel in zip(KERNEL_KEYS[1:], (w.w_fi, w.w_fh, w.w_oi[0], w.w_oh[0])):
         assert np.array_equal(kernels_from_text_order(text[key])[0], kernel), key
     # the documented layout, literally: block 1 is map 4, rows bottom to top
     assert TEXT_ORDER[:5] == (0, 4, 8, 12, 1)

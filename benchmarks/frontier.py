@@ -1,0 +1,157 @@
+"""The accuracy-vs-readout-bytes frontier (issue 12): a PNG plot and a markdown table.
+
+Reads the summaries of ``pixelrnn sweep --summary --json-out`` (one per dataset) and the reference
+points of ``benchmarks/reference_points.py``; marks the authors' configuration and, per dataset,
+the smallest readout at which the in-pixel model beats the raw-frame linear baseline (on test,
+reported once, after selection on validation).
+
+    python benchmarks/frontier.py --sweep grid=runs/sweep/grid-frontier/summary.json \
+        --references runs/reference_points.json --png docs/img/frontier.png --write docs/RESULTS.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks._common import cpu_name, update_section  # noqa: E402
+from core.atomic import atomic_open  # noqa: E402
+from core.errors import InputError  # noqa: E402
+
+RAW_WINDOW_64 = 16 * 64 * 64           # 16 raw 64x64 8-bit frames
+RAW_WINDOW_256 = 16 * 256 * 256
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sweep", action="append", default=[], metavar="DATASET=SUMMARY.json",
+                   help="a sweep summary per dataset (repeatable)")
+    p.add_argument("--references", default=None, help="reference points JSON (benchmarks/reference_points.py)")
+    p.add_argument("--png", default=None, help="write the plot here")
+    p.add_argument("--write", default=None, help="update the frontier section of this markdown file")
+    p.add_argument("--command", default=None, help="the command line to print with the table")
+    return p
+
+
+def load_sweeps(items: list[str]) -> dict[str, list[dict]]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--sweep expects DATASET=SUMMARY.json, got {item!r}")
+        if not Path(path).is_file():
+            raise InputError(f"--sweep {name}: no such file {path}")
+        rows = json.loads(Path(path).read_text())["rows"]
+        out[name] = [r for r in rows if r.get("seeds")]
+    return out
+
+
+def load_references(path: str | None) -> dict[str, dict]:
+    if not path:
+        return {}
+    if not Path(path).is_file():
+        raise InputError(f"--references: no such file {path}")
+    data = json.loads(Path(path).read_text())
+    return {r["dataset"]: r for r in data.get("rows", data if isinstance(data, list) else [])}
+
+
+def smallest_beating(rows: list[dict], linear: float | None) -> dict | None:
+    """The cheapest configuration whose mean test accuracy beats the linear baseline's."""
+    if linear is None:
+        return None
+    better = [r for r in rows if r["test_mean"] > linear]
+    return min(better, key=lambda r: (r["readout_bytes"], -r["test_mean"])) if better else None
+
+
+def table(sweeps: dict[str, list[dict]], refs: dict[str, dict]) -> str:
+    lines = ["| dataset | configuration | readout bytes / window | vs 16 raw 64x64 frames | seeds | "
+             "val % (mean ± std) | test % (mean ± std) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for ds, rows in sweeps.items():
+        for r in sorted(rows, key=lambda r: (r["readout_bytes"], r["config"])):
+            lines.append(f"| {ds} | {r['config']} | {r['readout_bytes']} | {RAW_WINDOW_64 / r['readout_bytes']:.0f}x "
+                         f"less | {r['seeds']} | {r['val_mean']:.1f} ± {r['val_std']:.1f} | "
+                         f"{r['test_mean']:.1f} ± {r['test_std']:.1f} |")
+        ref = refs.get(ds)
+        if ref:
+            lines.append(f"| {ds} | reference: linear on the averaged raw frame | 4096 | 16x less | - | "
+                         f"{100 * ref['linear']['val_accuracy']:.1f} | {100 * ref['linear']['test_accuracy']:.1f} |")
+            if ref.get("video"):
+                v = ref["video"]
+                lines.append(f"| {ds} | reference: 3D CNN on the raw 16x64x64 clip | 65536 | 1x | {v['seeds']} | "
+                             f"{v['val_mean']:.1f} ± {v['val_std']:.1f} | {v['test_mean']:.1f} ± {v['test_std']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(sweeps: dict[str, list[dict]], refs: dict[str, dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4.2), squeeze=False)
+    for ax, (ds, rows) in zip(axes[0], sweeps.items()):
+        for r in rows:
+            authors = r["config"] == "authors"
+            ax.errorbar(r["readout_bytes"], r["test_mean"], yerr=r["test_std"], fmt="s" if authors else "o",
+                        color="tab:red" if authors else "tab:blue", capsize=3)
+            ax.annotate(r["config"], (r["readout_bytes"], r["test_mean"]), fontsize=7,
+                        xytext=(4, -10), textcoords="offset points")
+        ref = refs.get(ds)
+        if ref:
+            ax.axhline(100 * ref["linear"]["test_accuracy"], color="gray", ls="--", label="linear, raw averaged frame")
+            if ref.get("video"):
+                v = ref["video"]
+                ax.errorbar(65536, v["test_mean"], yerr=v["test_std"], fmt="D", color="black", capsize=3,
+                            label="3D CNN, raw clip (65,536 B)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("readout bytes per 16-frame window")
+        ax.set_ylabel("test accuracy % (mean ± std over seeds)")
+        ax.set_title(f"{ds} (red square: the authors' readout)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, dpi=90, format="png")
+    finally:
+        plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> int:
+    sweeps = load_sweeps(args.sweep)
+    if not sweeps:
+        raise InputError("give at least one --sweep DATASET=SUMMARY.json")
+    refs = load_references(args.references)
+    text = table(sweeps, refs)
+    notes = []
+    for ds, rows in sweeps.items():
+        ref = refs.get(ds)
+        best = smallest_beating(rows, 100 * ref["linear"]["test_accuracy"] if ref else None)
+        if ref:
+            notes.append(f"- {ds}: smallest readout beating the raw-frame linear baseline "
+                         f"({100 * ref['linear']['test_accuracy']:.1f}%): "
+                         + (f"{best['config']}, {best['readout_bytes']} B ({best['test_mean']:.1f}%)"
+                            if best else "none"))
+    body = (f"Measured {date.today().isoformat()} on {cpu_name()}.\n\n"
+            + (f"Command: `{args.command}`\n\n" if args.command else "") + text + "\n\n" + "\n".join(notes)
+            + (f"\n\n![frontier]({Path(args.png).relative_to(Path(args.write).parent) if args.write else args.png})"
+               if args.png else ""))
+    print(body)
+    if args.png:
+        plot(sweeps, refs, Path(args.png))
+    if args.write:
+        update_section(Path(args.write), "frontier", body, heading="The accuracy-vs-bytes frontier (issue 12)")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(get_args_parser().parse_args()))
+    except InputError as exc:
+        print(f"frontier: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,211 @@
+"""``pixelrnn sweep``: train configurations x seeds through Optuna, resumable, on one machine or many.
+
+Why Optuna: its studies live in an RDB (SQLite on one machine; PostgreSQL or MySQL shared by many),
+so several ``pixelrnn sweep`` processes on any number of machines pointed at one ``--storage`` URL
+share the work; its :class:`optuna.samplers.GridSampler` hands out each (configuration, seed) point
+of a fixed grid, and a resumed sweep only runs the points that have not completed. Ray Tune would
+also do it, but brings a cluster runtime we do not need for a grid of CPU jobs.
+
+A spec file (YAML) names the grid::
+
+    study: grid-frontier              # the study's name in the storage
+    base: {dataset: grid, epochs: 10} # TrainConfig settings every run shares
+    configs:                          # name -> settings on top of base
+      authors: {}
+      f2-1bit: {readout_every: 2, readout_bits: 1}
+    seeds: [0, 1, 2]
+
+Each point trains with :func:`pixelrnn.train_loop.train` into ``OUT/<config>/seed<k>`` (resumed
+from its ``last.pt`` if a previous process was stopped); the trial's value is the best validation
+accuracy (the selection criterion); test accuracy and readout bytes are kept as trial attributes
+for the report, never used to choose. ``--summary`` prints one row per configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.atomic import write_json_atomic
+from core.errors import InputError
+from pixelrnn.train_config import TrainConfig, load_config_file
+
+__all__ = ["SweepSpec", "add_sweep_parser", "load_spec", "main", "run_sweep", "summarize"]
+
+
+@dataclass
+class SweepSpec:
+    """A grid of named TrainConfig overrides x seeds (see the module docstring)."""
+
+    study: str
+    configs: dict[str, dict]
+    seeds: list[int]
+    base: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.study, str) and self.study.strip()):
+            raise InputError("sweep spec: study must be a non-empty name")
+        if not (isinstance(self.configs, dict) and self.configs):
+            raise InputError("sweep spec: configs must be a non-empty mapping of name -> settings")
+        if not (isinstance(self.seeds, list) and self.seeds
+                and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds)
+                and len(set(self.seeds)) == len(self.seeds)):
+            raise InputError(f"sweep spec: seeds must be a list of distinct integers >= 0, got {self.seeds!r}")
+        if not isinstance(self.base, dict):
+            raise InputError("sweep spec: base must be a mapping of settings")
+        for name, overrides in self.configs.items():
+            if not (isinstance(name, str) and name and "/" not in name):
+                raise InputError(f"sweep spec: config name {name!r} must be a non-empty string without '/'")
+            if not isinstance(overrides, dict):
+                raise InputError(f"sweep spec: config {name!r} must be a mapping of settings")
+            for key in ("seed", "out_dir"):
+                if key in overrides or key in self.base:
+                    raise InputError(f"sweep spec: {key} is set by the sweep; remove it from {name!r}/base")
+            self.train_config(name, self.seeds[0], Path("."))    # every point must be a valid config
+
+    def train_config(self, name: str, seed: int, out: Path) -> TrainConfig:
+        values = {**self.base, **self.configs[name], "seed": seed, "out_dir": str(out / name / f"seed{seed}")}
+        return TrainConfig.from_dict(values, source=f"sweep config {name!r}")
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    data = load_config_file(path)
+    unknown = set(data) - {"study", "configs", "seeds", "base"}
+    if unknown:
+        raise InputError(f"{path}: unknown sweep keys {sorted(unknown)} (known: study, base, configs, seeds)")
+    return SweepSpec(study=data.get("study", ""), configs=data.get("configs") or {},
+                     seeds=data.get("seeds") or [], base=data.get("base") or {})
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError as exc:
+        raise InputError(f"pixelrnn sweep needs Optuna: pip install -c constraints.txt -e '.[train]' ({exc})") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _study(spec: SweepSpec, storage: str):
+    optuna = _optuna()
+    grid = {"config": list(spec.configs), "seed": list(spec.seeds)}
+    try:
+        return optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
+                                   direction="maximize", sampler=optuna.samplers.GridSampler(grid, seed=0))
+    except (ValueError, ImportError, RuntimeError) as exc:     # bad URL, missing driver
+        raise InputError(f"--storage {storage!r}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _run_point(cfg: TrainConfig, *, progress: bool) -> dict:
+    """Train one point (or reuse / resume its folder) -> its report.json."""
+    from pixelrnn.train_loop import train
+
+    out = Path(cfg.out_dir)
+    report = out / "report.json"
+    if report.is_file():
+        return json.loads(report.read_text())
+    result = train(config=cfg, resume=(out / "last.pt").is_file(), progress=progress)
+    if not result:
+        raise RuntimeError(f"{out}: training stopped before its last epoch")
+    return result
+
+
+def run_sweep(*, spec: SweepSpec, storage: str, out: Path, n_trials: int | None = None,
+              progress: bool = True) -> int:
+    """Run the grid points not yet completed in ``storage``; returns how many ran in this call."""
+    optuna = _optuna()
+    study = _study(spec, storage)
+    total = len(spec.configs) * len(spec.seeds)
+    done = {(t.params["config"], t.params["seed"]) for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE}
+    todo = total - len(done)
+    if n_trials is not None:
+        todo = min(todo, n_trials)
+    ran = 0
+
+    def objective(trial) -> float:
+        nonlocal ran
+        name = trial.suggest_categorical("config", list(spec.configs))
+        seed = trial.suggest_categorical("seed", list(spec.seeds))
+        cfg = spec.train_config(name, seed, out)
+        print(f"sweep {spec.study}: {name} seed {seed} -> {cfg.out_dir}", flush=True)
+        report = _run_point(cfg, progress=progress)
+        trial.set_user_attr("test_accuracy", float(report["test"]["accuracy"]))
+        trial.set_user_attr("readout_bytes", int(report.get("readout_bytes") or 0))
+        trial.set_user_attr("best_epoch", int(report["best_epoch"]))
+        trial.set_user_attr("simulator_agrees", bool(report["simulator_agrees"]))
+        ran += 1
+        return float(report["val_accuracy"])
+
+    if todo > 0:
+        study.optimize(objective, n_trials=todo, catch=())
+    return ran
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0)
+
+
+def summarize(*, spec: SweepSpec, storage: str) -> list[dict]:
+    """One row per configuration: seeds done, readout bytes, validation and test mean +- std (%)."""
+    optuna = _optuna()
+    study = _study(spec, storage)
+    rows = []
+    for name in spec.configs:
+        trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+                  and t.params.get("config") == name]
+        if not trials:
+            rows.append({"config": name, "seeds": 0})
+            continue
+        val = _mean_std([100 * t.value for t in trials])
+        test = _mean_std([100 * t.user_attrs["test_accuracy"] for t in trials])
+        rows.append({"config": name, "seeds": len(trials), "settings": spec.configs[name],
+                     "readout_bytes": trials[0].user_attrs["readout_bytes"],
+                     "val_mean": val[0], "val_std": val[1], "test_mean": test[0], "test_std": test[1],
+                     "test_per_seed": {t.params["seed"]: 100 * t.user_attrs["test_accuracy"] for t in trials},
+                     "simulator_agrees": all(t.user_attrs["simulator_agrees"] for t in trials)})
+    return rows
+
+
+def add_sweep_parser(subparsers) -> None:
+    """The ``sweep`` subcommand (registered in setup.py under ``pixelrnn.commands``)."""
+    p = subparsers.add_parser(
+        "sweep", help="train a grid of configurations x seeds through Optuna (resumable, multi-machine)",
+        description="Run the (configuration, seed) points of a sweep spec that are not done yet. Point "
+                    "several processes, on one machine or many, at the same --storage to share the work.")
+    p.add_argument("--spec", required=True, help="YAML sweep spec (study, base, configs, seeds)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna RDB URL (default sqlite:///OUT/sweep.db); e.g. postgresql://host/db for many machines")
+    p.add_argument("--out-dir", default=None, help="where runs go (default runs/sweep/<study>)")
+    p.add_argument("--n-trials", type=int, default=None, help="run at most this many points in this process")
+    p.add_argument("--summary", action="store_true", help="print the per-configuration table and exit")
+    p.add_argument("--json-out", default=None, help="with --summary: also write the rows as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    out = Path(args.out_dir or f"runs/sweep/{spec.study}")
+    if args.n_trials is not None and args.n_trials < 1:
+        raise InputError(f"--n-trials must be >= 1, got {args.n_trials}")
+    out.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"sqlite:///{out / 'sweep.db'}"
+    if args.summary:
+        rows = summarize(spec=spec, storage=storage)
+        print("| config | bytes/window | seeds | val % | test % |\n| --- | --- | --- | --- | --- |")
+        for r in rows:
+            if r["seeds"]:
+                print(f"| {r['config']} | {r['readout_bytes']} | {r['seeds']} | "
+                      f"{r['val_mean']:.1f} ± {r['val_std']:.1f} | {r['test_mean']:.1f} ± {r['test_std']:.1f} |")
+            else:
+                print(f"| {r['config']} | - | 0 | - | - |")
+        if args.json_out:
+            write_json_atomic(Path(args.json_out), {"study": spec.study, "rows": rows})
+        return 0
+    ran = run_sweep(spec=spec, storage=storage, out=out, n_trials=args.n_trials, progress=not args.no_progress)
+    print(f"sweep {spec.study}: ran {ran} point(s); storage {storage}")
+    return 0
