@@ -345,7 +345,8 @@ class LayoutDecoderParams:
     linears: tuple[tuple[np.ndarray, np.ndarray], ...]
     fin_sign: np.ndarray | None = None    # (M,) +-1 (authors head)
     thresh3: np.ndarray | None = None     # (1,) (authors head)
-    convs: tuple = ()                     # cnn head: ("conv", weight, bias) | ("relu",) | ("maxpool",) | ("avgpool", k)
+    convs: tuple = ()                     # cnn head: ("conv", w, b) | ("bn", scale, bias, mean, var, eps) | ("relu",)
+                                          # | ("maxpool",) | ("avgpool", k)
 
     @property
     def num_classes(self) -> int:
@@ -377,6 +378,9 @@ def layout_decoder_params(model) -> LayoutDecoderParams:
         for layer in model.head:
             if isinstance(layer, nn.Conv2d):
                 convs.append(("conv", f32(layer.weight), f32(layer.bias)))
+            elif isinstance(layer, nn.BatchNorm2d):
+                convs.append(("bn", f32(layer.weight), f32(layer.bias), f32(layer.running_mean),
+                              f32(layer.running_var), float(layer.eps)))
             elif isinstance(layer, nn.ReLU):
                 convs.append(("relu",))
             elif isinstance(layer, nn.MaxPool2d):
@@ -458,6 +462,10 @@ def _layout_host_nodes(decoder: LayoutDecoderParams) -> tuple[list[onnx.NodeProt
                 nodes.append(helper.make_node("Conv", [cur, f"cnn{j}_w", f"cnn{j}_b"], [nxt],
                                               kernel_shape=list(layer[1].shape[2:]), pads=[1, 1, 1, 1]))
                 inits += [_init(f"cnn{j}_w", layer[1], "3x3 conv weight"), _init(f"cnn{j}_b", layer[2])]
+            elif layer[0] == "bn":
+                names = [f"cnn{j}_{k}" for k in ("scale", "bias", "mean", "var")]
+                nodes.append(helper.make_node("BatchNormalization", [cur] + names, [nxt], epsilon=layer[5]))
+                inits += [_init(name, arr) for name, arr in zip(names, layer[1:5])]
             elif layer[0] == "relu":
                 nodes.append(helper.make_node("Relu", [cur], [nxt]))
             elif layer[0] == "maxpool":

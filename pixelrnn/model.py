@@ -42,7 +42,7 @@ KERNEL = 5
 POOL = 4
 DECODERS = {"authors": "1x1 conv (one binary weight per map), BatchNorm, tanh, minus thresh3, Linear",
             "mlp": "BatchNorm per map, Linear -> hidden, ReLU, dropout 0.2, Linear",
-            "cnn": "BatchNorm per map, three 3x3 conv + ReLU (+ 2x2 max-pool) layers of hidden/8, "
+            "cnn": "BatchNorm per map, three 3x3 conv + BatchNorm + ReLU (+ 2x2 max-pool) layers of hidden/8, "
                    "4x4 average pool, dropout 0.2, Linear"}
 
 
@@ -387,10 +387,12 @@ class PixelRNN(nn.Module):
         elif config.decoder == "cnn":
             c = max(8, config.decoder_hidden // 8)
             self.head = nn.Sequential(
-                nn.Conv2d(m, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2) if layout.side >= 16 else nn.Identity(),
-                nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2) if layout.side >= 32 else nn.Identity(),
-                nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                nn.Dropout(0.2), nn.Linear(2 * c * 16, config.num_classes))
+                nn.Conv2d(m, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+                nn.MaxPool2d(2) if layout.side >= 16 else nn.Identity(),
+                nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(),
+                nn.MaxPool2d(2) if layout.side >= 32 else nn.Identity(),
+                nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(0.2), nn.Linear(2 * c * 16, config.num_classes))
         else:
             self.fin_conv = nn.Parameter(torch.ones(1, m, 1, 1))
             self.thresh3 = nn.Parameter(torch.zeros(1))
