@@ -98,6 +98,43 @@ def _study(spec: SweepSpec, storage: str):
         raise InputError(f"--storage {storage!r}: {str(exc).splitlines()[0][:200]}") from None
 
 
+def _record(trial_or_attrs, report: dict) -> dict:
+    attrs = {"test_accuracy": float(report["test"]["accuracy"]), "readout_bytes": int(report.get("readout_bytes") or 0),
+             "best_epoch": int(report["best_epoch"]), "simulator_agrees": bool(report["simulator_agrees"])}
+    if trial_or_attrs is not None:
+        for key, value in attrs.items():
+            trial_or_attrs.set_user_attr(key, value)
+    return attrs
+
+
+def adopt_finished(spec: SweepSpec, study, out: Path) -> int:
+    """Record in the study the points whose run folder already holds a report.json but which the
+    storage does not know as complete (a process that died after training, or runs made with
+    ``pixelrnn train`` into the sweep's folders with the same settings): they are never trained again."""
+    import optuna
+
+    done = {(t.params.get("config"), t.params.get("seed")) for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE}
+    dists = {"config": optuna.distributions.CategoricalDistribution(list(spec.configs)),
+             "seed": optuna.distributions.CategoricalDistribution(list(spec.seeds))}
+    adopted = 0
+    for name in spec.configs:
+        for seed in spec.seeds:
+            cfg = spec.train_config(name, seed, out)
+            report_path = Path(cfg.out_dir) / "report.json"
+            if (name, seed) in done or not report_path.is_file():
+                continue
+            report = json.loads(report_path.read_text())
+            if report.get("config") != cfg.to_dict() or report.get("val_accuracy") is None:
+                print(f"sweep {spec.study}: {report_path} was made with other settings; not adopted", flush=True)
+                continue
+            study.add_trial(optuna.trial.create_trial(params={"config": name, "seed": seed}, distributions=dists,
+                                                      value=float(report["val_accuracy"]),
+                                                      user_attrs=_record(None, report)))
+            adopted += 1
+    return adopted
+
+
 def _run_point(cfg: TrainConfig, *, progress: bool) -> dict:
     """Train one point (or reuse / resume its folder) -> its report.json."""
     from pixelrnn.train_loop import train
@@ -117,6 +154,7 @@ def run_sweep(*, spec: SweepSpec, storage: str, out: Path, n_trials: int | None 
     """Run the grid points not yet completed in ``storage``; returns how many ran in this call."""
     optuna = _optuna()
     study = _study(spec, storage)
+    adopt_finished(spec, study, out)
     total = len(spec.configs) * len(spec.seeds)
     done = {(t.params["config"], t.params["seed"]) for t in study.trials
             if t.state == optuna.trial.TrialState.COMPLETE}
@@ -132,10 +170,7 @@ def run_sweep(*, spec: SweepSpec, storage: str, out: Path, n_trials: int | None 
         cfg = spec.train_config(name, seed, out)
         print(f"sweep {spec.study}: {name} seed {seed} -> {cfg.out_dir}", flush=True)
         report = _run_point(cfg, progress=progress)
-        trial.set_user_attr("test_accuracy", float(report["test"]["accuracy"]))
-        trial.set_user_attr("readout_bytes", int(report.get("readout_bytes") or 0))
-        trial.set_user_attr("best_epoch", int(report["best_epoch"]))
-        trial.set_user_attr("simulator_agrees", bool(report["simulator_agrees"]))
+        _record(trial, report)
         ran += 1
         return float(report["val_accuracy"])
 
@@ -149,10 +184,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0)
 
 
-def summarize(*, spec: SweepSpec, storage: str) -> list[dict]:
+def summarize(*, spec: SweepSpec, storage: str, out: Path) -> list[dict]:
     """One row per configuration: seeds done, readout bytes, validation and test mean +- std (%)."""
     optuna = _optuna()
     study = _study(spec, storage)
+    adopt_finished(spec, study, out)
     rows = []
     for name in spec.configs:
         trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
@@ -195,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{out / 'sweep.db'}"
     if args.summary:
-        rows = summarize(spec=spec, storage=storage)
+        rows = summarize(spec=spec, storage=storage, out=out)
         print("| config | bytes/window | seeds | val % | test % |\n| --- | --- | --- | --- | --- |")
         for r in rows:
             if r["seeds"]:

@@ -43,6 +43,11 @@ def test_sweep_runs_each_point_once_and_resumes(tmp_path):
     assert summary.returncode == 0, summary.stderr
     assert "| authors | 4096 | 1 |" in summary.stdout
     assert "| f4-1bit-pool2 | 512 | 1 |" in summary.stdout      # 4 maps x 32 x 32 x 1 bit
+    # a lost storage (or runs made with `pixelrnn train` into the sweep's folders): the finished
+    # folders are adopted, not trained again
+    (out / "sweep.db").unlink()
+    adopted = _sweep("--spec", str(spec), "--out-dir", str(out), "--no-progress")
+    assert adopted.returncode == 0 and "ran 0 point(s)" in adopted.stdout, adopted.stdout + adopted.stderr
 
 
 @pytest.mark.parametrize("text, message", [
