@@ -91,3 +91,36 @@ def test_the_authors_layout_is_the_default():
 def test_bad_readout_settings_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(num_classes=3, **bad)
+
+
+def test_pytorch_equals_firmware_sim_on_random_layouts():
+    """Property check over random readout layouts and random weights (seeded): the PyTorch model's
+    readout levels equal firmware_sim's, on both whole-clip paths (fast: float64 numpy; packed: table
+    look-ups) and on the frame-by-frame SensorStream, noise off. Exact: integer sums of +-1 products
+    and every level is a floor of an exact value (pooling divides by a power of two)."""
+    from firmware_sim import fast, packed
+
+    rng = np.random.default_rng(12)
+    for case in range(8):
+        t = int(rng.choice([4, 8, 16]))
+        every = int(rng.choice([d for d in (0, 1, 2, 4) if d == 0 or t % d == 0]))
+        kw = dict(readout_every=every, out_channels=int(rng.integers(1, 4)), readout_bits=int(rng.choice([1, 2, 4, 8])),
+                  readout_pool=int(rng.choice([1, 2, 4])), timesteps=t, gate_threshold=bool(rng.integers(0, 2)))
+        torch.manual_seed(case)
+        model = PixelRNN(ModelConfig(num_classes=4, **kw))
+        with torch.no_grad():
+            model.thresh1.fill_(float(rng.uniform(0, 3)))
+            model.rnn_threshold.fill_(float(rng.uniform(-3, 3)) if kw["gate_threshold"] else 0.0)
+        model.eval()
+        weights = model.sensor_weights()
+        frames = rng.integers(0, 256, (3, t, 64, 64), dtype=np.uint8)
+        with torch.no_grad():
+            binary = model.binarize_input(torch.from_numpy(frames))
+            want = model.readout_levels(model.sensor(binary)[0])
+        bits = binary.numpy().astype(np.int8)
+        for path in (fast, packed):
+            got = path.run_clips(bits, weights).readout
+            assert np.array_equal(got, want), (case, kw, path.__name__)
+        stream = fast.SensorStream(weights)
+        out = [stream.push(bits[0, i]) for i in range(t)]
+        assert all(o is None for o in out[:-1]) and np.array_equal(out[-1], want[0]), (case, kw)
