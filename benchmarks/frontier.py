@@ -57,7 +57,26 @@ def load_references(path: str | None) -> dict[str, dict]:
     if not Path(path).is_file():
         raise InputError(f"--references: no such file {path}")
     data = json.loads(Path(path).read_text())
-    return {r["dataset"]: r for r in data.get("rows", data if isinstance(data, list) else [])}
+    out = {}
+    for r in data.get("results", []):       # benchmarks/reference_points.py: per dataset, per fold
+        folds = r["folds"]
+        lin = {k: sum(f["linear"][k] for f in folds) / len(folds) for k in ("test_accuracy", "val_accuracy")}
+        seeds = sorted({s for f in folds for s in f.get("video", {})})
+        video = None
+        if seeds:
+            per_seed = {k: [100 * sum(f["video"][s][k] for f in folds) / len(folds) for s in seeds]
+                        for k in ("test_accuracy", "val_accuracy")}
+            stats = {k: _mean_std(v) for k, v in per_seed.items()}
+            video = {"seeds": len(seeds), "test_mean": stats["test_accuracy"][0], "test_std": stats["test_accuracy"][1],
+                     "val_mean": stats["val_accuracy"][0], "val_std": stats["val_accuracy"][1]}
+        out[r["dataset"]] = {"linear": lin, "video": video, "folds": len(folds)}
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    var = sum((v - m) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return m, var ** 0.5
 
 
 def smallest_beating(rows: list[dict], linear: float | None) -> dict | None:
