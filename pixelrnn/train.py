@@ -72,7 +72,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_train_parser(subparsers) -> None:
     """The ``train`` subcommand (registered in setup.py under ``pixelrnn.commands``)."""
     p = subparsers.add_parser(
-        "train", help="train a PixelRNN on grid, avletters or cambridge",
+        "train", help="train a PixelRNN on grid, avletters, avletters_ms or cambridge",
         description="Train a binarized PixelRNN (noise-aware, latent weights). Settings come from "
                     "--config FILE.yaml, then flags override them; unspecified ones take the defaults.")
     add_train_args(p)

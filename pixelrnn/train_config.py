@@ -83,7 +83,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.dataset in DATASETS and self.dataset != "tulips",
-               f"dataset must be one of grid, avletters, cambridge (tulips is test-only), got {self.dataset!r}")
+               f"dataset must be one of {', '.join(d for d in DATASETS if d != 'tulips')} (tulips is test-only), "
+               f"got {self.dataset!r}")
         _check(self.quantizer in QUANTIZERS, f"quantizer must be one of {sorted(QUANTIZERS)}, got {self.quantizer!r}")
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")

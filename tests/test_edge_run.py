@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA, REF, REPO, need
+from core.readout_layout import ReadoutLayout
 
 VIDEO = DATA / "videos" / "grid_s1_bbaf2n.mpg"
 SCRIPT = REPO / "edge" / "run_camera.py"
@@ -66,7 +67,9 @@ def test_udp_link_gives_identical_decisions(bundled_models, tmp_path):
     assert saved[:-1] == windows(inproc.stdout)
     summary = saved[-1]["summary"]
     assert summary["windows"] == 4 and summary["drops"]["lost_windows"] == 0
-    assert summary["bytes"]["per_window"] == 4096 + 44 and summary["bytes"]["ratio_256"] > 250
+    manifest = json.loads((bundled_models / "lips" / "manifest.json").read_text())
+    layout = ReadoutLayout.from_dict(manifest.get("readout_layout") or {})     # absent: the authors' 4,096 B
+    assert summary["bytes"]["per_window"] == layout.payload_bytes + 44 and summary["bytes"]["ratio_256"] > 250
     for stage in ("read", "preprocess", "sensor", "encode", "host", "e2e"):
         assert {"p50", "p99"} <= set(summary["latency_ms"][stage]), stage
 
