@@ -56,7 +56,9 @@ from edge.pipeline import PipelineOptions, run_pipeline  # noqa: E402
 from edge.sensor_stage import SensorOptions  # noqa: E402
 
 HEADING = "Measured: attacks on the UDP link"
-LIPS = REPO / "pixelrnn" / "models" / "lips"
+# a bundled model with the authors' readout (64x64 8-bit and 1-bit/prior payloads), which the forged
+# packets below imitate; the default lips model reads out its own 1-bit layout since issue 12
+AUTHORS_BUNDLE = REPO / "pixelrnn" / "models" / "gesture"
 ATTACKS = {
     "none": "no attack (baseline)",
     "forged_readouts": "forged readouts of the genuine stream (right format and model id), no MAC / random MAC",
@@ -75,7 +77,7 @@ class AttackOptions:
     """One attacked run: ``windows`` genuine windows of the test pattern paced at ``fps``."""
 
     attack: str = "none"
-    bundle: str | os.PathLike = LIPS
+    bundle: str | os.PathLike = AUTHORS_BUNDLE
     windows: int = 6
     fps: float = 30.0
     payload: str = "8bit"               # prior_flood needs "prior" (and ``prior``)
@@ -300,7 +302,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(f"link_attacks: {attack:16s} {payload:5s} sent {row['sent']:6d} affected {row['affected']} "
                       f"e2e p50 {row['p50']:.1f} p99 {row['p99']:.1f} ms  {row['malformed']}", file=sys.stderr)
-        cost = rejection_cost(prior=prior, model_id=load_bundle(LIPS).sensor.program_hash())
+        cost = rejection_cost(prior=prior, model_id=load_bundle(AUTHORS_BUNDLE).sensor.program_hash())
     text = table(rows)
     print(text)
     print(f"forged prior datagram ({cost['bytes']} bytes): MAC check {cost['mac_check_us_p50']:.1f} us p50 "

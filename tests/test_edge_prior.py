@@ -30,7 +30,9 @@ from edge.packet import (
 )
 
 MODEL = "0123456789abcdef"
-LIPS = REPO / "pixelrnn" / "models" / "lips"
+# a bundled model with the authors' readout (o_16, 8 bit): the 1bit and prior payloads apply to it
+# (the default lips model reads out 1-bit levels of its own layout since issue 12)
+AUTHORS_BUNDLE = REPO / "pixelrnn" / "models" / "gesture"
 
 
 def random_prior(seed: int = 0, *, hidden: int = 4, layers: int = 2, kernel: int = 3, num_classes: int = 2,
@@ -316,9 +318,9 @@ def prior_file(tmp_path_factory):
 
 @pytest.mark.device
 def test_camera_loop_prior_payload_matches_1bit(prior_file, capsys, tmp_path):
-    if not (LIPS / "manifest.json").is_file():
-        pytest.skip(f"no bundled lips model at {LIPS}")
-    common = ["--source", "test", "--headless", "--max-frames", 32, "--model", LIPS]
+    if not (AUTHORS_BUNDLE / "manifest.json").is_file():
+        pytest.skip(f"no bundled model at {AUTHORS_BUNDLE}")
+    common = ["--source", "test", "--headless", "--max-frames", 32, "--model", AUTHORS_BUNDLE]
     runs = {}
     for payload in ("1bit", "prior"):
         out = tmp_path / f"{payload}.jsonl"
@@ -353,10 +355,10 @@ def test_camera_loop_prior_payload_matches_1bit(prior_file, capsys, tmp_path):
 
 @pytest.mark.device
 def test_prior_flag_errors_are_one_line(prior_file, capsys, tmp_path):
-    if not (LIPS / "manifest.json").is_file():
-        pytest.skip(f"no bundled lips model at {LIPS}")
+    if not (AUTHORS_BUNDLE / "manifest.json").is_file():
+        pytest.skip(f"no bundled model at {AUTHORS_BUNDLE}")
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    common = ["--source", "test", "--headless", "--max-frames", 16, "--model", LIPS]
+    common = ["--source", "test", "--headless", "--max-frames", 16, "--model", AUTHORS_BUNDLE]
     for extra, message in ((["--payload", "prior"], "--payload prior needs --prior FILE.npz"),
                            (["--payload", "prior", "--prior", tmp_path / "none.npz"], "--prior: prior file not found"),
                            (["--payload", "prior", "--prior", tmp_path / "junk.npz"], "not a readable prior file"),

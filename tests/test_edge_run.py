@@ -206,7 +206,7 @@ from edge import (api, bench, capture, decision, device, display, host, link, mo
                   remote, roi, run_camera, sensor_stage, stats)
 from edge.models import load_bundle
 from edge.decoder import HostDecoder
-bundle = load_bundle({str(bundled_models / 'lips')!r})
+bundle = load_bundle({str(bundled_models / 'gesture')!r})
 HostDecoder(bundle=bundle, runtime="ai-edge-litert")(__import__("numpy").zeros((64, 64), "uint8"))
 assert run_camera.main(["--source", "test", "--headless", "--max-frames", "32", "--model",
                         {str(bundled_models / 'gesture')!r}]) == 0

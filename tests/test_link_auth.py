@@ -25,7 +25,9 @@ from benchmarks.link_attacks import AttackOptions, affected, forged_prior_packet
 pytestmark = pytest.mark.device
 
 MODEL = "0123456789abcdef"
-LIPS = REPO / "pixelrnn" / "models" / "lips"
+# a bundled model with the authors' readout (o_16, 8 bit): the 1bit and prior payloads apply to it
+# (the default lips model reads out 1-bit levels of its own layout since issue 12)
+AUTHORS_BUNDLE = REPO / "pixelrnn" / "models" / "gesture"
 WINDOWS, FPS = 4, 120.0                       # genuine windows per attacked run, test pattern pace
 
 
@@ -75,11 +77,11 @@ def test_key_file_is_created_0600_reused_and_a_shared_one_refused(tmp_path, caps
     from edge.run_camera import main
 
     os.chmod(path, 0o640)
-    code = main(["--source", "test", "--headless", "--max-frames", "16", "--model", str(LIPS),
+    code = main(["--source", "test", "--headless", "--max-frames", "16", "--model", str(AUTHORS_BUNDLE),
                  "--link", "udp://127.0.0.1:0", "--link-key", str(path)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--link-key: link key file" in err and "chmod 600" in err
-    code = main(["--source", "test", "--headless", "--model", str(LIPS), "--link-key", str(path)])
+    code = main(["--source", "test", "--headless", "--model", str(AUTHORS_BUNDLE), "--link-key", str(path)])
     err = capsys.readouterr().err
     assert code == 2 and "--link-key is only used with --link udp://" in err and err.count("\n") == 1
 
@@ -179,7 +181,7 @@ def test_forged_prior_packets_are_rejected_in_microseconds(small_prior):
     """(4) per forged prior datagram: one HMAC, against the arithmetic decode it would cost without."""
     from edge.models import load_bundle
 
-    cost = rejection_cost(prior=small_prior, model_id=load_bundle(LIPS).sensor.program_hash(), repeats=500,
+    cost = rejection_cost(prior=small_prior, model_id=load_bundle(AUTHORS_BUNDLE).sensor.program_hash(), repeats=500,
                           decodes=2)
     assert cost["mac_check_us_p50"] < 250, cost                   # well under 1 ms (typically ~10 us)
     assert cost["decode_ms_p50"] * 1e3 > 20 * cost["mac_check_us_p50"], cost
@@ -210,7 +212,7 @@ def test_prior_flood_leaves_genuine_decisions_unchanged(small_prior):
 def test_udp_with_a_key_file_gives_the_inproc_decisions(tmp_path, capsys):
     from edge.run_camera import main
 
-    common = ["--source", "test", "--headless", "--max-frames", "48", "--model", str(LIPS)]
+    common = ["--source", "test", "--headless", "--max-frames", "48", "--model", str(AUTHORS_BUNDLE)]
     runs = {}
     for name, extra in (("inproc", []), ("udp", ["--link", "udp://127.0.0.1:0", "--link-key", tmp_path / "k"]),
                         ("udp_ephemeral", ["--link", "udp://127.0.0.1:0"])):
