@@ -26,6 +26,7 @@ from core.constants import IW, ZERO_LEVEL
 SIZE = 64
 BITS = (1, 2, 4, 8)
 POOLS = (1, 2, 4, 8)
+MAX_TIMESTEPS = 1024      # frames per window (core.bundle's bound)
 MAX_CHANNELS = 4          # K output pairs; program.py checks what the array's registers hold
 DEFAULT_STEP = {8: 1.0 / IW, 4: 2.0, 2: 4.0, 1: 8.0}    # MAC units per level
 
@@ -51,8 +52,8 @@ class ReadoutLayout:
 
     def __post_init__(self) -> None:
         t = _as_int(self.timesteps)
-        if t is None or t < 1:
-            raise ValueError(f"timesteps must be a positive integer, got {self.timesteps!r}")
+        if t is None or not 1 <= t <= MAX_TIMESTEPS:
+            raise ValueError(f"timesteps must be an integer 1..{MAX_TIMESTEPS}, got {self.timesteps!r}")
         object.__setattr__(self, "timesteps", t)
         wanted = {"channels": f"an integer in 1..{MAX_CHANNELS}", "bits": f"one of {BITS}", "pool": f"one of {POOLS}"}
         for name, what in wanted.items():
@@ -90,6 +91,8 @@ class ReadoutLayout:
         """Frames every, 2*every, ..., timesteps (every 0: the last frame only)."""
         if not (isinstance(every, int) and every >= 0):
             raise ValueError(f"readout_every must be an integer >= 0, got {every!r}")
+        if not (isinstance(timesteps, int) and 1 <= timesteps <= MAX_TIMESTEPS):   # before building the frames
+            raise ValueError(f"timesteps must be an integer 1..{MAX_TIMESTEPS}, got {timesteps!r}")
         if every == 0:
             return cls(frames=(timesteps,), timesteps=timesteps, **kw)
         if timesteps % every:

@@ -134,9 +134,10 @@ def test_dict_round_trip():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"timesteps": 0}, "timesteps must be a positive integer"),
-    ({"timesteps": 16.0}, "timesteps must be a positive integer"),
-    ({"timesteps": True}, "timesteps must be a positive integer"),
+    ({"timesteps": 0}, r"timesteps must be an integer 1..1024"),
+    ({"timesteps": 10 ** 9}, r"timesteps must be an integer 1..1024"),
+    ({"timesteps": 16.0}, r"timesteps must be an integer 1..1024"),
+    ({"timesteps": True}, r"timesteps must be an integer 1..1024"),
     ({"frames": 16}, "non-empty list of integers"),
     ({"channels": True}, r"channels must be an integer in 1..4"),
     ({"bits": True}, r"bits must be one of"),
@@ -183,3 +184,10 @@ def test_numpy_integers_are_stored_as_python_ints_and_frames_default_to_the_last
                            pool=np.int64(2), timesteps=8)
     json.dumps(layout.to_dict())           # plain Python numbers, so the manifest can hold it
     assert ReadoutLayout(timesteps=8).frames == (8,) and ReadoutLayout(timesteps=8).is_authors
+
+
+def test_a_huge_window_is_refused_before_its_frames_are_built():
+    """A damaged checkpoint saying timesteps=1e9 with readout_every=2 once built a 5e8-entry tuple
+    (killed for memory); the bound is checked first."""
+    with pytest.raises(ValueError, match=r"timesteps must be an integer 1..1024"):
+        ReadoutLayout.every(2, timesteps=10 ** 9)
