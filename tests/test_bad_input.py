@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,11 +90,13 @@ def _onnx_nan(src: Path, dst: Path) -> None:
     from onnx import numpy_helper
 
     model = onnx.load(str(src))
-    for init in model.graph.initializer:
-        if init.name == "fc_bias":
-            arr = numpy_helper.to_array(init).copy()
-            arr[:] = np.nan
-            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    # the output Linear's bias: fc_bias (the authors' head) or the last fcN_bias (any readout layout)
+    biases = [init for init in model.graph.initializer if re.fullmatch(r"fc\d*_bias", init.name)]
+    assert biases, f"no Linear bias in {src}: the NaN case would test nothing"
+    init = max(biases, key=lambda i: i.name)
+    arr = numpy_helper.to_array(init).copy()
+    arr[:] = np.nan
+    init.CopyFrom(numpy_helper.from_array(arr, init.name))
     onnx.save(model, str(dst))
 
 
