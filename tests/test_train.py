@@ -247,9 +247,21 @@ def test_shipped_configs_are_valid():
     from pixelrnn.train import TrainConfig, load_config_file
     files = sorted((REPO / "configs").glob("*.yaml"))
     assert files
+    specs = 0
     for f in files:
-        cfg = TrainConfig.from_dict(load_config_file(f), source=str(f))
+        data = load_config_file(f)
+        if f.name.startswith("sweep_"):          # a `pixelrnn sweep` spec: every point is a valid config
+            from pixelrnn.sweep import load_spec
+            spec = load_spec(f)
+            points = [spec.train_config(name, seed, REPO / "runs") for name in spec.configs for seed in spec.seeds]
+            assert all(p.dataset in ("grid", "avletters", "avletters_ms", "cambridge") for p in points)
+            init = {p.init_from for p in points if p.init_from}
+            assert all((REPO / i).is_file() for i in init), init      # the warm start ships with the repo
+            specs += 1
+            continue
+        cfg = TrainConfig.from_dict(data, source=str(f))
         assert cfg.dataset in ("grid", "avletters", "cambridge")
+    assert specs >= 1
 
 
 @pytest.mark.slow
