@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from core.readout_layout import ReadoutLayout
-from pixelrnn.model import ModelConfig, PixelRNN
+torch = pytest.importorskip("torch")
+
+from core.readout_layout import ReadoutLayout  # noqa: E402
+from pixelrnn.model import ModelConfig, PixelRNN  # noqa: E402
 
 LAYOUTS = [dict(readout_every=4, out_channels=2, readout_bits=8, readout_pool=1),
            dict(readout_every=2, out_channels=1, readout_bits=1, readout_pool=2),
