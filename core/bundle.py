@@ -133,7 +133,6 @@ def manifest_layout(manifest: dict, *, where: str):
 
 def _npz_layout(file: Path):
     """The ``layout`` entry of a sensor-weights ``.npz`` as a ReadoutLayout, or None when it has none."""
-    import json
     import zipfile
 
     import numpy as np
@@ -148,9 +147,7 @@ def _npz_layout(file: Path):
             if "layout" not in data.files:
                 return None
             raw = np.asarray(data["layout"])
-        if raw.dtype != np.uint8 or raw.ndim != 1:
-            raise ValueError(f"its layout must be JSON bytes (uint8, 1-D), got {raw.dtype} {raw.shape}")
-        return ReadoutLayout.from_dict(json.loads(raw.tobytes().decode("utf-8")))
+        return ReadoutLayout.from_array(raw)
     except (ValueError, TypeError, KeyError, OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
         raise BundleError(f"{file} holds no usable readout layout ({_first_line(exc)}); re-export the bundle") from None
 

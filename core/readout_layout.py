@@ -16,6 +16,7 @@ definition. Levels are uint8 arrays shaped (maps, side, side), maps ordered fram
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -188,6 +189,26 @@ class ReadoutLayout:
         return (bits * weights).sum(1).astype(np.uint8).reshape(self.shape)
 
     # -- storage -------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        """JSON with sorted keys: what a program hash covers and an ``.npz`` stores."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_array(self) -> np.ndarray:
+        """:meth:`to_json` as a 1-D uint8 array (an ``.npz`` entry without pickles)."""
+        return np.frombuffer(self.to_json().encode("utf-8"), dtype=np.uint8).copy()
+
+    @classmethod
+    def from_array(cls, raw) -> "ReadoutLayout":
+        """The inverse of :meth:`to_array`; anything else a ValueError."""
+        raw = np.asarray(raw)
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise ValueError(f"the sensor-weights layout must be JSON bytes (uint8, 1-D), got {raw.dtype} {raw.shape}")
+        try:
+            data = json.loads(raw.tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"the sensor-weights layout is not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["frames"] = list(self.frames)

@@ -11,7 +11,6 @@ existed (``w_oi``/``w_oh`` are (K, 5, 5), and (1, 5, 5) has the bytes of the old
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,7 +117,7 @@ class SensorWeights:
         h.update(np.array([self.thresh1, self.rnn_threshold, fe.mean, fe.std, fe.theta0,
                            fe.size, self.timesteps], dtype=np.float64).tobytes())
         if not self.layout.is_authors:
-            h.update(_layout_json(self.layout).encode())
+            h.update(self.layout.to_json().encode())
         return h.hexdigest()[:16]
 
     def to_npz_dict(self) -> dict[str, np.ndarray]:
@@ -131,7 +130,7 @@ class SensorWeights:
                "scalars": np.array([self.thresh1, self.rnn_threshold, fe.mean, fe.std, fe.theta0,
                                     fe.size, self.timesteps], dtype=np.float64)}
         if not authors:
-            out["layout"] = np.frombuffer(_layout_json(self.layout).encode("utf-8"), dtype=np.uint8).copy()
+            out["layout"] = self.layout.to_array()
         return out
 
     @classmethod
@@ -140,7 +139,7 @@ class SensorWeights:
         try:
             s = np.asarray(data["scalars"], dtype=np.float64)
             fe = FrontEnd(mean=float(s[2]), std=float(s[3]), theta0=float(s[4]), size=int(s[5]))
-            layout = _layout_from_bytes(data["layout"]) if "layout" in data else None
+            layout = ReadoutLayout.from_array(data["layout"]) if "layout" in data else None
             return cls(conv1=data["conv1"], thresh1=float(s[0]), w_fi=data["w_fi"], w_fh=data["w_fh"],
                        w_oi=data["w_oi"], w_oh=data["w_oh"], rnn_threshold=float(s[1]), frontend=fe,
                        timesteps=int(s[6]), layout=layout)
@@ -163,27 +162,6 @@ class SensorWeights:
                    w_fi=s(KERNEL, KERNEL), w_fh=s(KERNEL, KERNEL), w_oi=s(k, KERNEL, KERNEL),
                    w_oh=s(k, KERNEL, KERNEL), rnn_threshold=float(rng.uniform(-thresh_range, thresh_range)),
                    **extra)
-
-
-def _layout_json(layout: ReadoutLayout) -> str:
-    """The layout as JSON with sorted keys (numpy scalars as Python numbers): hashed and stored."""
-    def plain(value):
-        if isinstance(value, np.generic):
-            return value.item()
-        raise TypeError(f"readout layout value {value!r} is not JSON")
-    return json.dumps(layout.to_dict(), sort_keys=True, default=plain)
-
-
-def _layout_from_bytes(raw) -> ReadoutLayout:
-    """A stored layout (JSON as a uint8 array) -> ReadoutLayout; anything else a ValueError."""
-    raw = np.asarray(raw)
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise ValueError(f"the sensor-weights layout must be JSON bytes (uint8, 1-D), got {raw.dtype} {raw.shape}")
-    try:
-        data = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"the sensor-weights layout is not valid JSON ({exc})") from None
-    return ReadoutLayout.from_dict(data)
 
 
 def require_authors_layout(weights: SensorWeights, what: str) -> None:
