@@ -133,22 +133,18 @@ def manifest_layout(manifest: dict, *, where: str):
 
 def _npz_layout(file: Path):
     """The ``layout`` entry of a sensor-weights ``.npz`` as a ReadoutLayout, or None when it has none."""
-    import zipfile
-
     import numpy as np
 
+    from core.npz import open_npz
     from core.readout_layout import ReadoutLayout
 
     try:
-        data = np.load(file, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an .npz archive")
-        with data:
+        with open_npz(file, what="sensor weights", example="pixelrnn export") as data:
             if "layout" not in data.files:
                 return None
             raw = np.asarray(data["layout"])
         return ReadoutLayout.from_array(raw)
-    except (ValueError, TypeError, KeyError, OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+    except (InputError, ValueError, TypeError, KeyError) as exc:
         raise BundleError(f"{file} holds no usable readout layout ({_first_line(exc)}); re-export the bundle") from None
 
 

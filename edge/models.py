@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from core.bundle import BundleError, check_sensor_scalars, verify_bundle
 from core.errors import InputError
+from core.npz import open_npz
 from core.readout_layout import ReadoutLayout
 from firmware_sim.noise import NoiseModel
 from firmware_sim.weights import SensorWeights
@@ -125,17 +123,14 @@ def load_sensor_program(file: Path) -> SensorWeights:
     """A bundle's ``sensor_weights.npz`` -> SensorWeights, checked: finite thresholds and front end,
     timesteps 1..1024 and sensor size 8..1024; anything else a one-line BundleError naming the file."""
     try:
-        data = np.load(file, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an .npz archive")
-        with data:
+        with open_npz(file, what="sensor weights", example="pixelrnn export") as data:
             if "scalars" not in data.files:
                 raise ValueError("no scalars array")
             check_sensor_scalars(data["scalars"], where=str(file))
             sensor = SensorWeights.from_npz_dict(data)
     except BundleError:
         raise
-    except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (InputError, ValueError, TypeError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BundleError(f"{file} is not a usable sensor program ({first[:120]}); re-export the bundle") from None
     return sensor
