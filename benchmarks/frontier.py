@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks._common import cpu_name, update_section  # noqa: E402
 from core.atomic import atomic_open  # noqa: E402
 from core.errors import InputError  # noqa: E402
+from pixelrnn.sweep import mean_std  # noqa: E402
 
 RAW_WINDOW_64 = 16 * 64 * 64           # 16 raw 64x64 8-bit frames
 RAW_WINDOW_256 = 16 * 256 * 256
@@ -66,17 +67,11 @@ def load_references(path: str | None) -> dict[str, dict]:
         if seeds:
             per_seed = {k: [100 * sum(f["video"][s][k] for f in folds) / len(folds) for s in seeds]
                         for k in ("test_accuracy", "val_accuracy")}
-            stats = {k: _mean_std(v) for k, v in per_seed.items()}
+            stats = {k: mean_std(v) for k, v in per_seed.items()}
             video = {"seeds": len(seeds), "test_mean": stats["test_accuracy"][0], "test_std": stats["test_accuracy"][1],
                      "val_mean": stats["val_accuracy"][0], "val_std": stats["val_accuracy"][1]}
         out[r["dataset"]] = {"linear": lin, "video": video, "folds": len(folds)}
     return out
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    var = sum((v - m) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return m, var ** 0.5
 
 
 def smallest_beating(rows: list[dict], linear: float | None) -> dict | None:

@@ -32,7 +32,7 @@ from core.atomic import write_json_atomic
 from core.errors import InputError
 from pixelrnn.train_config import TrainConfig, load_config_file
 
-__all__ = ["SweepSpec", "add_sweep_parser", "load_spec", "main", "run_sweep", "summarize"]
+__all__ = ["SweepSpec", "add_sweep_parser", "load_spec", "main", "mean_std", "run_sweep", "summarize"]
 
 
 @dataclass
@@ -179,7 +179,8 @@ def run_sweep(*, spec: SweepSpec, storage: str, out: Path, n_trials: int | None 
     return ran
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value): the spread over seeds."""
     m = sum(values) / len(values)
     return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0)
 
@@ -196,8 +197,8 @@ def summarize(*, spec: SweepSpec, storage: str, out: Path) -> list[dict]:
         if not trials:
             rows.append({"config": name, "seeds": 0})
             continue
-        val = _mean_std([100 * t.value for t in trials])
-        test = _mean_std([100 * t.user_attrs["test_accuracy"] for t in trials])
+        val = mean_std([100 * t.value for t in trials])
+        test = mean_std([100 * t.user_attrs["test_accuracy"] for t in trials])
         rows.append({"config": name, "seeds": len(trials), "settings": spec.configs[name],
                      "readout_bytes": trials[0].user_attrs["readout_bytes"],
                      "val_mean": val[0], "val_std": val[1], "test_mean": test[0], "test_std": test[1],
