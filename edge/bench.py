@@ -306,15 +306,17 @@ def main_bench(args: argparse.Namespace) -> int:
                            mouth_detector=args.mouth_detector)
     results, raw = run_bench(options=options, progress=lambda text: print(f"bench: {text}", file=sys.stderr))
     print(format_table(results))
-    if args.json is not None:
-        with atomic_open(args.json, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    if not measured_anything(results):
+    if not measured_anything(results):      # no --json / --plot: an earlier good result stays as it was
         errors = [f"stages: {results.get('stages_error', 'no samples')}"]
         errors += [f"{b}: {r.get('error') or r.get('reason')}" for b, r in results["runtimes"].items()]
-        print(f"bench: error: nothing was measured ({'; '.join(errors)})", file=sys.stderr)
+        unwritten = " and ".join(f"--{n}" for n in ("json", "plot") if getattr(args, n) is not None)
+        print(f"bench: error: nothing was measured ({'; '.join(errors)})"
+              f"{f'; {unwritten} not written' if unwritten else ''}", file=sys.stderr)
         return 1
+    if args.json is not None:
+        with atomic_open(args.json, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(results, indent=2, allow_nan=False) + "\n")   # strict JSON
+        print(f"wrote {args.json}")
     if args.plot is not None:
         print(f"wrote {plot_histograms(raw, args.plot)}")
     return 0

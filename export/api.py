@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.atomic import make_temp_dir
 from core.errors import InputError
 from core.npz import open_npz
 from export.bundle import MANIFEST, BundleError, build_manifest, save_sensor_weights, verify_bundle, write_manifest
@@ -192,7 +192,7 @@ def _check_output(out: Path) -> set[str]:
 def _make_staging(out: Path) -> Path:
     parent = out.absolute().parent
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=parent))
+        return make_temp_dir(parent, f".{out.name}", suffix=".export")   # and an orphaned one goes
     except OSError as exc:
         raise InputError(f"cannot write to {parent} ({exc.strerror or exc})") from None
 

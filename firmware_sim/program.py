@@ -437,20 +437,24 @@ def _binary_bits(binary: np.ndarray) -> np.ndarray:
     return binary > 0
 
 
+BATCH = 64     # clips per instruction stream; noise is drawn per batch, so batches fix the draws
+
+
 def run_clips_instruction(binary: np.ndarray, weights: SensorWeights, *, noise: NoiseModel | None = None,
                           rng: np.random.Generator | None = None, stages: tuple[str, ...] = (),
-                          chunk: int = 64) -> SensorResult:
+                          chunk: int | None = None) -> SensorResult:
     """Run the sensor program instruction by instruction on (N, T, 64, 64) +-1 int8 binary clips.
 
     Same arguments and results as :func:`firmware_sim.fast.run_clips`: ``stages`` names from
     :data:`firmware_sim.fast.STAGES`, each returned (N, T, ...) uint8 in the reference encoding;
-    ``chunk`` clips run together as one batch (one instruction stream). ``output`` is the o
+    ``chunk`` clips (default :data:`BATCH`) run together as one batch (one instruction stream). ``output`` is the o
     register (saturated at +-25.6, see the module docstring).
     """
     binary = np.asarray(binary)
     if binary.ndim != 4:
         raise ValueError(f"binary clips must be (N, T, H, W), got shape {binary.shape}")
     noise = _check_common(weights, noise, stages)
+    chunk = BATCH if chunk is None else chunk
     if not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     n, t, h, w = binary.shape

@@ -16,6 +16,12 @@ from firmware_sim.weights import SensorWeights
 PATHS = ("fast", "instruction")
 
 
+def chunk_multiple(path: str) -> int:
+    """Clips per chunk must be a multiple of this for chunked runs to draw the noise of one run."""
+    from firmware_sim.program import BATCH
+    return BATCH if path == "instruction" else 1
+
+
 def binary_input(frames: np.ndarray, weights: SensorWeights, *, binarized_input: bool) -> np.ndarray:
     """uint8 frames -> +-1 int8 input: the front end's binarization, or 0/255 maps taken as they are."""
     if binarized_input:
@@ -42,14 +48,22 @@ def binary_input(frames: np.ndarray, weights: SensorWeights, *, binarized_input:
 
 def simulate(*, weights: SensorWeights, frames: np.ndarray, binarized_input: bool = False,
              noise: NoiseModel | None = None, seed: int | None = None, path: str = "fast",
-             stages: tuple[str, ...] = fast.STAGES) -> fast.SensorResult:
-    """Simulate the sensor on (N, T, 64, 64) uint8 frames; see :func:`fast.run_clips` for outputs."""
+             stages: tuple[str, ...] = fast.STAGES, rng: np.random.Generator | None = None) -> fast.SensorResult:
+    """Simulate the sensor on (N, T, 64, 64) uint8 frames; see :func:`fast.run_clips` for outputs.
+
+    The noise is drawn from ``rng`` if given, else from a new Generator seeded with ``seed``. The
+    fast path draws clip by clip and the instruction path batch by batch (:data:`program.BATCH`
+    clips), so consecutive chunks run with one ``rng`` get exactly the results of one call on all
+    of them, when each chunk but the last is a multiple of :func:`chunk_multiple` clips (what
+    streaming ``simulate``/``evaluate`` rely on)."""
     if path not in PATHS:
         raise InputError(f"unknown simulator path {path!r}; choose from {PATHS}")
     if frames.shape[1] != weights.timesteps:
         raise InputError(f"clips have {frames.shape[1]} frames, the model needs {weights.timesteps}")
+    if rng is not None and seed is not None:
+        raise ValueError("pass a seed or a Generator (rng), not both")
     noise = noise or NoiseModel.off()
-    rng = np.random.default_rng(seed)
+    rng = rng if rng is not None else np.random.default_rng(seed)
     binary = binary_input(frames, weights, binarized_input=binarized_input)
     if path == "fast":
         return packed.run_clips(binary, weights, noise=noise, rng=rng, stages=stages)

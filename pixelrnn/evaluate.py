@@ -7,32 +7,34 @@ from __future__ import annotations
 
 import argparse
 
-import torch
+import numpy as np
 
 from core.atomic import write_json_atomic
-from firmware_sim.clips import load_clips
+from firmware_sim.clips import open_clips
 from firmware_sim.noise import NoiseModel, noise_arg
-from firmware_sim.simulate import PATHS, simulate
+from firmware_sim.simulate import PATHS
 from pixelrnn.checkpoint import load_model
 from pixelrnn.metrics import confusion_matrix, format_report, metrics
-from pixelrnn.simulate import check_logits
+from pixelrnn.simulate import stream_logits
 
 __all__ = ["add_evaluate_parser", "confusion_matrix", "evaluate", "format_report", "metrics", "run_evaluate"]
 
 
 def evaluate(*, weights: str, clips: str, path: str = "fast", noise: NoiseModel | None = None,
              seed: int = 0) -> dict:
+    """Accuracy, per-class accuracy and confusion matrix of ``weights`` on the labelled ``clips``,
+    through the sensor simulator; the clips stream through in chunks (bounded memory)."""
     model = load_model(weights)
     sensor = model.sensor_weights()
     noise = noise or NoiseModel.off()
     noise.check_program(sensor.program_hash())
-    data = load_clips(clips, timesteps=sensor.timesteps, need_labels=True, num_classes=model.config.num_classes)
-    result = simulate(weights=sensor, frames=data.frames, noise=noise, seed=seed, path=path, stages=())
-    with torch.no_grad():
-        logits = model.decode(torch.from_numpy(result.readout)).numpy()
-    check_logits(logits, source=str(weights))
-    preds = logits.argmax(1)
-    report = metrics(labels=data.labels, preds=preds, class_names=model.config.class_names)
+    with open_clips(clips, timesteps=sensor.timesteps, need_labels=True,
+                    num_classes=model.config.num_classes) as data:
+        preds = np.concatenate([logits.argmax(1) for _, logits in stream_logits(
+            model=model, weights=sensor, clips=data, path=path, noise=noise, seed=seed, source=str(weights),
+            desc="evaluate")])
+        labels = data.labels
+    report = metrics(labels=labels, preds=preds, class_names=model.config.class_names)
     report.update(weights=str(weights), clips=str(clips), path=path, noise=noise.to_dict(), seed=seed,
                   model_id=sensor.program_hash())
     return report

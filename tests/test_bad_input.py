@@ -430,6 +430,8 @@ def test_full_disk_npz_write_raises_once_without_a_second_traceback(monkeypatch,
     zip file's finaliser, and the old file untouched (issue 16 part 3)."""
     import gc
 
+    import core.atomic
+    from core.npz import NpzWriter, write_zip
     from firmware_sim import clips
 
     ignored = []
@@ -437,7 +439,7 @@ def test_full_disk_npz_write_raises_once_without_a_second_traceback(monkeypatch,
     arrays = {"a": np.random.default_rng(0).integers(0, 255, (64, 64, 64), dtype=np.uint8)}
     disk = _FullDisk(room=1000)
     with pytest.raises(OSError, match="No space"):
-        clips._write_npz(disk, arrays)
+        write_zip(disk, arrays.items())
     disk.close()
     gc.collect()
     assert ignored == []
@@ -455,6 +457,16 @@ def test_full_disk_npz_write_raises_once_without_a_second_traceback(monkeypatch,
         clips.save_npz_atomic(out, arrays)
     gc.collect()
     assert ignored == [] and out.read_bytes() == b"old"
+
+    # the streamed writer (simulate): the same, and its spool folder is removed too
+    monkeypatch.setattr(core.atomic, "atomic_open", full_atomic_open)
+    with pytest.raises(OSError, match="No space"):
+        with NpzWriter(out) as writer:
+            writer.append("a", arrays["a"][:32])
+            writer.append("a", arrays["a"][32:])
+    gc.collect()
+    assert ignored == [] and out.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npz"]
 
 
 def test_readouts_carry_and_check_their_sensor_program(tmp_path):

@@ -272,7 +272,11 @@ def test_bench_exits_nonzero_when_nothing_was_measured(tmp_path, capsys):
     junk.write_bytes(b"not a video")
     parser = argparse.ArgumentParser(prog="pixelrnn")
     add_bench_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "bench.json"
+    out.write_text('{"earlier": "good result"}')
     args = parser.parse_args(["bench", "--task", "gesture", "--runtime", "onnxruntime", "--source", str(junk),
-                              "--warmup", "0", "--runs", "1", "--loop-frames", "16"])
+                              "--warmup", "0", "--runs", "1", "--loop-frames", "16", "--json", str(out)])
     assert args.func(args) == 1
-    assert "nothing was measured" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing was measured" in err and "--json not written" in err
+    assert out.read_text() == '{"earlier": "good result"}'          # not replaced by an empty result
