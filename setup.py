@@ -47,7 +47,7 @@ setup(
     install_requires=BASE,
     extras_require=EXTRAS,
     entry_points={
-        "console_scripts": ["pixelrnn=core.cli:main", "pixelrnn-camera=edge.run_camera:main"],
+        "console_scripts": ["pixelrnn=core.cli:main", "pixelrnn-camera=edge.camera_entry:main"],
         # the pixelrnn subcommands, each registered by its own room (core.cli): name = module:function [extra]
         "pixelrnn.commands": [
             "simulate = pixelrnn.simulate:add_simulate_parser [train]",

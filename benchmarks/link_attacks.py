@@ -15,7 +15,13 @@ The attacks (:data:`ATTACKS`); those marked "MACed" hold the key, as a buggy sen
 * ``forged_readouts``: readouts of the genuine stream, next sequence numbers, no MAC / a random MAC;
 * ``forged_end``: end-of-stream for another stream id, no MAC; ``maced_end``: the same, MACed;
 * ``seq_jump``: a readout with sequence number 2^32-1, no MAC; ``maced_seq_jump``: MACed;
-* ``prior_flood``: prior-coded readouts (the host has the prior), no MAC, ``--flood-rate`` per second.
+* ``prior_flood``: prior-coded readouts (the host has the prior), no MAC, ``--flood-rate`` per second;
+* ``replayed_run``: what an earlier run with the same key file and stream id sent (readouts in
+  sequence from 0, then its end), MACed under that run's key: the replay across runs that the
+  per-run key (``edge.auth.LinkKey.for_run``) stops.
+
+The MACed attacks use this run's key (a buggy sender of this run): the harness fixes the run's
+nonce (``PipelineOptions.run_nonce``) and hands it to the attacker with the key file.
 
 tests/test_link_auth.py runs :func:`run_attack` too (few windows, fast pacing).
 """
@@ -47,7 +53,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.errors import InputError  # noqa: E402
-from edge.auth import LinkKey, load_link_key  # noqa: E402
+from edge.auth import LinkKey, load_link_key, new_run_nonce  # noqa: E402
 from edge.capture import CaptureOptions, TestPattern  # noqa: E402
 from edge.link import LinkSpec  # noqa: E402
 from edge.models import load_bundle  # noqa: E402
@@ -67,6 +73,7 @@ ATTACKS = {
     "seq_jump": "readout with sequence number 2^32-1 of the genuine stream, no MAC",
     "maced_seq_jump": "readout with sequence number 2^32-1 with a valid MAC (buggy sender)",
     "prior_flood": "flood of forged prior-coded readouts (the host has the prior), no MAC",
+    "replayed_run": "an earlier run's datagrams (same key file and stream id, its run key): readouts, end",
 }
 ATTACK_RATE = 100.0            # datagrams per second for all but the flood
 PRIOR_META = {"num_classes": 2, "hidden": 16, "kernel": 5, "layers": 4}   # the size prior_coder.py quotes
@@ -148,13 +155,22 @@ def attack_datagrams(attack: str, *, model_id: str, stream_id: int, key: LinkKey
         elif attack == "prior_flood":
             out.append(forged_prior_packet(model_id=model_id, stream_id=stream_id, seq=seq, prior_id=prior_id,
                                            rng=rng))
+        elif attack == "replayed_run":      # ``key``: the earlier run's; its readouts in order, then its end
+            packet = (encode_end(model_id=model_id, stream_id=stream_id, seq=seq) if seq == count - 1 else
+                      encode_readout(readout, model_id=model_id, stream_id=stream_id, seq=seq,
+                                     t_ns=time.monotonic_ns()))
+            out.append(key.seal(packet))
     return out
 
 
 def attacker_main(attack: str, port: int, model_id: str, stream_id: int, key_file: str | None,
-                  prior_id: bytes | None, rate: float, stop, sent) -> None:
-    """Attacker process: send ``rate`` datagrams per second to 127.0.0.1:``port`` until ``stop``."""
-    key = load_link_key(path=key_file, create=False) if key_file else None
+                  run_nonce: bytes, prior_id: bytes | None, rate: float, stop, sent) -> None:
+    """Attacker process: send ``rate`` datagrams per second to 127.0.0.1:``port`` until ``stop``.
+    It holds the key file and this run's nonce (so, this run's key) and, for ``replayed_run``,
+    MACs under another nonce's key: an earlier run's."""
+    if attack == "replayed_run":
+        run_nonce = new_run_nonce()                  # the earlier run's
+    key = load_link_key(path=key_file, create=False).for_run(run_nonce) if key_file else None
     rng = np.random.default_rng(1)
     pool = attack_datagrams(attack, model_id=model_id, stream_id=stream_id, key=key, prior_id=prior_id, rng=rng)
     period, count = 1.0 / rate, 0
@@ -182,9 +198,10 @@ def run_attack(options: AttackOptions) -> AttackResult:
         key_file = Path(options.key_file) if options.key_file is not None else Path(tmp) / "link.key"
         load_link_key(path=key_file)                                     # created here if absent
         port = free_port()
+        run_nonce = new_run_nonce()                  # fixed here: the MACed attacks hold this run's key
         sensor = SensorOptions(payload=options.payload, prior=options.prior, stream_id=options.stream_id)
         pipeline = PipelineOptions(link=LinkSpec("udp", "127.0.0.1", port), link_key=key_file, sensor=sensor,
-                                   capture=CaptureOptions(realtime=True))
+                                   capture=CaptureOptions(realtime=True), run_nonce=run_nonce)
         prior_id = None
         if options.prior is not None:
             prior_id = bytes(sensor.payload_options.open().state.prior_id)
@@ -196,7 +213,7 @@ def run_attack(options: AttackOptions) -> AttackResult:
             rate = options.flood_rate if options.attack == "prior_flood" else ATTACK_RATE
             attacker = ctx.Process(target=attacker_main, name="pixelrnn-attacker", daemon=True,
                                    args=(options.attack, port, bundle.sensor.program_hash(), options.stream_id,
-                                         str(key_file), prior_id, rate, stop, sent))
+                                         str(key_file), run_nonce, prior_id, rate, stop, sent))
             attacker.start()
         try:
             source = TestPattern(fps=options.fps, frames=16 * options.windows)

@@ -834,14 +834,16 @@ def run_stream_fuzz(hosts: Hosts, seeds: list[Seed], *, rounds: int = 6, seed: i
                         problems.append(f"{scenario} round {rnd}: genuine packet {gi} decided differently "
                                         f"({'rejected' if out is None else 'other result'}; "
                                         f"rejections so far {dict(dec.rejected)})")
-            if dec.accepted + ends + sum(dec.rejected.values()) != fed:
+            if dec.ends != ends:
+                problems.append(f"{scenario} round {rnd}: the decoder counted {dec.ends} ends, {ends} were returned")
+            if dec.accepted + dec.ends + sum(dec.rejected.values()) != fed:
                 problems.append(f"{scenario} round {rnd}: counters do not add up: accepted {dec.accepted} + "
-                                f"ends {ends} + rejected {sum(dec.rejected.values())} != fed {fed}")
+                                f"ends {dec.ends} + rejected {sum(dec.rejected.values())} != fed {fed}")
             if scenario != "open" and (dec.accepted != len(genuine) or dec.lost != 0):
                 problems.append(f"{scenario} round {rnd}: accepted {dec.accepted} of {len(genuine)}, lost {dec.lost}")
             tot["fed"] += fed
             tot["accepted"] += dec.accepted
-            tot["ends"] += ends
+            tot["ends"] += dec.ends
             tot["rejected"].update(dec.rejected)
     return totals, problems
 

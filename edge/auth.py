@@ -4,7 +4,7 @@ Threat model (docs/SECURITY.md has the longer version and the measurements). The
 (:mod:`edge.packet`) has a CRC32, which catches corruption but not forgery: anyone who can reach
 the host's UDP port and knows the format and the model id (public, in the bundle's manifest.json)
 could make packets the host would decode. So every datagram on a UDP link carries a MAC:
-HMAC-SHA256 (standard library ``hmac``, SHA-256 by name) of the whole packet under a 32-byte shared key,
+HMAC-SHA256 (standard library ``hmac``, SHA-256 by name) of the whole packet under a 32-byte key,
 **truncated to its first 16 bytes** (128 bits: a blind forgery succeeds with probability 2^-128
 per try), appended after the packet as a link-layer trailer; the packet format itself is
 unchanged. The host checks the MAC with ``hmac.compare_digest`` *before* any other work, so a
@@ -13,23 +13,27 @@ payload would otherwise cost a full arithmetic decode, about 0.3 s).
 
 What the MAC protects against: forged or altered packets from anyone without the key (readouts
 that would become decisions, end-of-stream packets that would stop the host, sequence numbers that
-would make the genuine packets stale, costly payloads). Replays of genuine packets are rejected by
-the host's sequence rules (:class:`edge.packet.PacketDecoder`): one stream per run, a sequence
-number at or below the last accepted one is ``stale_seq``, a jump of more than ``max_seq_jump``
-windows is ``seq_jump``.
+would make the genuine packets stale, costly payloads). Replays of genuine packets within a run are
+rejected by the host's sequence rules (:class:`edge.packet.PacketDecoder`): one stream per run, a
+sequence number at or below the last accepted one is ``stale_seq``, a jump of more than
+``max_seq_jump`` windows is ``seq_jump``. Replays across runs fail the MAC: every run MACs with its
+own key (below), so a datagram recorded in one run is ``bad_mac`` in any other.
 
 What it does not protect against: eavesdropping (packets are not encrypted: anyone who can read
 the link reads the readouts); a compromised sensor, host or any process that can read the key file
 (it holds the key: its packets are authentic); flooding the host's port at line rate (each forged
 datagram is cheap to reject, but enough of them still take the CPU and the socket buffer, and
-genuine datagrams can be dropped: that is a denial of service the link cannot prevent); packets
-replayed into another run that happens to draw the same random 32-bit stream id.
+genuine datagrams can be dropped: that is a denial of service the link cannot prevent).
 
 The key: a key file (32 random bytes from :mod:`secrets`, created if absent, mode 0600, written
 atomically; an existing file that group or others may access is refused), loaded by both the
-sensor side and the host process; or, without a file, an ephemeral key made for one run and handed
-to the host process through the ``multiprocessing`` pipe (never through a file or the command
-line). The in-process link carries no MAC: its packets never leave the process.
+sensor side and the host process. Its secret is never the MAC key itself: each run draws a random
+16-byte nonce (:func:`new_run_nonce`), hands it to the host process with the stream id, and both
+ends MAC with the run key ``HMAC-SHA256(secret, "pixelrnn-link-run-v1" + nonce)``
+(:meth:`LinkKey.for_run`). Without a file, an ephemeral key is made for one run and handed to the
+host process through the ``multiprocessing`` pipe (never through a file or the command line); it
+is already this run's own, so it is used as is. The in-process link carries no MAC: its packets
+never leave the process.
 """
 from __future__ import annotations
 
@@ -43,18 +47,22 @@ from pathlib import Path
 from core.atomic import atomic_open
 from core.errors import InputError
 
-__all__ = ["KEY_BYTES", "MAC_BYTES", "LinkKey", "load_link_key"]
+__all__ = ["KEY_BYTES", "MAC_BYTES", "RUN_NONCE_BYTES", "LinkKey", "check_run_nonce", "load_link_key",
+           "new_run_nonce"]
 
 KEY_BYTES = 32               # the shared secret: 256 random bits
 MAC_BYTES = 16               # HMAC-SHA256 truncated to 128 bits
+RUN_NONCE_BYTES = 16         # a run's nonce: 128 random bits (runs never share a run key by chance)
 _DIGEST_NAME = "sha256"        # the name: hmac.digest takes its one-shot OpenSSL path
+_RUN_LABEL = b"pixelrnn-link-run-v1"   # domain separation: a run key is never a MAC of a packet
 
 
 @dataclass(frozen=True)
 class LinkKey:
-    """The shared secret of one link, and where it came from (``origin``: a file path, or
-    ``ephemeral``). The secret never shows in ``repr``. Picklable (the host process gets a copy
-    through the ``multiprocessing`` pipe)."""
+    """The shared secret of one link, and where it came from (``origin``: a file path,
+    ``ephemeral``, or ``derived per run from ...`` for a run key, :meth:`for_run`). The secret
+    never shows in ``repr``. Picklable (the host process gets a copy through the
+    ``multiprocessing`` pipe)."""
 
     secret: bytes = field(repr=False)
     origin: str = "ephemeral"
@@ -68,6 +76,14 @@ class LinkKey:
     def ephemeral(cls) -> "LinkKey":
         """A fresh random key for one run, kept in memory only."""
         return cls(secrets.token_bytes(KEY_BYTES), "ephemeral")
+
+    def for_run(self, nonce: bytes) -> "LinkKey":
+        """The key of the run with ``nonce`` (:func:`new_run_nonce`): HMAC-SHA256(secret,
+        ``pixelrnn-link-run-v1`` + nonce). Both ends derive it from the shared key file, so a
+        datagram recorded in one run fails the MAC in every other (another nonce, another key)."""
+        check_run_nonce(nonce)
+        return LinkKey(hmac.digest(self.secret, _RUN_LABEL + nonce, _DIGEST_NAME),
+                       f"derived per run from {self.origin}")
 
     def mac(self, packet: bytes) -> bytes:
         """The 16-byte tag of ``packet``: HMAC-SHA256 under the key, truncated."""
@@ -87,6 +103,18 @@ class LinkKey:
         if not hmac.compare_digest(hmac.digest(self.secret, body, _DIGEST_NAME)[:MAC_BYTES], tag):
             return None
         return body.tobytes()
+
+
+def new_run_nonce() -> bytes:
+    """A fresh random nonce for one run (:meth:`LinkKey.for_run`); it is not secret."""
+    return secrets.token_bytes(RUN_NONCE_BYTES)
+
+
+def check_run_nonce(nonce: object) -> None:
+    """A run nonce must be ``RUN_NONCE_BYTES`` bytes: anything else is a one-line InputError."""
+    if not (isinstance(nonce, bytes) and len(nonce) == RUN_NONCE_BYTES):
+        got = f"{len(nonce)} bytes" if isinstance(nonce, bytes) else type(nonce).__name__
+        raise InputError(f"a run nonce must be {RUN_NONCE_BYTES} bytes, got {got}")
 
 
 def load_link_key(*, path: str | os.PathLike, create: bool = True) -> LinkKey:

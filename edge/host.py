@@ -59,7 +59,7 @@ class HostStage:
 
     def stats(self) -> dict:
         """Counters and raw latency samples (seconds), to merge into the run summary."""
-        return {"accepted": self.packets.accepted, "lost": self.packets.lost,
+        return {"accepted": self.packets.accepted, "ends": self.packets.ends, "lost": self.packets.lost,
                 "malformed": dict(self.packets.rejected), "bytes_in": self.packets.bytes_in,
                 "host_s": list(self.host_latency.samples), "e2e_s": list(self.e2e_latency.samples),
                 "packet_s": list(self.packet_latency.samples),

@@ -327,7 +327,9 @@ class PacketDecoder:
       another stream is ``wrong_stream_end``. Its sequence number (windows sent) follows the same
       ``stale_seq`` / ``seq_jump`` rules, so a bad end cannot inflate or hide the lost count.
 
-    :meth:`reject` counts a rejection made before this decoder, e.g. a failed MAC (``bad_mac``).
+    Counters: ``accepted`` readouts, ``ends`` end-of-stream packets and ``rejected`` by reason add
+    up to every packet fed; ``lost`` counts windows that never came. :meth:`reject` counts a
+    rejection made before this decoder, e.g. a failed MAC (``bad_mac``).
     """
 
     expect_model: str | None = None
@@ -337,7 +339,8 @@ class PacketDecoder:
     expect_stream: int | None = None
     max_seq_jump: int = MAX_SEQ_JUMP
     encodings: tuple[int, ...] | None = None
-    accepted: int = 0
+    accepted: int = 0                  # readouts accepted
+    ends: int = 0                      # end-of-stream packets accepted
     lost: int = 0
     bytes_in: int = 0
     rejected: Counter = field(default_factory=Counter)
@@ -367,6 +370,7 @@ class PacketDecoder:
             self.rejected[exc.reason] += 1
             return None
         if packet.is_end:
+            self.ends += 1
             return packet
         self.lost += packet.seq - (last + 1 if last is not None else 0)
         self._last_seq[packet.stream_id] = packet.seq

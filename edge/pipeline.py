@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 
 from core.errors import InputError
-from edge.auth import MAC_BYTES, LinkKey, load_link_key
+from edge.auth import MAC_BYTES, LinkKey, check_run_nonce, load_link_key, new_run_nonce
 from edge.capture import END_EOF, END_LOST, Capture, CaptureOptions, End
 from edge.decision import Decision
 from edge.decoder import HostDecoder
@@ -49,11 +49,18 @@ class PipelineOptions:
     max_frames: int | None = None
     frame_timeout: float = 2.0                 # live source: seconds without a frame = one failed read
     link_key: str | os.PathLike | None = None  # UDP: the key file (edge.auth); None: an ephemeral key
+    # with link_key: the run's nonce, from which both ends derive the run key (edge.auth). None: a
+    # fresh random one, as a run should; fixed only by tests and benchmarks (like SensorOptions.stream_id)
+    run_nonce: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.link_key is not None and not (isinstance(self.link_key, (str, os.PathLike))
                                               and os.fspath(self.link_key)):
             raise InputError(f"link_key must be a file path or None, got {self.link_key!r}")
+        if self.run_nonce is not None:
+            if self.link_key is None:
+                raise InputError("run_nonce is used only with a link_key file")
+            check_run_nonce(self.run_nonce)
         if self.max_frames is not None and not (isinstance(self.max_frames, int) and self.max_frames >= 1):
             raise InputError(f"max_frames must be an integer >= 1, got {self.max_frames!r}")
         if not (isinstance(self.frame_timeout, (int, float)) and self.frame_timeout > 0):
@@ -118,13 +125,18 @@ def run_pipeline(*, source, bundle: Bundle, options: PipelineOptions,
             host_info = decoder.describe()
         else:
             key = _link_key(options, on_note)
+            # a key file: this run MACs with its own key, derived from the file's and a fresh nonce
+            # that the host process gets with the stream id (no replay from another run passes)
+            nonce = None if options.link_key is None else options.run_nonce or new_run_nonce()
             remote = stack.enter_context(RemoteHost(RemoteConfig(
                 bundle_dir=str(bundle.path), runtime=options.runtime, threads=options.threads,
                 host=options.link.host, port=options.link.port,
                 prior=None if options.sensor.prior is None else str(options.sensor.prior),
                 payload=sensor.codec.name, stream_id=sensor.stream_id,
                 link_key=None if options.link_key is None else os.fspath(options.link_key),
-                key=key if options.link_key is None else None)))
+                key=key if options.link_key is None else None, run_nonce=nonce)))
+            if nonce is not None:
+                key = key.for_run(nonce)
             tx = stack.enter_context(UdpSender(options.link.host, remote.port, key=key))
             host_info = remote.decoder
         if display is not None and not display.available:
@@ -268,6 +280,7 @@ def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_
         "drops": {"capture": capture.drops, "lost_windows": host_stats.get("lost", 0),
                   "reconnects": capture.reconnects, "partial_window_frames": frames - windows * t},
         "malformed": host_stats.get("malformed", {}),
+        "host": {"accepted": host_stats.get("accepted", 0), "ends": host_stats.get("ends", 0)},
         "seconds": round(seconds, 4), "wall_seconds": round(wall, 4), "fps": round(fps, 2),
         "headroom_vs_source": round(fps / src_fps, 2) if src_fps else None,
         "latency_ms": latency,
@@ -284,12 +297,12 @@ def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_
 
 
 def _link_auth(tx, host_stats: dict) -> dict | None:
-    """UDP: the MAC, the key's origin and the host's MAC rejections (count, check time in us)."""
+    """UDP: the MAC, the key's origin, the host's datagrams in and MAC rejections (count, check time in us)."""
     if not hasattr(tx, "key"):
         return None
     link = host_stats.get("link", {})
-    return {"mac": "hmac-sha256/128", "key": tx.key.origin, "bad_mac": link.get("bad_mac", 0),
-            "bad_mac_check_us": _short(link.get("bad_mac_check_us", {}))}
+    return {"mac": "hmac-sha256/128", "key": tx.key.origin, "packets_in": link.get("packets_in", 0),
+            "bad_mac": link.get("bad_mac", 0), "bad_mac_check_us": _short(link.get("bad_mac_check_us", {}))}
 
 
 def _short(stats: dict) -> dict:

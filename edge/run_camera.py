@@ -15,6 +15,11 @@ Run as a script, BLAS is limited to one thread (unless OPENBLAS_NUM_THREADS etc.
 sensor stage's small matrix products measured faster and far steadier that way (p99 per frame
 0.9 ms instead of 6 ms on a busy 2-core machine).
 
+Ctrl-C and SIGTERM end the run cleanly (``interrupted``, exit 0, one line, no traceback) at any
+time: run as a script or as ``pixelrnn-camera`` (:mod:`edge.camera_entry`), a signal that arrives
+during the imports (about a second) is noted (:mod:`core.early_signals`) and ends the command as
+soon as :func:`main` has its handlers in. Merely importing this module installs nothing.
+
 Exit codes: 0 normal end (end of file, --max-frames, Ctrl-C, q in the window), 2 bad input
 (one line on stderr), 3 a camera that does not open or stops delivering frames after the retries.
 """
@@ -22,6 +27,11 @@ from __future__ import annotations
 
 import os
 import sys
+
+if __name__ == "__main__":                           # a command: note Ctrl-C / SIGTERM from now on
+    from core.early_signals import record as _record_early_signals
+
+    _record_early_signals()
 
 if __name__ == "__main__" and not __package__:      # run as a script (not -m, not the entry point)
     for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -36,6 +46,7 @@ from pathlib import Path  # noqa: E402
 
 from core.argtypes import positive_int as _positive_int  # noqa: E402
 from core.atomic import atomic_open  # noqa: E402
+from core.early_signals import take as _take_early_signal  # noqa: E402
 from core.errors import InputError  # noqa: E402
 from core.runtimes import runtime_names  # noqa: E402
 from edge.api import CameraLoop, CameraLoopOptions, Decision, RunResult  # noqa: E402
@@ -196,7 +207,7 @@ def format_summary(result: RunResult) -> str:
         f"  drops: capture {d['capture']}, lost windows {d['lost_windows']}, malformed packets {malformed}"
         + (f" ({reasons})" if reasons else "") + f"; reconnects {d['reconnects']}; "
         f"{d['partial_window_frames']} trailing frames not a full window",
-        f"  latency ms p50/p99: {stages}",
+        f"  latency ms p50/p99: {stages or 'nothing measured'}",
     ]
     if s["windows"]:
         lines.append(f"  link: {b['per_window']:,.0f} bytes per window ({b['payload_per_window']:,} payload + "
@@ -206,16 +217,31 @@ def format_summary(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt
+class _Signals:
+    """SIGINT / SIGTERM for one run: the first sets the run's ``stop`` event, so the loop ends between
+    frames and ends in order (end packet, host counters, the last decision written); a second one
+    raises KeyboardInterrupt at once. Raising at the first would land at any line: inside a
+    decision's write (the jsonl then lacks a decision stdout has) or a counter's update."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.received = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = True
+        self.stop.set()
 
 
 def _note(text: str) -> None:
     print(f"{PROG}: {text}", file=sys.stderr)
 
 
-def run(args: argparse.Namespace, *, source=None, stop: threading.Event | None = None) -> int:
-    """Run the loop the arguments describe; the exit code (bad input raises, see :func:`main`)."""
+def run(args: argparse.Namespace, *, source=None, stop: threading.Event | None = None,
+        signals: _Signals | None = None) -> int:
+    """Run the loop the arguments describe; the exit code (bad input raises, see :func:`main`).
+    ``signals``: a run that ``stop`` ended because of a signal reports itself ``interrupted``."""
     _check_payload_args(args)
     _check_link_key_args(args)
     options = options_from_args(args)
@@ -246,6 +272,10 @@ def run(args: argparse.Namespace, *, source=None, stop: threading.Event | None =
                 jsonl.flush()
 
         result = loop.run(frames, on_decision=on_decision, on_note=_note, display=display, stop=stop)
+        if signals is not None and signals.received and result.end == "stopped":
+            result.end = "interrupted"
+            if "end" in result.summary:
+                result.summary["end"] = "interrupted"
         if jsonl is not None:
             jsonl.write(json.dumps({"summary": {"end": result.end, **result.summary}}) + "\n")
     print(format_summary(result), file=sys.stderr)
@@ -259,15 +289,19 @@ def run(args: argparse.Namespace, *, source=None, stop: threading.Event | None =
 
 def main(argv: list[str] | None = None, *, source=None, stop: threading.Event | None = None) -> int:
     """Parse ``argv`` and run; ``source`` replaces ``--source`` with a frame-source object (tests)."""
-    args = get_args_parser().parse_args(argv)
-    previous = previous_int = None
+    previous = previous_int = signals = None
+    stop = stop if stop is not None else threading.Event()
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
         # Ctrl-C must work even when started from a shell that ignores SIGINT for background jobs
-        # (Python keeps an inherited SIG_IGN): install the default KeyboardInterrupt handler.
-        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+        # (Python keeps an inherited SIG_IGN): our handler replaces it (see _Signals).
+        signals = _Signals(stop)
+        previous = signal.signal(signal.SIGTERM, signals)
+        previous_int = signal.signal(signal.SIGINT, signals)
     try:
-        return run(args, source=source, stop=stop)
+        if _take_early_signal() is not None:     # came during the imports (core.early_signals)
+            raise KeyboardInterrupt
+        args = get_args_parser().parse_args(argv)
+        return run(args, source=source, stop=stop, signals=signals)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_OK

@@ -100,10 +100,13 @@ def test_wrong_model_shape_stale_and_lost_windows_are_counted(readout):
     assert dec.decode(packet(readout[:32], seq=1)) is None                     # not the model's shape
     assert dec.decode(packet(readout, seq=0)) is None                          # replayed
     assert dec.decode(packet(readout, seq=3)) is not None                      # 1 and 2 never came
+    assert dec.ends == 0
+    assert dec.decode(encode_end(model_id=MODEL, stream_id=7, seq=2)) is None  # fewer than accepted: not counted
     end = dec.decode(encode_end(model_id=MODEL, stream_id=7, seq=6))           # 6 sent: 4, 5 missing
     dec.end_lost(end)
-    assert dict(dec.rejected) == {"wrong_model": 1, "bad_shape": 1, "stale_seq": 1}
-    assert dec.accepted == 2 and dec.lost == 4
+    assert dict(dec.rejected) == {"wrong_model": 1, "bad_shape": 1, "stale_seq": 2}
+    assert dec.accepted == 2 and dec.lost == 4 and dec.ends == 1
+    assert dec.accepted + dec.ends + dec.malformed == 7                        # every packet fed, counted once
     # a new stream (sensor restarted) starts its own sequence
     assert dec.decode(packet(readout, seq=0, stream_id=8)) is not None
 

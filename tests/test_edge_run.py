@@ -1,12 +1,15 @@
 """The camera loop (edge/run_camera.py) end to end: real video, UDP vs in-process, test pattern, errors,
-a camera that stops, Ctrl-C, light imports, and the host decoder against the PyTorch model."""
+a camera that stops, Ctrl-C and SIGTERM (to the process group, during the imports, while the host
+process starts), light imports, and the host decoder against the PyTorch model."""
 from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -194,6 +197,197 @@ def test_ctrl_c_over_udp_ends_cleanly(bundled_models):
     assert json.loads(first)["window"] == 0
     assert proc.returncode == 0, stderr
     assert "summary: interrupted after" in stderr and "Traceback" not in stderr
+
+
+def _pipe_lines(stream) -> queue.Queue:
+    """A thread that puts each line of ``stream`` on the returned queue, then None at its end."""
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _drain(lines: queue.Queue, timeout: float) -> str:
+    """The rest of a :func:`_pipe_lines` stream, up to its end (waits at most ``timeout``)."""
+    out, deadline = [], time.monotonic() + timeout
+    while (line := lines.get(timeout=max(deadline - time.monotonic(), 0.01))) is not None:
+        out.append(line)
+    return "".join(out)
+
+
+def _wait_for(condition, timeout: float, what: str):
+    """Poll ``condition()`` every 5 ms until it is truthy (its value), failing after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+    return value
+
+
+def _spawned_host(pid: int) -> int | None:
+    """The pid of ``pid``'s multiprocessing spawn child once it runs its own interpreter, else None."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except (OSError, IndexError, ValueError):       # gone meanwhile
+            continue
+    return None
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (its /proc status SigCgt mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
+def _imports_numpy(pid: int) -> bool:
+    """Whether process ``pid`` has loaded numpy's core extension (its imports are well under way)."""
+    try:
+        return "_multiarray_umath" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _start_camera(cmd: list, models: Path, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PIXELRNN_MODELS=str(models))
+    return subprocess.Popen([sys.executable, *map(str, cmd)], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+@pytest.mark.device
+def test_sigterm_to_the_process_group_keeps_the_host_counters(bundled_models, tmp_path):
+    """``kill -TERM -PGID`` or systemd stopping the unit: the host process gets SIGTERM too, keeps
+    serving while the camera loop ends in order, and its counters reach the run summary."""
+    out = tmp_path / "run.jsonl"
+    proc = _start_camera([SCRIPT, "--source", "test", "--realtime", "--headless", "--link", "udp://127.0.0.1:0",
+                          "--json-out", out], bundled_models, start_new_session=True)
+    try:
+        stdout, stderr = _pipe_lines(proc.stdout), _pipe_lines(proc.stderr)
+        first = [json.loads(stdout.get(timeout=300)) for _ in range(3)]    # three windows decided: all running
+        time.sleep(0.2)                                                    # between windows
+        os.killpg(proc.pid, signal.SIGTERM)                                # the parent and the host process
+        proc.wait(timeout=120)
+        err = _drain(stderr, 30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert [w["window"] for w in first] == [0, 1, 2]
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "summary: interrupted after" in err, err
+    assert "host process failed" not in err and "did not report its statistics" not in err, err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    s = lines[-1]["summary"]
+    assert s["end"] == "interrupted" and s["windows"] >= 3 and s["decisions"] == s["windows"]
+    assert s["host"] == {"accepted": s["windows"], "ends": 1}, s["host"]           # the end packet too
+    assert s["link_auth"]["packets_in"] == s["windows"] + 1 and s["link_auth"]["bad_mac"] == 0
+    assert s["bytes"]["received_by_host"] == s["bytes"]["sent"] - 16 * (s["windows"] + 1)    # less the MACs
+    assert s["drops"]["lost_windows"] == 0
+    assert s["latency_ms"]["e2e"]["n"] == s["windows"] and s["malformed"] == {}
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_host_process_starts_ends_the_run_cleanly(bundled_models, signum):
+    """A signal to the process group while the host process's fresh interpreter is still importing:
+    it neither kills the host process nor prints a traceback there; the run ends as interrupted,
+    in order, with its summary (the first signal only stops the loop: edge.run_camera._Signals)."""
+    proc = _start_camera([SCRIPT, "--source", "test", "--headless", "--link", "udp://127.0.0.1:0"],
+                         bundled_models, start_new_session=True)
+    try:
+        host = _wait_for(lambda: _spawned_host(proc.pid), 300, "the host process")
+        os.killpg(proc.pid, signum)
+        time.sleep(0.3)
+        survived = _alive(host)                              # before: killed, or a KeyboardInterrupt traceback
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert survived and proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "summary: interrupted after 0 frames" in stderr and stdout == "", stderr   # ended in order
+    _wait_for(lambda: not Path(f"/proc/{host}").exists(), 30, "the host process to end")
+
+
+@pytest.mark.device
+def test_the_host_process_serves_on_after_sigterm_then_stops_by_itself(bundled_models):
+    """SIGTERM to the host process alone: it keeps serving for TERM_GRACE_S (the parent may be
+    ending the run in order), then drains, reports its counters and exits by itself."""
+    from edge.auth import LinkKey
+    from edge.link import UdpSender
+    from edge.models import load_bundle
+    from edge.remote import TERM_GRACE_S, RemoteConfig, RemoteHost
+    from edge.sensor_stage import SensorOptions, SensorStage
+
+    bundle = load_bundle(bundled_models / "gesture")
+    sensor = SensorStage(weights=bundle.sensor, options=SensorOptions(stream_id=5))
+    packet = None
+    while packet is None:
+        packet = sensor.push(np.zeros((sensor.size, sensor.size), np.uint8), t_ns=time.monotonic_ns())
+    key = LinkKey.ephemeral()
+    config = RemoteConfig(bundle_dir=str(bundle.path), runtime="onnxruntime", threads=1, host="127.0.0.1",
+                          port=0, key=key, stream_id=5)
+    decisions = []
+    with RemoteHost(config) as remote, UdpSender("127.0.0.1", remote.port, key=key) as tx:
+        os.kill(remote._proc.pid, signal.SIGTERM)
+        t0 = time.monotonic()
+        tx.send(packet)                                               # after the SIGTERM: still decided
+        while remote.stats is None and time.monotonic() - t0 < TERM_GRACE_S + 60:
+            decisions += remote.poll()
+            time.sleep(0.05)
+        waited = time.monotonic() - t0
+        remote._proc.join(timeout=30)
+        exitcode = remote._proc.exitcode
+    assert [d["window"] for d in decisions] == [0] and remote.failure is None
+    assert remote.stats is not None and waited >= TERM_GRACE_S - 0.5, waited      # served on, then stopped
+    assert remote.stats["accepted"] == 1 and remote.stats["ends"] == 0 and remote.stats["link"]["packets_in"] == 1
+    assert exitcode == 0                                              # exited by itself, not killed
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("entry", ["script", "pixelrnn-camera"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_imports_ends_the_command_cleanly(bundled_models, entry, signum):
+    """Started with SIGINT ignored (a shell's background job), a signal that comes while the command
+    still imports (about a second, before main() installs its handlers) ends it at once: one line,
+    exit 0. Sent once, as soon as the process catches the signal (/proc SigCgt: the early handler
+    is in, neither SIGINT, ignored, nor SIGTERM is caught before it) or has loaded numpy (imports
+    under way: a command that installs its handlers only after them ignores the SIGINT or dies)."""
+    cmd = [SCRIPT] if entry == "script" else ["-c", "import sys; from edge.camera_entry import main; sys.exit(main())"]
+    proc = _start_camera([*cmd, "--source", "test", "--headless"], bundled_models,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        _wait_for(lambda: _catches(proc.pid, signum) or _imports_numpy(proc.pid) or proc.poll() is not None,
+                  120, "the early handler or the imports")
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=90)         # a lost signal: runs on (no --max-frames)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and stdout == "" and stderr == "run_camera: interrupted\n", (stdout, stderr)
 
 
 # -- pieces ------------------------------------------------------------------------------------------

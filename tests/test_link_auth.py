@@ -1,6 +1,7 @@
-"""The authenticated UDP link (edge/auth.py, issue 16): the MAC, the key file, the host's stream and
-sequence rules, and the camera loop under attack over real sockets on 127.0.0.1 with the real host
-process (benchmarks/link_attacks.py's harness: an attacker process beside the genuine sensor)."""
+"""The authenticated UDP link (edge/auth.py, issue 16): the MAC, the key file, the per-run key, the
+host's stream and sequence rules, and the camera loop under attack over real sockets on 127.0.0.1
+with the real host process (benchmarks/link_attacks.py's harness: an attacker process beside the
+genuine sensor)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import pytest
 
 from conftest import REPO
 from core.errors import InputError
-from edge.auth import KEY_BYTES, MAC_BYTES, LinkKey, load_link_key
+from edge.auth import KEY_BYTES, MAC_BYTES, RUN_NONCE_BYTES, LinkKey, load_link_key, new_run_nonce
 from edge.link import LinkSpec, parse_link
 from edge.packet import MAX_SEQ_JUMP, REASONS, PacketDecoder, encode_end, encode_readout
 
@@ -50,6 +51,61 @@ def test_mac_seals_and_rejects_forgeries():
     assert "secret" not in repr(key) and key.secret.hex() not in repr(key)
     with pytest.raises(InputError, match="32 bytes"):
         LinkKey(b"short")
+
+
+# -- the per-run key ---------------------------------------------------------------------------------
+def test_a_datagram_of_one_run_does_not_open_in_another_run_with_the_same_key_file(tmp_path):
+    """Cross-run replay: the same key file and (by chance) the same stream id, another run's nonce."""
+    import hashlib
+    import hmac
+
+    path = tmp_path / "link.key"
+    file_key = load_link_key(path=path)
+    nonce_a, nonce_b = new_run_nonce(), new_run_nonce()
+    assert len(nonce_a) == RUN_NONCE_BYTES == 16 and nonce_a != nonce_b
+    run_a, run_b = file_key.for_run(nonce_a), file_key.for_run(nonce_b)
+    recorded = run_a.seal(readout_packet(0))                      # a genuine datagram of run A
+    assert run_a.open(recorded) == readout_packet(0)
+    assert run_b.open(recorded) is None                           # replayed into run B: bad MAC
+    assert file_key.open(recorded) is None and run_a.open(file_key.seal(readout_packet(0))) is None
+    # the same key file and nonce give the same key on both ends (the host process loads its own copy)
+    host_side = load_link_key(path=path, create=False).for_run(nonce_a)
+    assert host_side.secret == run_a.secret and host_side.open(recorded) == readout_packet(0)
+    assert run_a.secret == hmac.digest(file_key.secret, b"pixelrnn-link-run-v1" + nonce_a, hashlib.sha256)
+    assert run_a.secret != file_key.secret and len(run_a.secret) == KEY_BYTES
+    assert run_a.origin == f"derived per run from {path}" and run_a.secret.hex() not in repr(run_a)
+    for bad in (b"short", nonce_a + b"x", "0" * 16, None):
+        with pytest.raises(InputError, match="a run nonce must be 16 bytes") as info:
+            file_key.for_run(bad)
+        assert "\n" not in str(info.value)
+
+
+def test_the_host_process_config_carries_the_run_nonce(tmp_path):
+    """RemoteConfig: a key file needs the run's nonce, and the child derives the sensor's run key from them."""
+    from edge.remote import RemoteConfig
+
+    path = tmp_path / "link.key"
+    file_key = load_link_key(path=path)
+    nonce = new_run_nonce()
+    common = dict(bundle_dir="b", runtime="onnxruntime", threads=1, host="127.0.0.1", port=0)
+    config = RemoteConfig(**common, link_key=str(path), run_nonce=nonce)
+    assert config.load_key().secret == file_key.for_run(nonce).secret
+    ephemeral = LinkKey.ephemeral()
+    assert RemoteConfig(**common, key=ephemeral).load_key() is ephemeral         # already the run's own
+    assert ephemeral.secret.hex() not in repr(RemoteConfig(**common, key=ephemeral))
+    for kw, match in ((dict(link_key=str(path)), "needs the run's nonce"),
+                      (dict(link_key=str(path), run_nonce=b"x" * 15), "a run nonce must be 16 bytes, got 15 bytes"),
+                      (dict(link_key=str(path), run_nonce=nonce.hex()), "a run nonce must be 16 bytes, got str"),
+                      (dict(key=ephemeral, run_nonce=nonce), "run_nonce goes with a key file only")):
+        with pytest.raises(InputError, match=match) as info:
+            RemoteConfig(**common, **kw)
+        assert "\n" not in str(info.value)
+    from edge.pipeline import PipelineOptions
+
+    with pytest.raises(InputError, match="run_nonce is used only with a link_key file"):
+        PipelineOptions(run_nonce=nonce)
+    with pytest.raises(InputError, match="a run nonce must be 16 bytes"):
+        PipelineOptions(link_key=path, run_nonce=b"")
 
 
 # -- the key file ----------------------------------------------------------------------------------
@@ -127,8 +183,9 @@ def test_end_of_stream_only_for_the_stream_it_ends():
     assert dec.decode(encode_end(model_id=MODEL, stream_id=8, seq=1)) is None          # another stream
     assert dec.decode(encode_end(model_id=MODEL, stream_id=7, seq=0)) is None          # fewer than accepted
     assert dec.decode(encode_end(model_id=MODEL, stream_id=7, seq=2**32 - 1)) is None  # would fake a huge loss
+    assert dec.ends == 0                                                               # none taken so far
     end = dec.decode(encode_end(model_id=MODEL, stream_id=7, seq=3))
-    assert end is not None and end.is_end
+    assert end is not None and end.is_end and dec.ends == 1
     dec.end_lost(end)
     assert dict(dec.rejected) == {"wrong_stream_end": 1, "stale_seq": 1, "seq_jump": 1} and dec.lost == 2
     # a host that knows its stream (the UDP host: its sensor's) takes nothing else
@@ -156,6 +213,7 @@ def baseline():
     ("maced_end", "wrong_stream_end"),    # (2) ... with a valid MAC: still not this stream's end
     ("seq_jump", "bad_mac"),              # (3) seq 2^32-1, no MAC
     ("maced_seq_jump", "seq_jump"),       # (3) ... with a valid MAC (a buggy sender)
+    ("replayed_run", "bad_mac"),          # an earlier run's datagrams (same key file, same stream id)
 ])
 def test_attacks_change_no_decision(baseline, attack, reason):
     assert len(baseline.decisions) == WINDOWS and baseline.summary["malformed"] == {}
@@ -231,7 +289,7 @@ def test_udp_with_a_key_file_gives_the_inproc_decisions(tmp_path, capsys):
         assert summary["malformed"] == {} and summary["drops"]["lost_windows"] == 0
         assert summary["link_auth"]["mac"] == "hmac-sha256/128" and summary["link_auth"]["bad_mac"] == 0
         assert summary["bytes"]["sent"] == sum(w["bytes"] + MAC_BYTES for w in windows) + 44 + MAC_BYTES
-    assert runs["udp"][1]["link_auth"]["key"] == str(tmp_path / "k")
+    assert runs["udp"][1]["link_auth"]["key"] == f"derived per run from {tmp_path / 'k'}"
     assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
     assert "no link key file" not in runs["udp"][2]
     assert "no link key file: the UDP link is authenticated with a random key" in runs["udp_ephemeral"][2]
