@@ -23,6 +23,7 @@ float32 and every binary decision is a sign of an exact pre-activation.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -44,6 +45,14 @@ DECODERS = {"authors": "1x1 conv (one binary weight per map), BatchNorm, tanh, m
             "mlp": "BatchNorm per map, Linear -> hidden, ReLU, dropout 0.2, Linear",
             "cnn": "BatchNorm per map, three 3x3 conv + BatchNorm + ReLU (+ 2x2 max-pool) layers of hidden/8, "
                    "4x4 average pool, dropout 0.2, Linear"}
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(every, timesteps, channels, bits, pool, step) -> ReadoutLayout:
+    """ReadoutLayout.every, cached: a forward pass asks for the layout several times, and a
+    ReadoutLayout is frozen, so one instance per distinct set of fields is shared (an unhashable
+    field value, e.g. a list from a hand-edited config, fails the cache and is rebuilt)."""
+    return ReadoutLayout.every(every, timesteps=timesteps, channels=channels, bits=bits, pool=pool, step=step)
 
 
 @dataclass
@@ -95,8 +104,8 @@ class ModelConfig:
 
     def layout_for(self, timesteps: int) -> ReadoutLayout:
         """The readout of a window of ``timesteps`` frames (the model runs on any clip length)."""
-        return ReadoutLayout.every(self.readout_every, timesteps=timesteps, channels=self.out_channels,
-                                   bits=self.readout_bits, pool=self.readout_pool, step=self.readout_step)
+        return _layout(self.readout_every, timesteps, self.out_channels, self.readout_bits, self.readout_pool,
+                       self.readout_step)
 
     @property
     def class_names(self) -> list[str]:
