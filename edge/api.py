@@ -187,6 +187,9 @@ class _FrameStream:
         states = options.sensor.payload_options.open().states     # the host's own copy, as in edge.pipeline
         self.host = HostStage(decoder=decoder, expect_model=self.sensor.model_id, states=states)
 
+    def close(self) -> None:
+        self.pre.roi.close()               # the mouth ROI's detector thread, if any
+
     def push(self, frame: np.ndarray, *, t_ns: int) -> Decision | None:
         image = self.pre(frame, last_of_window=self.sensor.next_is_last)
         packet = self.sensor.push(image, t_ns=t_ns)
@@ -318,7 +321,10 @@ class CameraLoop:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Release the host decoder and the sensor stream; later calls raise. Closing twice is fine."""
+        """Release the host decoder, the sensor stream and the ROI's detector; later calls raise.
+        Closing twice is fine."""
+        if self._stream is not None:
+            self._stream.close()
         self._stream = None
         self._closed = True
 

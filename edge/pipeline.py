@@ -267,8 +267,10 @@ def _summary(*, source, bundle, options, sensor, capture, tx, lat, counts, host_
                "e2e": _short(summarize(host_stats.get("e2e_s", []), unit="ms"))}
     roi_info = {"mode": options.roi if isinstance(options.roi, str) else "fixed",
                 "fallback_frames": getattr(roi, "fallback_frames", 0)}
-    if hasattr(roi, "detections"):
+    if hasattr(roi, "detections"):                  # the mouth ROI: how its face detector ran
         roi_info["face_detections"] = roi.detections
+        roi_info["detector"] = "thread" if roi.threaded else "synchronous"
+        roi_info.update(roi.detector_stats)           # thread: runs, replaced frames, errors, busy ms
     return {
         "end": end, "source": getattr(source, "name", str(source)), "source_fps": src_fps,
         "task": bundle.task, "model": str(bundle.path), "model_id": sensor.model_id,

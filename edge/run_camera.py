@@ -208,6 +208,7 @@ def format_summary(result: RunResult) -> str:
         + (f" ({reasons})" if reasons else "") + f"; reconnects {d['reconnects']}; "
         f"{d['partial_window_frames']} trailing frames not a full window",
         f"  latency ms p50/p99: {stages or 'nothing measured'}",
+        f"  roi: {_roi_text(s['roi'])}",
     ]
     if s["windows"]:
         lines.append(f"  link: {b['per_window']:,.0f} bytes per window ({b['payload_per_window']:,} payload + "
@@ -215,6 +216,20 @@ def format_summary(result: RunResult) -> str:
                      f"({b['ratio_64']:.1f}x less) and 16x256x256 {b['raw_per_window_256']:,} "
                      f"({b['ratio_256']:.1f}x less); {b['sent']:,} bytes sent in total")
     return "\n".join(lines)
+
+
+def _roi_text(roi: dict) -> str:
+    """The summary's ROI line: the mode, and for the mouth ROI how its face detector ran."""
+    text = roi["mode"]
+    if "detector" in roi:
+        text += f" (face detector {roi['detector']}: {roi['face_detections']} faces found"
+        if "runs" in roi:
+            text += (f" in {roi['runs']} runs, {roi['replaced_frames']} frames replaced by newer ones, "
+                     f"{roi['errors']} errors, {roi['busy_ms']:,.0f} ms busy")
+        text += ")"
+    if roi.get("fallback_frames"):
+        text += f"; {roi['fallback_frames']} frames on the centre fallback (no face yet)"
+    return text
 
 
 class _Signals:

@@ -71,6 +71,40 @@ def test_run_pipeline_applies_the_task_roi(bundled):
     assert len(got) == 1 and type(got[0]).__name__ == "Decision"
 
 
+def test_summary_reports_the_mouth_detector_and_step_mode_closes_it(bundled, grid_frames):
+    """The run summary says how the mouth ROI's face detector ran (thread or synchronous, its
+    counters), the printed summary has an roi line, and closing a CameraLoop used frame by frame
+    stops the detector thread it started."""
+    import threading
+
+    from edge import CameraLoop, CameraLoopOptions
+    from edge.roi import MouthOptions
+    from edge.run_camera import format_summary
+
+    def detector_threads():
+        return [t for t in threading.enumerate() if t.name == "mouth-roi-detector" and t.is_alive()]
+
+    before = len(detector_threads())
+    loop = CameraLoop.create_from_options(CameraLoopOptions(task="lips", mouth=MouthOptions(threaded=True)))
+    for frame in grid_frames[:16]:
+        loop.process_frame(frame)
+    assert len(detector_threads()) == before + 1
+    roi = loop._stream.pre.roi              # held, as a caller's reference would: no garbage collection
+    loop.close()
+    assert len(detector_threads()) == before and roi._closed      # closed by close(), not by the GC
+
+    with CameraLoop.create_from_options(CameraLoopOptions(task="lips", mouth=MouthOptions(threaded=True))) as loop:
+        result = loop.run(str(VIDEO))
+    roi = result.summary["roi"]
+    assert roi["mode"] == "mouth" and roi["detector"] == "thread" and roi["runs"] >= 1
+    assert roi["face_detections"] >= 1 and roi["errors"] == 0 and roi["busy_ms"] > 0
+    assert "  roi: mouth (face detector thread: " in format_summary(result)
+    with CameraLoop.create_from_options(CameraLoopOptions(task="gesture", max_frames=16)) as loop:
+        result = loop.run("test")
+    assert result.summary["roi"] == {"mode": "center", "fallback_frames": 0}
+    assert "  roi: center\n" in format_summary(result) + "\n"
+
+
 # -- the two running modes -----------------------------------------------------------------------------
 def test_process_frame_decides_every_16_frames_and_matches_run(bundled, grid_frames):
     from edge import CameraLoop, CameraLoopOptions, Decision
