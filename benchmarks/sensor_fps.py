@@ -121,10 +121,14 @@ def main(argv=None) -> int:
     t_fast = median_time(lambda: fast.run_clips(binary, weights), args.repeats)
     rows.append(("old fast path (`fast.run_clips`, numpy im2col float32 GEMM)", n_frames / t_fast))
 
-    stream = fast.SensorStream(weights)
     one_clip = binary[0]
+    stream = packed.PackedStream(weights)
+    t_packed_stream = median_time(lambda: [stream.push(f) for f in one_clip], args.repeats)
+    rows.append(("packed path, streaming (`packed.PackedStream`, one frame at a time: the camera loop's)",
+                 16 / t_packed_stream))
+    stream = fast.SensorStream(weights)
     t_stream = median_time(lambda: [stream.push(f) for f in one_clip], args.repeats)
-    rows.append(("fast path, streaming (one frame at a time)", 16 / t_stream))
+    rows.append(("old fast path, streaming (`fast.SensorStream`, one frame at a time)", 16 / t_stream))
 
     tb = torch.from_numpy(binary.astype(np.float32))
     with torch.no_grad():
@@ -161,7 +165,9 @@ def main(argv=None) -> int:
         f"Goals (issue 17): >= 10,000 frames/s on one core and >= 10x the float PyTorch forward. "
         f"API: {api_fps:,.0f} frames/s, **{api_fps / torch_fps:.1f}x** PyTorch, "
         f"{api_fps * t_fast / n_frames:.1f}x the old fast path."
-        + (f" CLI (marginal): {cli_fps:,.0f} frames/s, **{cli_fps / torch_fps:.1f}x** PyTorch." if cli_fps else ""),
+        + (f" CLI (marginal): {cli_fps:,.0f} frames/s, **{cli_fps / torch_fps:.1f}x** PyTorch." if cli_fps else "")
+        + f" Camera loop's stream: {1e3 * t_packed_stream / 16:.3f} ms per frame, "
+          f"{t_stream / t_packed_stream:.1f}x the old fast path's stream.",
     ]
     if cost is not None:
         full = cost["energy_uj"] * (256 * 256) / (64 * 64)

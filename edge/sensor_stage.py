@@ -2,8 +2,9 @@
 
 Per frame: grayscale, region of interest and resize to 64x64 (``firmware_sim.frontend``, the code
 training uses), the sensor's input binarization (``FrontEnd.binarize``) and one step of the
-sensor program (``firmware_sim.fast.SensorStream``, the fast path). Every ``timesteps`` frames the
-readout is framed as a packet (``edge.packet``): that packet is all that leaves this stage. The
+sensor program (``firmware_sim.packed.PackedStream``: the packed path, frame by frame; 2x the
+old fast path's stream). Every ``timesteps`` frames the readout is framed as a packet
+(``edge.packet``): that packet is all that leaves this stage. The
 payload type comes from the registry in ``edge.payloads`` (8bit, 1bit, prior, ...); a payload with
 side state opens it once here (the prior: a prior file, ``core.prior_coder``, numpy only), and the
 host opens its own copy.
@@ -26,9 +27,9 @@ from core.readout_layout import SIZE as LAYOUT_SIZE  # the sensor size a readout
 from edge.packet import OVERHEAD_BYTES, encode_end, encode_readout
 from edge.payloads import DEFAULT_LEVEL, PayloadOptions, choose_layout_payload, layout_image_shape
 from edge.stats import Latency
-from firmware_sim.fast import SensorStream
 from firmware_sim.frontend import crop_resize, to_gray
 from firmware_sim.noise import NoiseModel
+from firmware_sim.packed import PackedStream
 from firmware_sim.weights import SensorWeights
 
 
@@ -99,7 +100,7 @@ class SensorStage:
         self.stream_id = (self.options.stream_id if self.options.stream_id is not None
                           else int.from_bytes(os.urandom(4), "big"))
         rng = np.random.default_rng(self.options.seed) if self.options.noise.enabled else None
-        self._stream = SensorStream(weights, noise=self.options.noise, rng=rng)
+        self._stream = PackedStream(weights, noise=self.options.noise, rng=rng)
         self.windows = 0
         self.frames = 0
         self.last_readout: np.ndarray | None = None

@@ -436,3 +436,89 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
         out["7_forget_gate_x"] = np.where(gate_seq > 0, 255, 0).astype(np.uint8)
     shape = (n, r * k_out, side_h, side_w)
     return levels.reshape(shape), output.reshape(shape), out
+
+
+class PackedStream:
+    """Frame-by-frame sensor stage on the packed program: push one binary frame, get the window's
+    levels at its last frame. Same interface and identical results as :class:`fast.SensorStream`
+    with noise off (the live camera loop's case); with noise on it runs :class:`fast.SensorStream`
+    itself (its draws are per frame, in its order). Frame sides must be multiples of 4.
+
+    Per frame: conv1 by table look-ups, the x_t mosaic, fi and fh (25 int8 adds each), the gate as
+    one int8 comparison, h *= sign(gate); in a read-out frame also the K oi / oh and the readout.
+    Buffers are allocated once per frame size and reused.
+    """
+
+    def __init__(self, weights: SensorWeights, *, noise: NoiseModel | None = None,
+                 rng: np.random.Generator | None = None) -> None:
+        from firmware_sim import fast
+
+        self.weights = weights
+        self.noise = noise or NoiseModel.off()
+        self._fallback = fast.SensorStream(weights, noise=self.noise, rng=rng) if self.noise.enabled else None
+        self._prog = program_for(weights)
+        self._read = weights.readout_frames(weights.timesteps)
+        self._size: tuple[int, int] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.step = 0
+        self._levels: list[np.ndarray] = []
+        if self._fallback is not None:
+            self._fallback.reset()
+        elif self._size is not None:
+            self._h[self._inner] = 1                      # h_0 = +1
+
+    def _buffers(self, h: int, w: int) -> None:
+        hp, wp = h + 2 * PAD, w + 2 * PAD
+        self._inner = (slice(None), slice(PAD, PAD + h), slice(PAD, PAD + w))
+        self._x = np.zeros((1, hp, wp), np.int8)          # x_t as +-1, zero border
+        self._h = np.zeros((1, hp, wp), np.int8)          # h as +-1, zero border
+        self._fi, self._fh, self._o = (np.empty((1, hp, wp), np.int8) for _ in range(3))
+        self._oh = np.empty((1, hp, wp), np.int8)
+        self._size = (h, w)
+        self._h[self._inner] = 1
+
+    def push(self, binary_frame: np.ndarray) -> np.ndarray | None:
+        """Process one (H, W) +-1 frame; return the window's uint8 levels at its last frame, else None."""
+        frame = np.asarray(binary_frame)
+        if frame.ndim != 2 or frame.shape[0] % POOL or frame.shape[1] % POOL:
+            raise ValueError(f"a sensor frame must be (H, W) with sides multiples of {POOL} (the 4x4 pool), "
+                             f"got {frame.shape}")
+        if self._fallback is not None:
+            return self._fallback.push(frame)
+        if self._size != frame.shape:
+            if self.step:
+                raise ValueError(f"frame shape changed mid-window: {frame.shape} after {self._size}")
+            self._buffers(*frame.shape)
+        prog, inner = self._prog, self._inner
+        bits = (frame > 0).view(np.uint8)[None]
+        x = prog.quantize(prog.pooled(bits), None, 0.0)              # (1, H, W) 0/1
+        np.subtract(x.view(np.int8) * np.int8(2), np.int8(1), out=self._x[inner])
+        prog.w_fi(self._x, self._fi)
+        prog.w_fh(self._h, self._fh)
+        gate = np.add(self._fi[inner], self._fh[inner]) >= prog.gate_thr
+        self.step += 1
+        if self.step in self._read:
+            self._levels.append(self._readout())
+        if self.step < self.weights.timesteps:
+            sign = gate.view(np.int8) * np.int8(2)
+            sign -= np.int8(1)
+            self._h[inner] *= sign                                    # keep (gate +1) or flip (-1)
+            return None
+        levels = np.concatenate(self._levels)
+        self.reset()
+        return levels[0] if self.weights.layout.is_authors else levels
+
+    def _readout(self) -> np.ndarray:
+        """The read-out frame's (K, S, S) levels from o = oi + oh (exact integers)."""
+        prog, inner, layout = self._prog, self._inner, self.weights.layout
+        h, w = self._size
+        o_int = np.empty((prog.weights.channels, h, w), np.int16)
+        for k in range(prog.weights.channels):
+            prog.w_oi[k](self._x, self._o)
+            prog.w_oh[k](self._h, self._oh)
+            np.add(self._o[inner][0], self._oh[inner][0], out=o_int[k], dtype=np.int16)
+        if prog.plain_readout:
+            return prog.readout_lut[o_int + 50]
+        return layout.quantize(layout.pool_maps(o_int[None].astype(np.float64)))[0]

@@ -80,10 +80,12 @@ def test_streaming_sensor_equals_batch_path():
     frames = rng.integers(0, 256, size=(2, 16, 64, 64), dtype=np.uint8)
     binary = weights.frontend.binarize(frames)
     batch = fast.run_clips(binary, weights).readout
-    stream = fast.SensorStream(weights)
-    outs = [r for clip in binary for f in clip if (r := stream.push(f)) is not None]
-    assert len(outs) == 2
-    assert np.array_equal(np.stack(outs), batch)
+    from firmware_sim import packed
+
+    for stream in (fast.SensorStream(weights), packed.PackedStream(weights)):
+        outs = [r for clip in binary for f in clip if (r := stream.push(f)) is not None]
+        assert len(outs) == 2
+        assert np.array_equal(np.stack(outs), batch), type(stream).__name__
 
 
 def test_quantizers_forward_sign_and_documented_gradients():

@@ -122,6 +122,8 @@ def test_pytorch_equals_firmware_sim_on_random_layouts():
         for path in (fast, packed):
             got = path.run_clips(bits, weights).readout
             assert np.array_equal(got, want), (case, kw, path.__name__)
-        stream = fast.SensorStream(weights)
-        out = [stream.push(bits[0, i]) for i in range(t)]
-        assert all(o is None for o in out[:-1]) and np.array_equal(out[-1], want[0]), (case, kw)
+        for stream in (fast.SensorStream(weights), packed.PackedStream(weights)):
+            for clip in range(2):                 # the second window: the stream was reset in between
+                out = [stream.push(bits[clip, i]) for i in range(t)]
+                assert all(o is None for o in out[:-1]), (case, kw, type(stream).__name__)
+                assert np.array_equal(out[-1], want[clip]), (case, kw, type(stream).__name__)

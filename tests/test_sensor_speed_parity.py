@@ -144,3 +144,37 @@ def test_simulate_fast_path_equals_the_old_fast_path(seed, noise):
     want = fast.run_clips(weights.frontend.binarize(frames), weights, noise=noise,
                           rng=np.random.default_rng(seed))
     _assert_same(got, want, ())
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**16), thresholds=st.sampled_from(THRESHOLDS), block=st.sampled_from([1, 2, 4]),
+       size=st.sampled_from([8, 16, 64]))
+def test_packed_stream_equals_the_fast_stream_and_the_batch(seed, thresholds, block, size):
+    """The camera loop's frame-by-frame stage (packed.PackedStream) gives, window after window, the
+    levels of fast.SensorStream and of the whole-clip packed path: identical, noise off."""
+    rng = np.random.default_rng(seed)
+    weights = _weights(rng, thresholds)
+    clips = _clips(rng, 2, weights.timesteps, size, block)
+    batch = packed.run_clips(clips, weights).readout
+    for stream in (packed.PackedStream(weights), fast.SensorStream(weights)):
+        out = [r for clip in clips for frame in clip if (r := stream.push(frame)) is not None]
+        assert len(out) == 2 and np.array_equal(np.stack(out), batch), type(stream).__name__
+
+
+def test_packed_stream_with_noise_is_the_fast_stream_and_checks_shapes():
+    """Noise on: the draws are the fast stream's, per frame in its order (it runs that stream).
+    A side that is not a multiple of 4, or a shape change inside a window, is a clear error."""
+    rng = np.random.default_rng(5)
+    weights = _weights(rng, None)
+    clips = _clips(rng, 1, weights.timesteps, 16, 1)
+    ours = packed.PackedStream(weights, noise=NoiseModel.authors(), rng=np.random.default_rng(1))
+    theirs = fast.SensorStream(weights, noise=NoiseModel.authors(), rng=np.random.default_rng(1))
+    a = [ours.push(f) for f in clips[0]][-1]
+    b = [theirs.push(f) for f in clips[0]][-1]
+    assert a is not None and np.array_equal(a, b)
+    stream = packed.PackedStream(weights)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        stream.push(clips[0, 0][:14, :14])
+    stream.push(clips[0, 0])
+    with pytest.raises(ValueError, match="mid-window"):
+        stream.push(clips[0, 1][:8, :8])
