@@ -8,7 +8,9 @@ one :func:`register_payload` call and nothing else.
 
 Built in: ``8bit`` (id 8, the levels as they are), ``1bit`` (id 1, ``np.packbits`` of the signs of
 o) and ``prior`` (id 2, the same signs arithmetic-coded under a learned prior, falling back to
-``1bit`` for a readout the prior would code longer than its maximum), and for models with a
+``1bit`` for a readout the prior would code longer than its maximum), ``context`` (id 3, the same
+signs under a JBIG-style adaptive context model, :mod:`core.context_coder`: no side file, falling back
+to ``1bit`` when its code is not shorter), and for models with a
 :class:`core.readout_layout.ReadoutLayout` of 4, 2 or 1-bit levels ``levels4`` / ``levels2`` /
 ``levels1`` (ids 16 + bits = 20, 18, 17: the b-bit levels bit-packed MSB first, exactly
 ``ReadoutLayout.pack``; not the ``1bit`` payload, which sends the sign of an 8-bit level).
@@ -28,6 +30,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from core import context_coder
 from core.constants import ZERO_LEVEL
 from core.errors import InputError
 from core.prior_coder import load_prior
@@ -332,6 +335,32 @@ register_payload(PayloadCodec(
     describe_state=lambda coder: {"prior_hash": coder.prior_hash}, file_label="the prior file",
     file_hint="the command pixelrnn generate export-prior writes one",
     fallback="1bit", reasons=("no_prior", "wrong_prior", "bad_prior_decode")))
+
+
+def _encode_context(readout, state, level) -> bytes:
+    bits = readout >= ZERO_LEVEL
+    return context_coder.encode_bits(bits, map_rows=context_coder.stacked_rows(bits.shape))
+
+
+def _decode_context(payload, shape, state, level) -> np.ndarray:
+    """Model id + CRC32 + context-model code -> levels, or a PacketError (``bad_context_decode``)."""
+    try:
+        bits = context_coder.decode_bits(bytes(payload), shape=tuple(shape),
+                                         map_rows=context_coder.stacked_rows(shape))
+    except ValueError as exc:                      # ContextMismatch (CRC), unknown model id, too short
+        raise PacketError("bad_context_decode", f"context payload does not decode: {exc}") from None
+    return _levels(bits, level)
+
+
+register_payload(PayloadCodec(
+    wire_id=3, name="context",
+    help="the 1bit signs losslessly coded under an adaptive JBIG-style context model, no file "
+         "(~424 B per 64x64 GRID window of the authors' readout layout vs 512; 1bit when not shorter)",
+    encode=_encode_context, decode=_decode_context,
+    # the 1bit size at most (longer codes fall back); at least its header, or less for a map so small
+    # that it always falls back (the range stays well formed)
+    size=_bits_bytes, min_size=lambda shape: min(context_coder.MIN_BYTES, _bits_bytes(shape)),
+    uses_level=True, fallback="1bit", reasons=("bad_context_decode",)))
 
 
 # -- b-bit levels of a readout layout (4, 2, 1 bit) -------------------------------------------------
