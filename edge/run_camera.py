@@ -5,7 +5,7 @@ Python API (:mod:`edge.api`: ``CameraLoop``): argparse, then one ``CameraLoop.ru
     python edge/run_camera.py [--source auto|INDEX|picamera[:N]|/dev/videoN|URL|PATH|test] [--model BUNDLE|default]
         [--task gesture|lips] [--runtime onnxruntime|tflite|lce] [--headless] [--max-frames N]
         [--json-out FILE] [--link inproc|udp://127.0.0.1:PORT [--link-key FILE]]
-        [--payload 8bit|1bit|prior [--prior FILE]] [--serve [HOST:]PORT]
+        [--payload 8bit|1bit|prior|context [--prior FILE]] [--serve [HOST:]PORT]
 
 Also installed as ``pixelrnn-camera``. Run as a script, Python puts ``edge/`` first on
 ``sys.path``; no module in edge/ shares a name with a standard or installed module (a test checks),
