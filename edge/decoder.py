@@ -25,7 +25,7 @@ from core import runtimes
 from core.bundle import BundleError
 from core.errors import InputError
 from edge.models import Bundle
-from edge.payloads import get_payload, layout_image_shape, layout_payload_name
+from edge.payloads import get_payload, layout_image_shape, layout_payloads
 
 
 def softmax_top(logits: np.ndarray) -> tuple[int, float]:
@@ -65,7 +65,7 @@ class HostDecoder:
         else:
             self.shape = layout_image_shape(layout)
             self.input_shape = (1,) + layout.shape
-            self.encodings = (get_payload(layout_payload_name(layout)).wire_id,)
+            self.encodings = tuple(get_payload(name).wire_id for name in layout_payloads(layout))
         skipped = bundle.manifest.get("skipped")
         why = skipped.get(entry.export_format) if isinstance(skipped, dict) else None
         if isinstance(why, str) and why:

@@ -402,6 +402,41 @@ for _bits in LEVELS_BITS:
     register_payload(_levels_codec(_bits))
 
 
+def _encode_levels1_context(readout, state, level) -> bytes:
+    bits = readout > 0
+    return context_coder.encode_bits(bits, map_rows=context_coder.stacked_rows(bits.shape))
+
+
+def _decode_levels1_context(payload, shape, state, level) -> np.ndarray:
+    """Model id + CRC32 + context-model code -> 0/1 levels, or a PacketError."""
+    if level != 0:
+        raise PacketError("bad_encoding", f"levels1-context payload with level byte {level} (it carries none: 0)")
+    try:
+        bits = context_coder.decode_bits(bytes(payload), shape=tuple(shape),
+                                         map_rows=context_coder.stacked_rows(shape))
+    except ValueError as exc:                      # ContextMismatch (CRC), unknown model id, too short
+        raise PacketError("bad_context_decode", f"levels1-context payload does not decode: {exc}") from None
+    return bits.astype(np.uint8)
+
+
+_LEVELS1_BYTES = _levels_codec(1).size
+register_payload(PayloadCodec(
+    wire_id=LEVELS_WIRE_BASE + 17, name="levels1-context",
+    help="the 1-bit levels of a readout layout losslessly coded under the context model, no file (the "
+         "bundled lips model's 8 maps of 32x32: ~520 B per window vs 1,024; levels1 when not shorter)",
+    encode=_encode_levels1_context, decode=_decode_levels1_context, size=_LEVELS1_BYTES,
+    min_size=lambda shape: min(context_coder.MIN_BYTES, _LEVELS1_BYTES(shape)), max_level=1,
+    fallback="levels1", reasons=("bad_context_decode",)))
+CONTEXT_OF_LAYOUT = {"levels1": "levels1-context"}     # a layout's payload -> its context-coded variant
+
+
+def layout_payloads(layout: ReadoutLayout) -> tuple[str, ...]:
+    """Every payload a sensor with ``layout`` may send (its own; for 1-bit levels also the context-coded
+    variant and so its fallback): what the host of such a model accepts."""
+    own = layout_payload_name(layout)
+    return (own, CONTEXT_OF_LAYOUT[own]) if own in CONTEXT_OF_LAYOUT and not layout.is_authors else (own,)
+
+
 def layout_payload_name(layout: ReadoutLayout) -> str:
     """The payload that carries ``layout``'s levels: ``8bit`` for 8-bit levels, else ``levels{bits}``."""
     return "8bit" if layout.bits == 8 else f"levels{layout.bits}"
@@ -417,17 +452,23 @@ def choose_layout_payload(layout: ReadoutLayout, requested: str) -> str:
 
     The authors' layout takes any payload but the ``levels`` ones (they carry b-bit levels of a
     model trained for them); any other layout sends its own (:func:`layout_payload_name`), and
-    ``requested`` must be that or ``8bit`` (the default, which stands for "the layout's"). Anything
-    else is a one-line InputError naming the layout and what to do."""
+    ``requested`` must be that or ``8bit`` (the default, which stands for "the layout's"); a 1-bit
+    layout also takes ``levels1-context`` (or ``context``): its levels under the context model.
+    Anything else is a one-line InputError naming the layout and what to do."""
     own = layout_payload_name(layout)
     codec = get_payload(requested)
     if layout.is_authors:
-        if codec.name.startswith("levels") and codec.name[6:].isdigit():
+        if codec.max_level < 255:                       # levels{b}, levels1-context
             raise InputError(f"payload {codec.name} carries the levels of a model trained for "
-                             f"{codec.name[6:]}-bit readouts; this model reads out the authors' 8-bit "
-                             f"readout: use 8bit, 1bit or prior")
+                             f"{codec.max_level.bit_length()}-bit readouts; this model reads out the authors' "
+                             f"8-bit readout: use 8bit, 1bit, prior or context")
         return codec.name
+    variant = CONTEXT_OF_LAYOUT.get(own)
+    if variant is not None and codec.name in ("context", variant):
+        return variant                   # the context model on the layout's own 1-bit levels
     if codec.name not in (own, "8bit"):
+        also = f", or {variant} (alias context) for the same levels context-coded" if variant else ""
         raise InputError(f"payload {codec.name} cannot carry this model's readout ({layout.describe()}): "
-                         f"its layout is sent as {own}; leave the payload at 8bit (the default) or give {own}")
+                         f"its layout is sent as {own}; leave the payload at 8bit (the default) or give "
+                         f"{own}{also}")
     return own

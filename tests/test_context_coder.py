@@ -270,3 +270,57 @@ def test_real_grid_multimap_readouts_round_trip_and_compress():
         bits = maps.reshape(256, 32)
         sizes.append(len(round_trip(bits, map_rows=stacked_rows(bits.shape))))
     assert np.mean(sizes) < 0.65 * 1024, sizes
+
+
+# -- a readout layout's 1-bit levels under the context model (levels1-context) ------------------
+def test_choose_layout_payload_maps_context_to_the_layout_variant():
+    from core.readout_layout import ReadoutLayout
+    from edge.payloads import choose_layout_payload, layout_payloads
+
+    one = ReadoutLayout.every(2, timesteps=16, bits=1, pool=2)
+    two = ReadoutLayout.every(2, timesteps=16, bits=2, pool=2)
+    authors = ReadoutLayout.every(0, timesteps=16)
+    assert choose_layout_payload(one, "context") == choose_layout_payload(one, "levels1-context") == "levels1-context"
+    assert choose_layout_payload(one, "8bit") == "levels1"
+    assert layout_payloads(one) == ("levels1", "levels1-context") and layout_payloads(two) == ("levels2",)
+    with pytest.raises(InputError, match="sent as levels2"):
+        choose_layout_payload(two, "context")
+    with pytest.raises(InputError, match="1-bit readouts; this model reads out the authors'"):
+        choose_layout_payload(authors, "levels1-context")
+    assert choose_layout_payload(authors, "context") == "context"
+
+
+def test_levels1_context_round_trip_and_fallback():
+    codec = get_payload("levels1-context")
+    rng = np.random.default_rng(3)
+    smooth = np.repeat(np.repeat(rng.integers(0, 2, (8 * 4, 4), dtype=np.uint8), 8, 0), 8, 1)   # 8 maps 32x32
+    packet = encode_readout(smooth, model_id="00" * 8, stream_id=1, seq=0, encoding="levels1-context")
+    got = decode_packet(packet, expect_model="00" * 8, expect_shape=(256, 32))
+    assert got.encoding == codec.wire_id and np.array_equal(got.readout, smooth)
+    assert len(packet) - PACKET_HEADER_BYTES < get_payload("levels1").size(smooth.shape) // 4
+    noise = rng.integers(0, 2, (256, 32), dtype=np.uint8)           # incompressible: levels1 instead
+    packet = encode_readout(noise, model_id="00" * 8, stream_id=1, seq=0, encoding="levels1-context")
+    got = decode_packet(packet, expect_model="00" * 8, expect_shape=(256, 32))
+    assert got.encoding == get_payload("levels1").wire_id and np.array_equal(got.readout, noise)
+    with pytest.raises(ValueError, match="carries levels 0..1"):
+        encode_readout(smooth * 2, model_id="00" * 8, stream_id=1, seq=0, encoding="levels1-context")
+
+
+def test_bundled_lips_model_decides_the_same_with_context_coded_levels(bundled_models):
+    """The bundled lips model (8 maps of 32x32, 1 bit) over the camera loop: --payload context sends
+    its levels context-coded, the host decodes the same levels (same logits, window by window) from
+    far fewer bytes than levels1's 1,024."""
+    from edge import CameraLoop, CameraLoopOptions
+
+    runs = {}
+    for payload in ("8bit", "context"):
+        got = []
+        with CameraLoop.create_from_options(CameraLoopOptions(bundle_path=bundled_models / "lips", payload=payload,
+                                                              max_frames=64)) as loop:
+            result = loop.run("test", on_decision=got.append)
+        runs[payload] = (result.summary, [d.logits for d in got])
+    (plain, plain_logits), (ctx, ctx_logits) = runs["8bit"], runs["context"]
+    assert plain["payload"] == "levels1" and ctx["payload"] == "levels1-context"
+    assert len(plain_logits) == len(ctx_logits) == 4 and plain_logits == ctx_logits
+    assert ctx["malformed"] == {} and ctx["drops"]["lost_windows"] == 0
+    assert ctx["bytes"]["payload_per_window"] < 0.8 * plain["bytes"]["payload_per_window"] == 0.8 * 1024
