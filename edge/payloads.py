@@ -379,6 +379,8 @@ def _levels_codec(bits: int) -> PayloadCodec:
         return (int(shape[0]) * int(shape[1]) * bits + 7) // 8
 
     def encode(readout, state, level) -> bytes:
+        if bits == 1:                                   # levels are the bits: one packbits
+            return np.packbits(np.ascontiguousarray(readout, dtype=np.uint8).reshape(-1)).tobytes()
         flat = np.ascontiguousarray(readout, dtype=np.uint8).reshape(-1, 1)
         return np.packbits(np.unpackbits(flat, axis=1)[:, 8 - bits:].reshape(-1)).tobytes()
 
@@ -389,6 +391,8 @@ def _levels_codec(bits: int) -> PayloadCodec:
         stream = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
         if stream[n * bits:].any():
             raise PacketError("bad_payload", f"{name} payload has nonzero padding bits")
+        if bits == 1:
+            return stream[:n].reshape(shape)
         planes = stream[:n * bits].reshape(n, bits)
         return np.packbits(np.pad(planes, ((0, 0), (8 - bits, 0))), axis=1).reshape(shape)
 
