@@ -186,12 +186,12 @@ def test_read_only_parent(checkpoint, tmp_path):
 
 
 def test_permission_denied_is_a_one_line_error(checkpoint, tmp_path, monkeypatch):
-    import export.api
+    import core.atomic
 
     def denied(**kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(export.api.tempfile, "mkdtemp", denied)  # what a read-only parent gives non-root
+    monkeypatch.setattr(core.atomic.tempfile, "mkdtemp", denied)  # what a read-only parent gives non-root
     with pytest.raises(InputError, match=r"cannot write to .* \(Permission denied\)") as err:
         export_model(weights=checkpoint, out=tmp_path / "bundle")
     one_line(err)
