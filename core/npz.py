@@ -18,7 +18,7 @@ import numpy as np
 
 from core.errors import InputError
 
-__all__ = ["ArrayStream", "NpzWriter", "open_npz", "write_zip"]
+__all__ = ["ArrayStream", "NpzWriter", "check_npz_output", "open_npz", "write_zip"]
 
 _UNREADABLE = (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError)
 
@@ -51,6 +51,16 @@ def open_npz(path: str | os.PathLike, *, what: str, example: str, missing_hint: 
         raise
     except _UNREADABLE as exc:
         raise _unreadable(path, exc) from None
+
+
+def check_npz_output(path: str | os.PathLike) -> Path:
+    """An output archive's path: it must end in .npz and its folder must exist (one-line errors)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise InputError(f"output {path} must end in .npz")
+    if not path.parent.is_dir():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    return path
 
 
 # -- streaming: one array read in row chunks, an archive written chunk by chunk -------------------
@@ -120,12 +130,7 @@ class NpzWriter:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        if path.suffix != ".npz":
-            raise InputError(f"output {path} must end in .npz")
-        if not path.parent.is_dir():
-            raise InputError(f"output folder does not exist: {path.parent}")
-        self.path = path
+        self.path = check_npz_output(path)
         self._spool: Path | None = None
         self._arrays: dict[str, dict] = {}
 

@@ -337,19 +337,26 @@ register_payload(PayloadCodec(
     fallback="1bit", reasons=("no_prior", "wrong_prior", "bad_prior_decode")))
 
 
-def _encode_context(readout, state, level) -> bytes:
-    bits = readout >= ZERO_LEVEL
+def _context_code(bits: np.ndarray) -> bytes:
+    """A binary map under the context model (a layout's stacked maps as such: ``stacked_rows``)."""
     return context_coder.encode_bits(bits, map_rows=context_coder.stacked_rows(bits.shape))
 
 
-def _decode_context(payload, shape, state, level) -> np.ndarray:
-    """Model id + CRC32 + context-model code -> levels, or a PacketError (``bad_context_decode``)."""
+def _context_bits(payload, shape, name: str) -> np.ndarray:
+    """Model id + CRC32 + context-model code -> the (H, W) bits, or a PacketError (``bad_context_decode``)."""
     try:
-        bits = context_coder.decode_bits(bytes(payload), shape=tuple(shape),
+        return context_coder.decode_bits(bytes(payload), shape=tuple(shape),
                                          map_rows=context_coder.stacked_rows(shape))
     except ValueError as exc:                      # ContextMismatch (CRC), unknown model id, too short
-        raise PacketError("bad_context_decode", f"context payload does not decode: {exc}") from None
-    return _levels(bits, level)
+        raise PacketError("bad_context_decode", f"{name} payload does not decode: {exc}") from None
+
+
+def _encode_context(readout, state, level) -> bytes:
+    return _context_code(readout >= ZERO_LEVEL)
+
+
+def _decode_context(payload, shape, state, level) -> np.ndarray:
+    return _levels(_context_bits(payload, shape, "context"), level)
 
 
 register_payload(PayloadCodec(
@@ -407,23 +414,17 @@ for _bits in LEVELS_BITS:
 
 
 def _encode_levels1_context(readout, state, level) -> bytes:
-    bits = readout > 0
-    return context_coder.encode_bits(bits, map_rows=context_coder.stacked_rows(bits.shape))
+    return _context_code(readout > 0)
 
 
 def _decode_levels1_context(payload, shape, state, level) -> np.ndarray:
-    """Model id + CRC32 + context-model code -> 0/1 levels, or a PacketError."""
+    """-> 0/1 levels; a level byte other than 0 is ``bad_encoding`` (as for the levels payloads)."""
     if level != 0:
         raise PacketError("bad_encoding", f"levels1-context payload with level byte {level} (it carries none: 0)")
-    try:
-        bits = context_coder.decode_bits(bytes(payload), shape=tuple(shape),
-                                         map_rows=context_coder.stacked_rows(shape))
-    except ValueError as exc:                      # ContextMismatch (CRC), unknown model id, too short
-        raise PacketError("bad_context_decode", f"levels1-context payload does not decode: {exc}") from None
-    return bits.astype(np.uint8)
+    return _context_bits(payload, shape, "levels1-context").astype(np.uint8)
 
 
-_LEVELS1_BYTES = _levels_codec(1).size
+_LEVELS1_BYTES = get_payload("levels1").size
 register_payload(PayloadCodec(
     wire_id=LEVELS_WIRE_BASE + 17, name="levels1-context",
     help="the 1-bit levels of a readout layout losslessly coded under the context model, no file (the "
@@ -438,7 +439,7 @@ def layout_payloads(layout: ReadoutLayout) -> tuple[str, ...]:
     """Every payload a sensor with ``layout`` may send (its own; for 1-bit levels also the context-coded
     variant and so its fallback): what the host of such a model accepts."""
     own = layout_payload_name(layout)
-    return (own, CONTEXT_OF_LAYOUT[own]) if own in CONTEXT_OF_LAYOUT and not layout.is_authors else (own,)
+    return (own, CONTEXT_OF_LAYOUT[own]) if own in CONTEXT_OF_LAYOUT else (own,)
 
 
 def layout_payload_name(layout: ReadoutLayout) -> str:

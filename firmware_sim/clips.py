@@ -15,7 +15,7 @@ import numpy as np
 
 from core.atomic import atomic_open
 from core.errors import InputError
-from core.npz import ArrayStream, open_npz, write_zip
+from core.npz import ArrayStream, check_npz_output, open_npz, write_zip
 from core.readouts import check_labels
 
 
@@ -117,11 +117,7 @@ def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> P
     "Exception ignored" traceback. Here a failed write abandons the archive and only the first
     error (an OSError, one line at the CLI) propagates; the old file, if any, is untouched.
     """
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise InputError(f"output {path} must end in .npz")
-    if not path.parent.exists():
-        raise InputError(f"output folder does not exist: {path.parent}")
+    path = check_npz_output(path)
     try:
         with atomic_open(path, "wb") as fh:
             write_zip(fh, arrays.items())

@@ -185,6 +185,16 @@ class PackedProgram:
         self.gate_thr = int(min(max(math.ceil(weights.rnn_threshold), -51), 51))
         self.readout_lut = encode_analog(np.arange(-50, 51, dtype=np.float64))     # o + 50 -> level
 
+    def readout(self, o_int: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact integer o (N, K, H, W) int16, no output perturbation -> (levels, output) of the
+        layout: one table look-up for the authors' 8-bit unpooled readout, else the fast path's
+        ``pool_maps`` and ``quantize``."""
+        if self.plain_readout:
+            return self.readout_lut[o_int + 50], o_int
+        layout = self.weights.layout
+        o = layout.pool_maps(o_int.astype(np.float64))
+        return layout.quantize(o), o
+
     def pooled(self, bits: np.ndarray) -> np.ndarray:
         """(F, H, W) 0/1 input -> 4x4 max of conv1 (+25), (F, H/4, W/4, 16) uint8 (before ReLU)."""
         s = self.conv1(bits)                                  # (F, H, W, 16)
@@ -418,13 +428,8 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
                 o = layout.pool_maps(o)
                 levels[:, i] = layout.quantize(o)
                 output[:, i] = o
-            elif prog.plain_readout:
-                levels[:, i] = prog.readout_lut[o_int + 50]
-                output[:, i] = o_int
             else:
-                o = layout.pool_maps(o_int.astype(np.float64))
-                levels[:, i] = layout.quantize(o)
-                output[:, i] = o
+                levels[:, i], output[:, i] = prog.readout(o_int)
             i += 1
         if step < t - 1:
             sign = gate.view(np.int8) * np.int8(2)
@@ -512,13 +517,11 @@ class PackedStream:
 
     def _readout(self) -> np.ndarray:
         """The read-out frame's (K, S, S) levels from o = oi + oh (exact integers)."""
-        prog, inner, layout = self._prog, self._inner, self.weights.layout
+        prog, inner = self._prog, self._inner
         h, w = self._size
         o_int = np.empty((prog.weights.channels, h, w), np.int16)
         for k in range(prog.weights.channels):
             prog.w_oi[k](self._x, self._o)
             prog.w_oh[k](self._h, self._oh)
             np.add(self._o[inner][0], self._oh[inner][0], out=o_int[k], dtype=np.int16)
-        if prog.plain_readout:
-            return prog.readout_lut[o_int + 50]
-        return layout.quantize(layout.pool_maps(o_int[None].astype(np.float64)))[0]
+        return prog.readout(o_int[None])[0][0]

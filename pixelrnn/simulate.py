@@ -3,7 +3,7 @@
 
 Clips stream through in chunks (:func:`stream_logits`): frames are read from the input archive a
 chunk at a time and outputs are spooled to disk (:class:`core.npz.NpzWriter`), so peak memory does
-not grow with the number of clips (docs/BENCHMARKS.md, "simulate memory")."""
+not grow with the number of clips (docs/BENCHMARKS.md, "simulate and evaluate memory (issue 16)")."""
 from __future__ import annotations
 
 import argparse
