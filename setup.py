@@ -58,6 +58,7 @@ setup(
             "export = export.cli:add_export_parser [train]",
             "calib = calib.cli:add_calib_parser [train]",
             "bench = edge.bench:add_bench_parser",
+            "fit-table = edge.fit_table:add_fit_table_parser",
         ],
     },
 )

@@ -1,10 +1,11 @@
 """Packet fuzzer (issue 16): mutated readout packets against ``edge.packet`` and ``edge.auth``.
 
 Seeds are genuine packets of every registered payload (``edge.payloads.payload_names()``; the
-prior's side state is a small random prior file written with ``core.prior_coder.save_prior``) in
+prior's side state is a small random prior file written with ``core.prior_coder.save_prior``; the
+table payloads' a small table per even-width shape, :func:`toy_table`, a table coding one shape) in
 several shapes, plus end-of-stream packets. Each case mutates one seed and decodes it as a host
-would (``decode_packet`` with the model id, the prior coder and, for most cases, the host's
-readout shape). The oracle, per case:
+would (``decode_packet`` with the model id, the prior coder, the table of the seed's shape
+(:func:`host_states`) and, for most cases, the host's readout shape). The oracle, per case:
 
 * ``decode_packet`` returns a :class:`edge.packet.Packet` whose readout is an (H, W) uint8 array of
   the header's shape (None for an end packet), or raises ``PacketError`` with a reason in
@@ -63,6 +64,7 @@ import time  # noqa: E402
 import zlib  # noqa: E402
 from collections import Counter  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from functools import lru_cache  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -73,6 +75,7 @@ if str(REPO) not in sys.path:
 
 from core.constants import ZERO_LEVEL  # noqa: E402
 from core.prior_coder import load_prior, prior_shapes, save_prior  # noqa: E402
+from core.table_coder import ContextTable, fit_table, load_table  # noqa: E402
 from edge.auth import KEY_BYTES, MAC_BYTES, LinkKey  # noqa: E402
 from edge.packet import (  # noqa: E402
     ENC_PRIOR,
@@ -157,6 +160,35 @@ class Seed:
         return self.packet[5] == KIND_END
 
 
+@lru_cache(maxsize=None)
+def toy_table(shape: tuple[int, int]) -> ContextTable | None:
+    """The table payloads' side state for readouts of ``shape``: a table fitted on a few random maps
+    (any table is valid); None for an odd width, which the table coder does not code."""
+    if shape[1] % 2:
+        return None
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    return fit_table((rng.random((8, *shape)) < 0.1).astype(np.uint8))      # mostly 0: zero maps code short
+
+
+def side_state(codec, shape: tuple[int, int], coder):
+    """What a sender (and its host) of ``shape`` readouts holds for ``codec``: nothing, the prior's
+    coder, or the toy table of that shape (a table codes one shape: None where it cannot)."""
+    if codec.open_state is None:
+        return None
+    return toy_table(tuple(shape)) if codec.open_state is load_table else coder
+
+
+def host_states(coder, shape: tuple[int, int]) -> dict[int, object]:
+    """A host's side states: the prior's ``coder`` (None: no prior) and the table of its model's ``shape``."""
+    out = {}
+    for name in payload_names():
+        codec = get_payload(name)
+        state = side_state(codec, shape, coder)
+        if state is not None:
+            out[codec.wire_id] = state
+    return out
+
+
 def _readouts(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     h, w = shape
     r, c = np.mgrid[:h, :w]
@@ -169,12 +201,15 @@ def _readouts(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, np.
 def make_seeds(coder, *, seed: int = 0) -> list[Seed]:
     """Genuine packets of every registered payload x shapes x readouts, and end packets."""
     rng = np.random.default_rng(seed)
-    states = {ENC_PRIOR: coder}
     seeds: list[Seed] = []
     for shape in SHAPES:
         readouts = _readouts(rng, shape)
+        states = host_states(coder, shape)
         for name in payload_names():
             codec = get_payload(name)
+            state = side_state(codec, shape, coder)
+            if codec.open_state is not None and state is None:
+                continue                                      # no table codes this shape: the sensor refuses it
             big = shape == (64, 64) and codec.variable        # a 64x64 prior code costs ~0.3 s each way
             for rkind in (("random", "stripes") if big else tuple(readouts)):
                 for level in ((1, 50, 127) if codec.uses_level and rkind == "random" and not big else (50,)):
@@ -186,7 +221,7 @@ def make_seeds(coder, *, seed: int = 0) -> list[Seed]:
                     if codec.max_level < 255:
                         levels = levels % np.uint8(codec.max_level + 1)
                     pkt = encode_readout(levels, model_id=MODEL, stream_id=stream, seq=seq, t_ns=t_ns,
-                                         encoding=name, level=level, coder=coder if codec.open_state else None)
+                                         encoding=name, level=level, coder=state)
                     used = get_payload(pkt[6]).name
                     # what the host makes of it: known for the built-in payloads, else decoded
                     host = (readouts[rkind] if used == "8bit" else np.where(
@@ -426,12 +461,13 @@ class Failure:
     data: bytes
     host_shape: tuple[int, int] | None
     host: str
+    seed_shape: tuple[int, int] | None = None     # the host's model shape (its table's)
 
     def reproducer(self) -> str:
         coder = {"prior": "load_prior(PRIOR)", "none": "None", "other": "load_prior(OTHER_PRIOR)"}[self.host]
         return (f"# {self.kind} case {self.case} (seed {self.seed}): {self.problem}\n"
-                f"decode_packet(bytes.fromhex({self.data.hex()!r}), expect_model={MODEL!r}, coder={coder}, "
-                f"expect_shape={self.host_shape!r})")
+                f"decode_packet(bytes.fromhex({self.data.hex()!r}), expect_model={MODEL!r}, "
+                f"states=host_states({coder}, {self.seed_shape!r}), expect_shape={self.host_shape!r})")
 
 
 @dataclass
@@ -499,7 +535,7 @@ def check_case(kind: str, case: int, seed: Seed, m: Mutant, result, exc, elapsed
         stats.max_s, stats.worst = elapsed, f"case {case}, seed {seed.name}{', ' + m.note if m.note else ''}"
 
     def fail(problem: str) -> None:
-        failures.append(Failure(kind, case, seed.name, problem, m.data, m.host_shape, m.host))
+        failures.append(Failure(kind, case, seed.name, problem, m.data, m.host_shape, m.host, seed.host_shape))
 
     if exc is not None:
         if isinstance(exc, PacketError):
@@ -614,8 +650,8 @@ def run_packet_fuzz(hosts: Hosts, *, cases: int = DEFAULT_CASES, seed: int = 0, 
             t0 = time.perf_counter()
             try:
                 arm()
-                result = decode_packet(m.data, expect_model=MODEL, coder=hosts.coder_for(m.host),
-                                       expect_shape=shape_used)
+                result = decode_packet(m.data, expect_model=MODEL, expect_shape=shape_used,
+                                       states=host_states(hosts.coder_for(m.host), s.host_shape))
             except Hang as h:
                 exc = h
             except Exception as e:  # noqa: BLE001 - the oracle classifies it
@@ -708,7 +744,7 @@ def _genuine_stream(r: random.Random, hosts: Hosts, shape, payload: str, n: int,
     rng = np.random.default_rng(r.getrandbits(32))
     codec = get_payload(payload)
     packets = [encode_readout(rng.integers(0, 256, shape, dtype=np.uint8), model_id=MODEL, stream_id=stream, seq=i,
-                              t_ns=i, encoding=payload, coder=hosts.coder if codec.open_state else None)
+                              t_ns=i, encoding=payload, coder=side_state(codec, shape, hosts.coder))
                for i in range(n)]
     return packets, encode_end(model_id=MODEL, stream_id=stream, seq=n, t_ns=n)
 
@@ -769,19 +805,21 @@ def run_stream_fuzz(hosts: Hosts, seeds: list[Seed], *, rounds: int = 6, seed: i
                                    "genuine_changed": 0}
                                for k in ("corrupt", "mac", "open")}
     problems: list[str] = []
-    combos = [(shape, p) for p in payload_names() for shape in ((8, 8), (12, 10), (5, 7))]
+    combos = [(shape, p) for p in payload_names() for shape in ((8, 8), (12, 10), (5, 7))
+              if get_payload(p).open_state is None or side_state(get_payload(p), shape, hosts.coder) is not None]
     ctx = Context.of(seeds, hosts.coder)
     for rnd in range(rounds):
         shape, payload = combos[rnd % len(combos)]
         stream = r.getrandbits(32)
         genuine, end = _genuine_stream(r, hosts, shape, payload, windows, stream)
-        ref = PacketDecoder(expect_model=MODEL, shape=shape, coder=hosts.coder, expect_stream=stream)
+        ref = PacketDecoder(expect_model=MODEL, shape=shape, states=host_states(hosts.coder, shape),
+                            expect_stream=stream)
         want = [ref.decode(p) for p in genuine]
         want_end = ref.decode(end)
         assert all(w is not None for w in want) and want_end is not None, "genuine stream rejected"
         for scenario in ("corrupt", "mac", "open"):
             tot = totals[scenario]
-            dec = PacketDecoder(expect_model=MODEL, shape=shape, coder=hosts.coder,
+            dec = PacketDecoder(expect_model=MODEL, shape=shape, states=host_states(hosts.coder, shape),
                                 expect_stream=None if scenario == "open" else stream)
             fed = ends = 0
             sent: list[bytes] = []

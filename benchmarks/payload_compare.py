@@ -1,7 +1,7 @@
 """Readout payload codecs side by side on the same bits (issue 17, "the prior payload").
 
-    python benchmarks/payload_compare.py --readouts R.npz [--prior P.npz] [--multi M.npz]
-        [--split test] [--rounds 3] [--pin-core 1] [--write docs/BENCHMARKS.md]
+    python benchmarks/payload_compare.py --readouts R.npz [--prior P.npz] [--table T.npz] [--multi M.npz
+        [--multi-table MT.npz]] [--split test] [--rounds 3] [--pin-core 1] [--write docs/BENCHMARKS.md]
 
 The bits are the 1-bit payload's: the signs of o, ``readout >= 127`` for 8-bit readouts (a
 ``pixelrnn simulate --readout-only`` output, key ``readout``), or the levels themselves for a
@@ -17,12 +17,13 @@ Codecs, all on the same bits, every window encoded, decoded and compared bit for
   level-9 IDAT); the whole file and the IDAT payload are both counted;
 * ``context``: the registered ``context`` payload (:mod:`core.context_coder`, adaptive, no file);
 * ``prior``: the registered ``prior`` payload with ``--prior`` (the learned Gated PixelCNN prior);
-* ``trained table`` (informational, not a registered payload): a static 16-bit probability per
-  (pixel position, N/NE/W context) counted on the training folds, coded with ``core.arith``;
-  like the prior it needs a side file and is specific to one sensor program.
+* ``table``: the registered ``table`` payload (``levels1-table`` for a layout's stacked maps,
+  :mod:`core.table_coder`): a static 16-bit probability per (pixel position, causal context) counted
+  on folds 2-4 by ``pixelrnn fit-table`` (``--table`` / ``--multi-table``; without them the same fit
+  is made here); like the prior it needs a side file and is specific to one sensor program.
 
 Payload bytes are what a packet would carry (``context``: 1-byte model id + CRC32 + code;
-``prior`` and the table: 8-byte id + CRC32 + code), without the 44-byte packet frame. Times are
+``prior`` and ``table``: 8-byte id + CRC32 + code), without the 44-byte packet frame. Times are
 per window, one thread (BLAS and OpenMP pinned to 1), median and p99 over every window and round
 (the prior: one round), wall clock (``time.perf_counter``).
 """
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import os
 import platform
 import struct
@@ -49,9 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._common import cpu_name, update_section  # noqa: E402
-from core.arith import ArithmeticDecoder, ArithmeticEncoder  # noqa: E402
 from core.constants import ZERO_LEVEL  # noqa: E402
 from core.readouts import stratified_folds  # noqa: E402
+from core.table_coder import ContextTable, fit_table, load_table  # noqa: E402
 from edge.payloads import DEFAULT_LEVEL, encode_payload, get_payload  # noqa: E402
 from edge.tables import markdown_table  # noqa: E402
 
@@ -60,7 +60,7 @@ try:
 except ImportError:                  # optional: only this benchmark uses it (constraints.txt)
     zstandard = None
 
-__all__ = ["Codec", "load_bits", "png_1bit", "read_png_1bit", "TrainedTable", "codecs", "measure", "section",
+__all__ = ["Codec", "load_bits", "training_bits", "png_1bit", "read_png_1bit", "codecs", "measure", "section",
            "main"]
 
 HEADING = "Readout payload codecs (issue 17)"
@@ -96,7 +96,7 @@ def load_bits(path: Path, *, split: str, limit: int = 0) -> tuple[np.ndarray, in
 
 
 def training_bits(path: Path) -> np.ndarray:
-    """Folds 2-4 (what a prior trained on ``path`` saw): the trained table's counts."""
+    """Folds 2-4 (what a prior trained on ``path`` saw, what ``pixelrnn fit-table`` counts)."""
     return load_bits(path, split="train")[0]
 
 
@@ -137,70 +137,6 @@ def read_png_1bit(data: bytes) -> np.ndarray:
     return np.unpackbits(raw[:, 1:], axis=1, count=w)
 
 
-# -- the trained table (informational) ------------------------------------------------------------
-class TrainedTable:
-    """A static 16-bit probability per (position, context of N, NE, W), counted on training maps and
-    shrunk towards the context's overall frequency; coded with ``core.arith``. Payload: 8-byte table
-    id + CRC32 of the bits + code (the prior's framing)."""
-
-    TOTAL = 1 << 16
-
-    def __init__(self, train: np.ndarray) -> None:
-        n, h, w = train.shape
-        ctx = np.stack([self._contexts(b) for b in train])
-        key = (np.arange(h * w).reshape(h, w)[None] << 3) | ctx
-        ones = np.bincount(key.ravel(), weights=train.ravel(), minlength=(h * w) << 3)
-        seen = np.bincount(key.ravel(), minlength=(h * w) << 3)
-        g1 = np.bincount(ctx.ravel(), weights=train.ravel(), minlength=8)
-        g = np.bincount(ctx.ravel(), minlength=8)
-        prior = (g1 + 0.5) / (g + 1.0)
-        p1 = (ones + prior[np.arange(ones.size) & 7]) / (seen + 1.0)
-        f0 = np.clip(np.rint((1.0 - p1) * self.TOTAL), 1, self.TOTAL - 1).astype(np.int64)
-        self.shape = (h, w)
-        self.f0 = f0.reshape(h * w, 8)
-        self.table = f0.tolist()
-        self.table_id = hashlib.sha256(f0.tobytes()).digest()[:8]
-
-    @staticmethod
-    def _contexts(bits: np.ndarray) -> np.ndarray:
-        p = np.zeros((bits.shape[0] + 1, bits.shape[1] + 2), np.int64)
-        p[1:, 1:-1] = bits
-        return (p[:-1, 1:-1] << 2) | (p[:-1, 2:] << 1) | p[1:, :-2]
-
-    def encode(self, bits: np.ndarray) -> bytes:
-        h, w = bits.shape
-        f0 = self.f0[np.arange(h * w), self._contexts(bits).ravel()].tolist()
-        total = self.TOTAL
-        cums = {f: [0, f, total] for f in set(f0)}
-        enc = ArithmeticEncoder(precision_bits=16)
-        put = enc.encode
-        for s, f in zip(bits.ravel().tolist(), f0):
-            put(s, cums[f])
-        return self.table_id + struct.pack("!I", zlib.crc32(bits.tobytes()) & 0xFFFFFFFF) + enc.finish()
-
-    def decode(self, payload: bytes, shape) -> np.ndarray:
-        h, w = shape
-        if payload[:8] != self.table_id:
-            raise ValueError("another table")
-        decode = ArithmeticDecoder(payload[12:], precision_bits=16).decode
-        table, total, cums, rows = self.table, self.TOTAL, {}, []
-        above = [0] * (w + 2)
-        for y in range(h):
-            row, left, base = [0] * w, 0, y * w * 8
-            for x in range(w):
-                f = table[base + (x << 3 | above[x + 1] << 2 | above[x + 2] << 1 | left)]
-                cum = cums.get(f)
-                if cum is None:
-                    cum = cums[f] = [0, f, total]
-                left = row[x] = decode(cum)
-            rows.append(row)
-            above = [0] + row + [0]
-        out = np.array(rows, dtype=np.uint8)
-        if struct.unpack_from("!I", payload, 8)[0] != zlib.crc32(out.tobytes()) & 0xFFFFFFFF:
-            raise ValueError("CRC")
-        return out
-
-
 # -- codecs ---------------------------------------------------------------------------------------
 @dataclass
 class Codec:
@@ -234,24 +170,27 @@ def _unpack(payload: bytes, shape) -> np.ndarray:
 def _payload_codec(name: str, state) -> tuple:
     """encode/decode through the registry (``encode_payload``: the codec, or its fallback). The
     encoded bytes start with the wire id used, which the packet carries in its header (not counted);
-    the payload splits stacked maps itself (``core.context_coder.stacked_rows``)."""
+    the payload splits stacked maps itself (``core.context_coder.stacked_rows``). A payload of a
+    layout's 1-bit levels (``levels1-table``) takes the bits as its levels and no level byte."""
     codec = get_payload(name)
+    leveled = codec.max_level == 1
+    level = 0 if leveled else DEFAULT_LEVEL
 
     def encode(bits):
-        levels = np.where(bits, ZERO_LEVEL + DEFAULT_LEVEL, ZERO_LEVEL - DEFAULT_LEVEL).astype(np.uint8)
-        used, payload = encode_payload(codec, levels, state=state, level=DEFAULT_LEVEL)
+        levels = bits if leveled else np.where(bits, ZERO_LEVEL + DEFAULT_LEVEL, ZERO_LEVEL - DEFAULT_LEVEL)
+        used, payload = encode_payload(codec, levels.astype(np.uint8), state=state, level=DEFAULT_LEVEL)
         return bytes([used.wire_id]) + payload      # (the wire id travels in the packet header: not counted)
 
     def decode(data, shape):
         used = get_payload(data[0])
-        levels = used.decode(data[1:], shape, state if used.open_state else None, DEFAULT_LEVEL)
-        return (levels >= ZERO_LEVEL).astype(np.uint8)
+        levels = used.decode(data[1:], shape, state if used.open_state else None, level)
+        return levels.astype(np.uint8) if leveled else (levels >= ZERO_LEVEL).astype(np.uint8)
 
     return encode, decode
 
 
-def codecs(*, prior_path: Path | None, table: TrainedTable | None) -> list[Codec]:
-    """The codecs of one data set (the trained table and the prior only where given)."""
+def codecs(*, prior_path: Path | None, table: ContextTable | None) -> list[Codec]:
+    """The codecs of one data set (the table and the prior only where given)."""
     out = [Codec("raw (np.packbits, the 1bit payload)", lambda b: np.packbits(b).tobytes(), _unpack),
            Codec("zlib level 9", lambda b: zlib.compress(np.packbits(b).tobytes(), 9),
                  lambda p, s: _unpack(zlib.decompress(p), s))]
@@ -267,8 +206,11 @@ def codecs(*, prior_path: Path | None, table: TrainedTable | None) -> list[Codec
     out.append(Codec("context (JBIG-style adaptive, `--payload context`)", enc, dec, header=1,
                      wire_id=get_payload("context").wire_id))
     if table is not None:
-        out.append(Codec("trained table (position x N/NE/W, static; informational)", table.encode, table.decode,
-                         id_bytes=8))
+        name = "levels1-table" if table.map_rows < table.shape[0] else "table"
+        enc_t, dec_t = _payload_codec(name, table)
+        out.append(Codec(f"table (static, position x {'/'.join(table.taps)}, `--payload table`"
+                         f"{'' if name == 'table' else ', sent as levels1-table'}, {table.table_hash})", enc_t, dec_t,
+                         header=1, id_bytes=8, wire_id=get_payload(name).wire_id))
     if prior_path is not None:
         from core.prior_coder import load_prior
 
@@ -326,7 +268,8 @@ def table_lines(cs: list[Codec], raw_bytes: int) -> list[str]:
         size = f"**{s.mean():,.1f}**"
         if c.extras:
             size += f" ({c.extra_label} {np.mean(c.extras):,.1f})"
-        rows.append([c.name + (f" ({c.fallbacks} windows fell back to 1bit)" if c.fallbacks else ""), size,
+        fell = f" ({c.fallbacks} windows fell back to {get_payload(c.wire_id).fallback})" if c.fallbacks else ""
+        rows.append([c.name + fell, size,
                      f"{s.min():,.0f} / {s.max():,.0f}", f"{raw_bytes / s.mean():.2f}x",
                      _times(c.enc_ms, c.enc_cpu), _times(c.dec_ms, c.dec_cpu), "yes" if c.exact else "**no**"])
     return markdown_table(["codec", "mean B/window", "min / max B", "vs raw", "encode ms p50 / p99 (CPU p99)",
@@ -373,15 +316,22 @@ def goals_lines(cs: list[Codec], *, single: bool, raw_bytes: int) -> list[str]:
                     f"{b:,.1f} B ({100 * abs(b - p) / b:.1f}% {'fewer' if p < b else 'more'} bytes), at "
                     f"{np.median(prior.enc_ms) / np.median(best.enc_ms):,.0f}x its encode and "
                     f"{np.median(prior.dec_ms) / np.median(best.dec_ms):,.0f}x its decode time (medians)."]
-        table = _by_name(cs, "trained table")
+        table = _by_name(cs, "table")
         if table is not None:
             t = float(np.mean(table.sizes))
-            out.append(f"The trained table (informational) codes {t:,.1f} B/window: {100 * abs(p - t) / p:.1f}% "
+            out.append(f"The table payload codes {t:,.1f} B/window: {100 * abs(p - t) / p:.1f}% "
                        f"{'fewer' if t < p else 'more'} bytes than the learned prior, at "
-                       f"{np.median(prior.enc_ms) / np.median(table.enc_ms):,.0f}x less encode time.")
+                       f"{np.median(prior.enc_ms) / np.median(table.enc_ms):,.0f}x less encode and "
+                       f"{np.median(prior.dec_ms) / np.median(table.dec_ms):,.0f}x less decode time (medians).")
     elif context is not None:
         out += ["", f"The context model codes these maps in {np.mean(context.sizes):,.1f} B/window, "
                     f"{raw_bytes / np.mean(context.sizes):.2f}x less than `levels1`."]
+        table = _by_name(cs, "table")
+        if table is not None:
+            t, c = float(np.mean(table.sizes)), float(np.mean(context.sizes))
+            out.append(f"The table payload (`levels1-table`) codes them in {t:,.1f} B/window, "
+                       f"{raw_bytes / t:.2f}x less than `levels1` and {100 * abs(c - t) / c:.1f}% "
+                       f"{'fewer' if t < c else 'more'} bytes than the context model.")
     return out
 
 
@@ -417,7 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=("test", "val", "train", "all"), default="test")
     ap.add_argument("--limit", type=int, default=0, help="> 0: the first N windows only")
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds of the fast codecs (default 3)")
-    ap.add_argument("--no-table", action="store_true", help="skip the trained-table row")
+    ap.add_argument("--table", type=Path, default=None,
+                    help="table file for --readouts (pixelrnn fit-table); default: the same fit made here")
+    ap.add_argument("--multi-table", type=Path, default=None,
+                    help="table file for --multi (pixelrnn fit-table); default: the same fit made here")
+    ap.add_argument("--no-table", action="store_true", help="skip the table rows")
     ap.add_argument("--pin-core", type=int, default=None, help="run on this CPU only (os.sched_setaffinity)")
     ap.add_argument("--prep", action="append", default=[], help="a command that made the inputs (for the record)")
     ap.add_argument("--conclusion", type=Path, default=None, help="markdown appended under the tables")
@@ -429,11 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {args.pin_core})
     machine = _machine(args.pin_core)
     results = []
-    for path, multi in ((args.readouts, False), (args.multi, True)):
+    for path, multi, table_file in ((args.readouts, False, args.table), (args.multi, True, args.multi_table)):
         if path is None:
             continue
         bits, rows, what = load_bits(path, split=args.split, limit=args.limit)
-        table = None if (multi or args.no_table) else TrainedTable(training_bits(path))
+        table = None
+        if not args.no_table:
+            table = load_table(table_file) if table_file is not None else fit_table(training_bits(path))
+            if table.shape != bits.shape[1:]:
+                raise SystemExit(f"{table_file}: a table for {table.shape} readouts, {path} holds {bits.shape[1:]}")
         cs = codecs(prior_path=None if multi else args.prior, table=table)
         print(f"{path.name}: {what}", file=sys.stderr)
         measure(cs, bits, rounds=args.rounds)

@@ -112,16 +112,42 @@ class ArithmeticEncoder:
         self._acc, self._nacc = 0, 0
         self._done = False
 
-    def _bits(self, bit: int) -> None:
-        """Write ``bit`` followed by the pending (opposite) bits."""
+    def _bits(self, bit: int, pending: int) -> None:
+        """Write ``bit`` followed by ``pending`` opposite bits."""
         acc, nacc, out = self._acc, self._nacc, self._out
-        for b in (bit,) + (1 - bit,) * self._pending:
+        for b in (bit,) + (1 - bit,) * pending:
             acc = (acc << 1) | b
             nacc += 1
             if nacc == 8:
                 out.append(acc)
                 acc = nacc = 0
-        self._acc, self._nacc, self._pending = acc, nacc, 0
+        self._acc, self._nacc = acc, nacc
+
+    def _code(self, ranges) -> None:
+        """Narrow the interval to each checked ``(lo, hi)`` in turn, renormalising (the one coding loop)."""
+        low, high, pending, total, emit = self._low, self._high, self._pending, self.total, self._bits
+        for lo, hi in ranges:
+            rng = high - low + 1
+            high = low + rng * hi // total - 1
+            low = low + rng * lo // total
+            while True:
+                if high < _HALF:
+                    emit(0, pending)
+                    pending = 0
+                elif low >= _HALF:
+                    emit(1, pending)
+                    pending = 0
+                    low -= _HALF
+                    high -= _HALF
+                elif low >= _QUARTER and high < _THREE_QUARTERS:
+                    pending += 1
+                    low -= _QUARTER
+                    high -= _QUARTER
+                else:
+                    break
+                low <<= 1
+                high = (high << 1) | 1
+        self._low, self._high, self._pending = low, high, pending
 
     def encode(self, symbol: int, cum) -> None:
         """Code ``symbol`` (0 <= symbol < K) with the cumulative table ``cum`` (K+1 ints)."""
@@ -133,27 +159,32 @@ class ArithmeticEncoder:
         lo, hi = int(cum[symbol]), int(cum[symbol + 1])
         if not 0 <= lo < hi <= self.total:
             raise ValueError(f"symbol {symbol} has an empty or invalid range [{lo}, {hi}) in cum")
-        low, high = self._low, self._high
-        rng = high - low + 1
-        high = low + rng * hi // self.total - 1
-        low = low + rng * lo // self.total
-        while True:
-            if high < _HALF:
-                self._bits(0)
-            elif low >= _HALF:
-                self._bits(1)
-                low -= _HALF
-                high -= _HALF
-            elif low >= _QUARTER and high < _THREE_QUARTERS:
-                self._pending += 1
-                low -= _QUARTER
-                high -= _QUARTER
-            else:
-                break
-            low <<= 1
-            high = (high << 1) | 1
-        self._low, self._high = low, high
+        self._code(((lo, hi),))
         self.num_symbols += 1
+
+    def encode_all(self, symbols, cums) -> None:
+        """Code ``symbols[i]`` with the table ``cums[i]`` for every i, in order: the same bytes as that
+        many :meth:`encode` calls, with the tables checked at once as an (n, K+1) integer array. For
+        coders that know every table in advance (the encoder of a static or precomputed model)."""
+        if self._done:
+            raise ValueError("encoder is finished")
+        tab, sym = np.asarray(cums), np.asarray(symbols)
+        if tab.ndim != 2 or tab.shape[1] < 2 or tab.dtype.kind not in "iu" or sym.shape != tab.shape[:1] \
+                or sym.dtype.kind not in "iu":
+            raise ValueError(f"cums must be an (n, K+1) integer array and symbols (n,) integers, got "
+                             f"{tab.dtype} {tab.shape} and {sym.dtype} {sym.shape}")
+        if not len(sym):
+            return
+        if (tab[:, 0] != 0).any() or (tab[:, -1] != self.total).any():
+            raise ValueError(f"every cum must be [0, ..., {self.total}]")
+        if sym.min() < 0 or sym.max() >= tab.shape[1] - 1:
+            raise ValueError(f"symbols must lie in [0, {tab.shape[1] - 1})")
+        rows = np.arange(len(sym))
+        lo, hi = tab[rows, sym], tab[rows, sym + 1]
+        if (lo >= hi).any() or lo.min() < 0 or hi.max() > self.total:
+            raise ValueError("a symbol has an empty or invalid range in its cum")
+        self._code(zip(lo.tolist(), hi.tolist()))
+        self.num_symbols += len(sym)
 
     def finish(self) -> bytes:
         """Flush (2 bits + pending bits select a point inside the final interval whatever bits
@@ -161,8 +192,8 @@ class ArithmeticEncoder:
         if self._done:
             raise ValueError("encoder is already finished")
         self._done = True
-        self._pending += 1
-        self._bits(0 if self._low < _QUARTER else 1)
+        self._bits(0 if self._low < _QUARTER else 1, self._pending + 1)
+        self._pending = 0
         if self._nacc:
             self._out.append(self._acc << (8 - self._nacc))
         return bytes(self._out).rstrip(b"\x00")

@@ -50,7 +50,7 @@ from edge.packet import OVERHEAD_BYTES
 from edge.payloads import (
     PayloadOptions,
     choose_layout_payload,
-    file_payload_names,
+    file_payload_help,
     layout_image_shape,
     payload_help,
     payload_names,
@@ -268,8 +268,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--payload", choices=payload_names(), default="8bit",
                    help=f"readout payload (default 8bit): {payload_help()}")
     p.add_argument("--prior", type=Path, default=None, metavar="FILE.npz",
-                   help=f"--payload {'/'.join(file_payload_names())}: the payload's file (the prior file: "
-                        "pixelrnn generate export-prior)")
+                   help=f"the payload's file, for {file_payload_help()}")
     p.add_argument("--loop-frames", type=int, default=480,
                    help="frames through the whole loop per runtime (default 480)")
     p.add_argument("--realtime-windows", type=int, default=0, metavar="N",

@@ -89,7 +89,8 @@ def stages_job(job: dict) -> dict:
     pre.roi.close()
     for i, packet in enumerate(packets[:1] * warmup + packets):
         t0 = time.perf_counter()
-        decode_packet(packet, expect_model=bundle.model_id, states=sensor.payload.states)
+        decode_packet(packet, expect_model=bundle.model_id, states=sensor.payload.states,
+                      expect_shape=sensor.readout_shape)        # as a host does (a layout's (M*S, S) image)
         if i >= warmup:
             samples["packet_decode"].append(time.perf_counter() - t0)
     link = InprocLink()

@@ -11,7 +11,9 @@ offset   type    field
 5        u8      kind: 0 = readout, 1 = end of stream (no payload)
 6        u8      encoding: the payload's wire id in ``edge.payloads``: 8 = 8-bit analog levels,
                  1 = 1-bit packed (sign of o), 2 = 1-bit signs, arithmetic-coded with a learned prior,
-                 20 / 18 / 17 = the 4 / 2 / 1-bit levels of a readout layout (``levels4/2/1``)
+                 3 = the same under an adaptive context model, 6 = under a static context table,
+                 20 / 18 / 17 = the 4 / 2 / 1-bit levels of a readout layout (``levels4/2/1``),
+                 33 / 34 = the 1-bit levels context- / table-coded (``levels1-context/-table``)
 7        u8      level: payloads that use one (1-bit, prior): the host maps bits to ``127 +- level``;
                  0 for the others (the ``levels`` payloads reject any other value: ``bad_encoding``)
 8        u32     stream id (random per sensor run: a restarted sensor is a new stream)
@@ -24,7 +26,8 @@ offset   type    field
 40       ...     payload: H*W bytes (8-bit), ceil(H*W/8) bytes (1-bit, ``np.packbits``), ceil(H*W*b/8)
                  bytes (``levels{b}``: b bits per level, MSB first, zero padding bits; exactly
                  ``ReadoutLayout.pack``) or, prior: 8-byte prior id + ``core.prior_coder.PriorCoder``
-                 payload (variable length)
+                 payload (variable length); table: 8-byte table id + CRC32 of the bits + code
+                 (``core.table_coder``, variable length)
 end-4    u32     CRC32 of everything before it
 =======  ======  =========================================================================
 
@@ -47,7 +50,10 @@ Prior payload: the same bits as the 1-bit payload, coded losslessly by
 :class:`core.prior_coder.PriorCoder` (both ends load the same prior file). The prior id is the
 first 8 bytes of the coder's ``prior_hash``: a host without a prior rejects the packet
 (``no_prior``), a host with another prior too (``wrong_prior``); a payload whose decoded bits fail
-their CRC32 is ``bad_prior_decode`` (never a silently wrong readout).
+their CRC32 is ``bad_prior_decode`` (never a silently wrong readout). The table payloads
+(``table``, ``levels1-table``) follow the same rules with their table file: ``no_table``,
+``wrong_table`` (another table's id, or a readout shape the table does not code),
+``bad_table_decode``.
 
 1-bit payload: bit = ``readout >= 127`` (o >= 0, sign(0) = +1). The host rebuilds levels
 ``127 + level`` / ``127 - level`` (default level 50, i.e. o = +-5 MAC, about the mean |o| of the

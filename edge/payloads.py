@@ -10,14 +10,18 @@ Built in: ``8bit`` (id 8, the levels as they are), ``1bit`` (id 1, ``np.packbits
 o) and ``prior`` (id 2, the same signs arithmetic-coded under a learned prior, falling back to
 ``1bit`` for a readout the prior would code longer than its maximum), ``context`` (id 3, the same
 signs under a JBIG-style adaptive context model, :mod:`core.context_coder`: no side file, falling back
-to ``1bit`` when its code is not shorter), and for models with a
+to ``1bit`` when its code is not shorter), ``table`` (id 6, the same signs under a static table of
+one probability per pixel position and context counted on training readouts, :mod:`core.table_coder`:
+a side file like the prior's, falling back to ``1bit`` when its code is not shorter), and for models with a
 :class:`core.readout_layout.ReadoutLayout` of 4, 2 or 1-bit levels ``levels4`` / ``levels2`` /
 ``levels1`` (ids 16 + bits = 20, 18, 17: the b-bit levels bit-packed MSB first, exactly
 ``ReadoutLayout.pack``; not the ``1bit`` payload, which sends the sign of an 8-bit level).
 
 A readout layout's M maps of S x S travel as one (M*S, S) image, the maps stacked vertically in
 frame-major order (:func:`layout_image_shape`); its payload is the layout's own
-(:func:`layout_payload_name`): ``8bit`` for 8-bit levels, ``levels{bits}`` otherwise.
+(:func:`layout_payload_name`): ``8bit`` for 8-bit levels, ``levels{bits}`` otherwise; a 1-bit layout
+may also send its levels coded (:data:`LAYOUT_VARIANTS`): ``levels1-context`` (id 33) or
+``levels1-table`` (id 34, the table payload's coder on the stacked maps, falling back to ``levels1``).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from core import context_coder
+from core import context_coder, table_coder
 from core.constants import ZERO_LEVEL
 from core.errors import InputError
 from core.prior_coder import load_prior
@@ -60,7 +64,9 @@ class PayloadCodec:
     ``open_state(path)``: side state opened once from a file (``file_label`` says what file),
     checked by ``check_state`` when handed in directly and summarized by ``describe_state`` (for run
     summaries); ``reasons``: rejections ``decode`` adds; ``max_level``: the largest level ``encode``
-    takes (levels above it are refused, never truncated)."""
+    takes (levels above it are refused, never truncated); ``check_shape(state, shape)``: a ValueError
+    when the side state cannot code readouts of ``shape`` (a table fitted for another layout), asked
+    by the sensor once before its first window."""
 
     wire_id: int
     name: str
@@ -78,6 +84,7 @@ class PayloadCodec:
     fallback: str | None = None
     reasons: tuple[str, ...] = ()
     max_level: int = 255
+    check_shape: Callable[[object, Shape], None] | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.wire_id, int) and not isinstance(self.wire_id, bool) and 0 <= self.wire_id <= 255):
@@ -89,7 +96,7 @@ class PayloadCodec:
         for attr in ("encode", "decode", "size"):
             if not callable(getattr(self, attr)):
                 raise ValueError(f"payload {self.name!r}: {attr} must be callable")
-        for attr in ("min_size", "open_state", "check_state", "describe_state"):
+        for attr in ("min_size", "open_state", "check_state", "describe_state", "check_shape"):
             if getattr(self, attr) is not None and not callable(getattr(self, attr)):
                 raise ValueError(f"payload {self.name!r}: {attr} must be callable or None")
         if self.open_state is not None and not self.file_label:
@@ -189,6 +196,20 @@ def file_payload_names() -> tuple[str, ...]:
     return tuple(c.name for c in _BY_NAME.values() if c.open_state is not None)
 
 
+def file_payload_help() -> str:
+    """What file each payload with one takes, for the help of a command's file option (one entry per
+    kind of file: ``prior: the prior file (...); table/levels1-table: the table file (...)``)."""
+    kinds: dict[object, list[PayloadCodec]] = {}
+    for codec in _BY_NAME.values():
+        if codec.open_state is not None:
+            kinds.setdefault(codec.open_state, []).append(codec)
+    parts = []
+    for cs in kinds.values():
+        hint = f" ({cs[0].file_hint})" if cs[0].file_hint else ""
+        parts.append(f"{'/'.join(c.name for c in cs)}: {cs[0].file_label}{hint}")
+    return "; ".join(parts)
+
+
 def encode_payload(codec: PayloadCodec, readout: np.ndarray, *, state=None,
                    level: int = DEFAULT_LEVEL) -> tuple[PayloadCodec, bytes]:
     """(codec actually used, payload bytes): ``codec``, or its fallback when its code is None or
@@ -259,8 +280,20 @@ class PayloadState:
 
     @property
     def states(self) -> dict[int, object]:
-        """``{wire id: side state}`` for a host decoder (empty without side state)."""
-        return {} if self.state is None else {self.codec.wire_id: self.state}
+        """``{wire id: side state}`` for a host decoder (empty without side state): the state serves every
+        payload that opens the same kind of file (the table file: ``table`` and ``levels1-table``)."""
+        if self.state is None:
+            return {}
+        return {c.wire_id: self.state for c in _BY_ID.values() if c.open_state is self.codec.open_state}
+
+    def check_shape(self, shape: Shape) -> None:
+        """A one-line InputError when the side state cannot code readouts of ``shape`` (the codec's
+        ``check_shape``); nothing for codecs without one."""
+        if self.codec.check_shape is not None and self.state is not None:
+            try:
+                self.codec.check_shape(self.state, tuple(shape))
+            except ValueError as exc:
+                raise InputError(str(exc).strip().splitlines()[0]) from None
 
 
 # -- built-in codecs ------------------------------------------------------------------------------
@@ -370,6 +403,78 @@ register_payload(PayloadCodec(
     uses_level=True, fallback="1bit", reasons=("bad_context_decode",)))
 
 
+# -- the static context table (a side file, core.table_coder) -------------------------------------
+TABLE_REASONS = ("no_table", "wrong_table", "bad_table_decode")
+
+
+def _check_table(table) -> None:
+    """A table (``core.table_coder.ContextTable``, ``load_table`` of the table file)."""
+    if table is None:
+        raise ValueError("the table payloads need a table (core.table_coder.load_table of the table file)")
+    if not isinstance(table, table_coder.ContextTable):
+        raise ValueError(f"table must be a core.table_coder.ContextTable, got {type(table).__name__}")
+
+
+def _check_table_shape(table, shape: Shape) -> None:
+    """The table codes readouts of one shape: the readouts it was fitted on."""
+    if tuple(shape) != table.shape:
+        raise ValueError(f"the table file was fitted on {table.shape[0]}x{table.shape[1]} readouts, this sensor "
+                         f"sends {shape[0]}x{shape[1]}: fit one on this model's readouts (pixelrnn fit-table)")
+
+
+def _table_code(bits: np.ndarray, table) -> bytes:
+    _check_table_shape(table, bits.shape)
+    return table_coder.encode_bits(bits, table=table)
+
+
+def _table_bits(payload, shape, table, name: str) -> np.ndarray:
+    """Table id + CRC32 + code -> the (H, W) bits, or a PacketError: ``no_table`` (this host has none),
+    ``wrong_table`` (coded with another table, or for another shape), ``bad_table_decode`` (the CRC)."""
+    if table is None:
+        raise PacketError("no_table", f"{name} packet, but this host has no table file")
+    table_id = bytes(payload[:table_coder.TABLE_ID_BYTES])
+    if table_id != table.table_id:
+        raise PacketError("wrong_table", f"packet coded with table {table_id.hex()}, the host's is {table.table_hash}")
+    if tuple(shape) != table.shape:
+        raise PacketError("wrong_table", f"{name} packet of a {shape[0]}x{shape[1]} readout, the host's table "
+                          f"codes {table.shape[0]}x{table.shape[1]}")
+    try:
+        return table_coder.decode_bits(bytes(payload), table=table)
+    except ValueError as exc:                      # TableMismatch (CRC), too short
+        raise PacketError("bad_table_decode", f"{name} payload does not decode: {exc}") from None
+
+
+def _table_codec(*, wire_id: int, name: str, help: str, fallback: str, levels: bool) -> PayloadCodec:
+    """``table`` (the signs of 8-bit levels, ``readout >= 127``, rebuilt as 127 +- level) or
+    ``levels1-table`` (a layout's 1-bit levels, level byte 0): the same coder and table file."""
+    raw_size = get_payload(fallback).size
+
+    def encode(readout, table, level) -> bytes:
+        return _table_code(readout > 0 if levels else readout >= ZERO_LEVEL, table)
+
+    def decode(payload, shape, table, level) -> np.ndarray:
+        if levels and level != 0:
+            raise PacketError("bad_encoding", f"{name} payload with level byte {level} (it carries none: 0)")
+        bits = _table_bits(payload, shape, table, name)
+        return bits if levels else _levels(bits, level)
+
+    return PayloadCodec(
+        wire_id=wire_id, name=name, help=help, encode=encode, decode=decode, size=raw_size,
+        min_size=lambda shape: min(table_coder.HEADER_BYTES, raw_size(shape)), uses_level=not levels,
+        open_state=table_coder.load_table, check_state=_check_table, check_shape=_check_table_shape,
+        describe_state=lambda table: {"table_hash": table.table_hash, "table_shape": list(table.shape),
+                                      "taps": list(table.taps), "program_hash": table.program_hash},
+        file_label="the table file", file_hint="the command pixelrnn fit-table writes one", fallback=fallback,
+        reasons=TABLE_REASONS, max_level=1 if levels else 255)
+
+
+register_payload(_table_codec(
+    wire_id=6, name="table", fallback="1bit", levels=False,
+    help="the 1bit signs losslessly coded under a static table of one probability per pixel position and "
+         "context, counted on training readouts of the same sensor program (needs the table file; ~358 B per "
+         "64x64 GRID window vs 512; 1bit when not shorter)"))
+
+
 # -- b-bit levels of a readout layout (4, 2, 1 bit) -------------------------------------------------
 LEVELS_BITS = (4, 2, 1)
 LEVELS_WIRE_BASE = 16                # wire id of levels{b}: 16 + b
@@ -432,14 +537,20 @@ register_payload(PayloadCodec(
     encode=_encode_levels1_context, decode=_decode_levels1_context, size=_LEVELS1_BYTES,
     min_size=lambda shape: min(context_coder.MIN_BYTES, _LEVELS1_BYTES(shape)), max_level=1,
     fallback="levels1", reasons=("bad_context_decode",)))
-CONTEXT_OF_LAYOUT = {"levels1": "levels1-context"}     # a layout's payload -> its context-coded variant
+register_payload(_table_codec(
+    wire_id=LEVELS_WIRE_BASE + 18, name="levels1-table", fallback="levels1", levels=True,
+    help="the 1-bit levels of a readout layout losslessly coded under a static table (needs the table file, "
+         "fitted on that model's readouts; the bundled lips model's 8 maps of 32x32: ~380 B per window vs "
+         "1,024; levels1 when not shorter)"))
+# a layout's own payload -> {payload the authors' readout uses: its variant for the layout's levels}
+LAYOUT_VARIANTS = {"levels1": {"context": "levels1-context", "table": "levels1-table"}}
 
 
 def layout_payloads(layout: ReadoutLayout) -> tuple[str, ...]:
-    """Every payload a sensor with ``layout`` may send (its own; for 1-bit levels also the context-coded
-    variant and so its fallback): what the host of such a model accepts."""
+    """Every payload a sensor with ``layout`` may send (its own; for 1-bit levels also its coded variants,
+    :data:`LAYOUT_VARIANTS`, whose fallback it is): what the host of such a model accepts."""
     own = layout_payload_name(layout)
-    return (own, CONTEXT_OF_LAYOUT[own]) if own in CONTEXT_OF_LAYOUT else (own,)
+    return (own, *LAYOUT_VARIANTS.get(own, {}).values())
 
 
 def layout_payload_name(layout: ReadoutLayout) -> str:
@@ -458,21 +569,24 @@ def choose_layout_payload(layout: ReadoutLayout, requested: str) -> str:
     The authors' layout takes any payload but the ``levels`` ones (they carry b-bit levels of a
     model trained for them); any other layout sends its own (:func:`layout_payload_name`), and
     ``requested`` must be that or ``8bit`` (the default, which stands for "the layout's"); a 1-bit
-    layout also takes ``levels1-context`` (or ``context``): its levels under the context model.
-    Anything else is a one-line InputError naming the layout and what to do."""
+    layout also takes its coded variants (:data:`LAYOUT_VARIANTS`): ``levels1-context`` (or
+    ``context``) and ``levels1-table`` (or ``table``). Anything else is a one-line InputError naming the
+    layout and what to do."""
     own = layout_payload_name(layout)
     codec = get_payload(requested)
     if layout.is_authors:
-        if codec.max_level < 255:                       # levels{b}, levels1-context
+        if codec.max_level < 255:                       # levels{b} and their coded variants
+            takes = ", ".join(c.name for c in _BY_ID.values() if c.max_level == 255)
             raise InputError(f"payload {codec.name} carries the levels of a model trained for "
                              f"{codec.max_level.bit_length()}-bit readouts; this model reads out the authors' "
-                             f"8-bit readout: use 8bit, 1bit, prior or context")
+                             f"8-bit readout: use one of {takes}")
         return codec.name
-    variant = CONTEXT_OF_LAYOUT.get(own)
-    if variant is not None and codec.name in ("context", variant):
-        return variant                   # the context model on the layout's own 1-bit levels
+    variants = LAYOUT_VARIANTS.get(own, {})
+    for alias, variant in variants.items():
+        if codec.name in (alias, variant):
+            return variant               # the same coder on the layout's own 1-bit levels
     if codec.name not in (own, "8bit"):
-        also = f", or {variant} (alias context) for the same levels context-coded" if variant else ""
+        also = "".join(f", or {v} (alias {a}) for the same levels {a}-coded" for a, v in variants.items())
         raise InputError(f"payload {codec.name} cannot carry this model's readout ({layout.describe()}): "
                          f"its layout is sent as {own}; leave the payload at 8bit (the default) or give "
                          f"{own}{also}")

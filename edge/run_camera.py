@@ -5,7 +5,7 @@ Python API (:mod:`edge.api`: ``CameraLoop``): argparse, then one ``CameraLoop.ru
     python edge/run_camera.py [--source auto|INDEX|picamera[:N]|/dev/videoN|URL|PATH|test] [--model BUNDLE|default]
         [--task gesture|lips] [--runtime onnxruntime|tflite|lce] [--headless] [--max-frames N]
         [--json-out FILE] [--link inproc|udp://127.0.0.1:PORT [--link-key FILE]]
-        [--payload 8bit|1bit|prior|context [--prior FILE]] [--serve [HOST:]PORT]
+        [--payload 8bit|1bit|prior|context|table [--prior FILE]] [--serve [HOST:]PORT]
 
 Also installed as ``pixelrnn-camera``. Run as a script, Python puts ``edge/`` first on
 ``sys.path``; no module in edge/ shares a name with a standard or installed module (a test checks),
@@ -54,7 +54,15 @@ from edge.auth import load_link_key  # noqa: E402
 from edge.capture import END_LOST, CameraLost, make_source  # noqa: E402
 from edge.display import Display  # noqa: E402
 from edge.models import TASKS  # noqa: E402
-from edge.payloads import DEFAULT_LEVEL, PayloadOptions, file_payload_names, get_payload, payload_help, payload_names  # noqa: E402
+from edge.payloads import (  # noqa: E402
+    DEFAULT_LEVEL,
+    PayloadOptions,
+    file_payload_help,
+    file_payload_names,
+    get_payload,
+    payload_help,
+    payload_names,
+)
 from edge.serve import parse_serve  # noqa: E402
 
 PROG = "run_camera"
@@ -122,9 +130,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--payload", choices=payload_names(), default="8bit",
                    help=f"readout payload (default 8bit): {payload_help()}")
     p.add_argument("--prior", type=Path, default=None, metavar="FILE.npz",
-                   help=f"--payload {'/'.join(file_payload_names())}: its file (the prior: written by "
-                        "pixelrnn generate export-prior); sensor and host "
-                        "both load it")
+                   help=f"the payload's file, for {file_payload_help()}; sensor and host both load it")
     p.add_argument("--level", type=_positive_int, default=DEFAULT_LEVEL,
                    help=f"{'/'.join(n for n in payload_names() if get_payload(n).uses_level)} only: the host "
                         f"maps bits to levels 127 +- LEVEL (default {DEFAULT_LEVEL}, o = +-5)")

@@ -94,6 +94,7 @@ class SensorStage:
         if name != options_used.name:
             options_used = PayloadOptions(name=name, level=self.options.level, file=self.options.prior)
         self.payload = options_used.open()                     # codec, level and side state, opened once
+        self.payload.check_shape(self.readout_shape)           # e.g. a table fitted on another layout's readouts
         self.codec = self.payload.codec
         self.encoding = self.codec.wire_id                     # the packet header's encoding byte
         self.coder = self.payload.state                        # side state (the prior's coder), or None

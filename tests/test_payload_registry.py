@@ -171,8 +171,8 @@ def test_registry_rejects_clashes_and_bad_entries(nibble):
     with pytest.raises(ValueError, match="fallback of prior"):
         unregister_payload("1bit")
     with pytest.raises(InputError, match=r"payload must be one of 8bit \(8\), 1bit \(1\), prior \(2\), "
-                                         r"context \(3\), levels4 \(20\), levels2 \(18\), levels1 \(17\), "
-                                         r"levels1-context \(33\), 4bit \(4\)"):
+                                         r"context \(3\), table \(6\), levels4 \(20\), levels2 \(18\), levels1 \(17\), "
+                                         r"levels1-context \(33\), levels1-table \(34\), 4bit \(4\)"):
         get_payload("nope")
     with pytest.raises(InputError, match="payload must be one of"):
         PayloadOptions(name="nope")
