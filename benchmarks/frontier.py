@@ -36,6 +36,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", default=None, help="write the plot here")
     p.add_argument("--write", default=None, help="update the frontier section of this markdown file")
     p.add_argument("--command", default=None, help="the command line to print with the table")
+    p.add_argument("--section", default="frontier",
+                   help="the marked section of --write to replace (default frontier; e.g. frontier-cambridge)")
+    p.add_argument("--heading", default="The accuracy-vs-bytes frontier (issue 12)",
+                   help="the section's heading, if it has to be added")
     return p
 
 
@@ -109,7 +113,7 @@ def plot(sweeps: dict[str, list[dict]], refs: dict[str, dict], path: Path) -> No
     fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4.2), squeeze=False)
     for ax, (ds, rows) in zip(axes[0], sweeps.items()):
         for r in rows:
-            authors = r["config"] == "authors"
+            authors = r["config"].startswith("authors")     # the authors' readout (any decoder start)
             ax.errorbar(r["readout_bytes"], r["test_mean"], yerr=r["test_std"], fmt="s" if authors else "o",
                         color="tab:red" if authors else "tab:blue", capsize=3)
             ax.annotate(r["config"], (r["readout_bytes"], r["test_mean"]), fontsize=7,
@@ -159,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
     if args.png:
         plot(sweeps, refs, Path(args.png))
     if args.write:
-        update_section(Path(args.write), "frontier", body, heading="The accuracy-vs-bytes frontier (issue 12)")
+        update_section(Path(args.write), args.section, body, heading=args.heading)
     return 0
 
 

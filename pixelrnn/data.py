@@ -42,6 +42,8 @@ AVLETTERS_MS_TRAIN_REPS = (1, 2)
 AVLETTERS_MS_TEST_REPS = (3,)
 AVLETTERS_MS_VAL_FRACTION = 0.1   # of the training repetitions' clips, per class
 FOLDS = 5
+CV_DATASETS = ("cambridge",)      # the data sets split by --fold (k-fold cross-validation)
+ALL_CLIPS = -1                    # --fold -1: train on every clip of a CV data set (no val / test split)
 
 DATASETS = ("grid", "avletters", "cambridge", "tulips", "avletters_ms")
 FILES = {"grid": "grid_s1_digits.npz", "avletters": "avletters_lips.npz",
@@ -207,7 +209,9 @@ def multi_speaker_split(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def split(ds: Dataset, *, fold: int = 0) -> dict[str, np.ndarray]:
     """Train / val / test indices of ``ds``: the fixed, honest split for that dataset.
 
-    cambridge: test = fold ``fold`` of 5; validation = one clip per class from the remaining folds.
+    cambridge: test = fold ``fold`` of 5; validation = one clip per class from the remaining folds;
+    ``fold=-1`` (:data:`ALL_CLIPS`): every clip trains, no validation or test clips (the final model,
+    once cross-validation has chosen its settings and epochs).
     avletters_ms: test = every repetition-3 clip; validation = a fixed stratified 10% of the
     repetition-1/2 clips (per class, seed :data:`SPLIT_SEED`); train = the other repetition-1/2 clips.
     """
@@ -220,8 +224,12 @@ def split(ds: Dataset, *, fold: int = 0) -> dict[str, np.ndarray]:
     elif ds.name == "avletters_ms":
         tr, va, te = multi_speaker_split(ds)
     elif ds.name == "cambridge":
-        if not (isinstance(fold, int) and 0 <= fold < FOLDS):
-            raise InputError(f"--fold must be 0..{FOLDS - 1} for cambridge, got {fold!r}")
+        if not (isinstance(fold, int) and ALL_CLIPS <= fold < FOLDS):
+            raise InputError(f"--fold must be 0..{FOLDS - 1} for cambridge (or {ALL_CLIPS}: train on every clip), "
+                             f"got {fold!r}")
+        if fold == ALL_CLIPS:
+            none = np.empty(0, dtype=np.int64)
+            return {"train": np.arange(len(ds.labels)), "val": none, "test": none}
         folds = stratified_folds(ds.labels)
         te = np.flatnonzero(folds == fold)
         rest = np.flatnonzero(folds != fold)

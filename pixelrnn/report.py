@@ -80,10 +80,17 @@ def plot_confusion(confusion, classes: list[str], path: Path, *, title: str) -> 
 
 
 def final_report(*, best_path: Path, ds: Dataset, test_idx: np.ndarray, out: Path, history: list[dict],
-                 best_epoch: int, config: dict) -> dict:
-    """Evaluate the best checkpoint on the test split; write report.json and confusion.png."""
+                 best_epoch: int, config: dict, train_idx: np.ndarray | None = None) -> dict:
+    """Evaluate the best checkpoint on the test split; write report.json and confusion.png.
+
+    A run without test clips (``fold -1``: every clip trained) reports its fit on ``train_idx``
+    instead, under ``train_fit`` (``test`` is None): the simulator parity checks still run on it."""
     model = load_model(best_path)
-    test = ds.subset(test_idx)
+    held_out = len(test_idx) > 0
+    if not held_out and (train_idx is None or not len(train_idx)):
+        raise ValueError("final_report needs test clips or, without them, train_idx")
+    split_name = "test" if held_out else "train_fit"
+    test = ds.subset(test_idx if held_out else train_idx)
     sim_readout = simulator_readout(model, test.frames)
     sim_preds = decode_preds(model, sim_readout)
     with torch.no_grad():
@@ -95,7 +102,8 @@ def final_report(*, best_path: Path, ds: Dataset, test_idx: np.ndarray, out: Pat
         "val_accuracy": next((r["val_acc"] for r in history if r.get("epoch") == best_epoch), None),
         "readout_layout": model.config.layout.to_dict(),
         "readout_bytes": model.config.layout.payload_bytes,
-        "test": test_metrics,
+        "test": test_metrics if held_out else None,
+        **({} if held_out else {"train_fit": test_metrics}),
         "test_accuracy_pytorch": float((torch_preds == test.labels).mean()),
         "simulator_agrees": bool(readout_equal and np.array_equal(sim_preds, torch_preds)),
         "readout_bytes_equal": readout_equal,
@@ -106,6 +114,7 @@ def final_report(*, best_path: Path, ds: Dataset, test_idx: np.ndarray, out: Pat
         "test_names": [str(n) for n in test.names],
     }
     write_json_atomic(out / "report.json", report)
-    title = f"{ds.name} test: {test_metrics['accuracy']:.1%} ({test_metrics['correct']}/{test_metrics['n']})"
+    title = (f"{ds.name} {split_name.replace('_', ' ')}: {test_metrics['accuracy']:.1%} "
+             f"({test_metrics['correct']}/{test_metrics['n']})")
     plot_confusion(test_metrics["confusion"], model.config.class_names, out / "confusion.png", title=title)
     return report

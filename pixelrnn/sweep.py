@@ -14,11 +14,14 @@ A spec file (YAML) names the grid::
       authors: {}
       f2-1bit: {readout_every: 2, readout_bits: 1}
     seeds: [0, 1, 2]
+    folds: [0, 1, 2, 3, 4]            # optional: cross-validation (cambridge), one run per fold
 
-Each point trains with :func:`pixelrnn.train_loop.train` into ``OUT/<config>/seed<k>`` (resumed
-from its ``last.pt`` if a previous process was stopped); the trial's value is the best validation
-accuracy (the selection criterion); test accuracy and readout bytes are kept as trial attributes
-for the report, never used to choose. ``--summary`` prints one row per configuration.
+Each point trains with :func:`pixelrnn.train_loop.train` into ``OUT/<config>/seed<k>`` (with
+``folds``: ``OUT/<config>/seed<k>/fold<f>``; resumed from its ``last.pt`` if a previous process was
+stopped); the trial's value is the best validation accuracy (the selection criterion); test accuracy
+and readout bytes are kept as trial attributes for the report, never used to choose. ``--summary``
+prints one row per configuration; with folds, a seed's figure is the mean over its folds (the
+cross-validation accuracy) and the spread is over seeds.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from core.atomic import write_json_atomic
 from core.errors import InputError
+from pixelrnn.data import CV_DATASETS, FOLDS
 from pixelrnn.train_config import TrainConfig, load_config_file
 
 __all__ = ["SweepSpec", "add_sweep_parser", "load_spec", "main", "mean_std", "run_sweep", "summarize"]
@@ -43,6 +47,7 @@ class SweepSpec:
     configs: dict[str, dict]
     seeds: list[int]
     base: dict = field(default_factory=dict)
+    folds: list[int] = field(default_factory=list)    # empty: no cross-validation axis
 
     def __post_init__(self) -> None:
         if not (isinstance(self.study, str) and self.study.strip()):
@@ -55,28 +60,60 @@ class SweepSpec:
             raise InputError(f"sweep spec: seeds must be a list of distinct integers >= 0, got {self.seeds!r}")
         if not isinstance(self.base, dict):
             raise InputError("sweep spec: base must be a mapping of settings")
+        if not (isinstance(self.folds, list)
+                and all(isinstance(f, int) and not isinstance(f, bool) and 0 <= f < FOLDS for f in self.folds)
+                and len(set(self.folds)) == len(self.folds)):
+            raise InputError(f"sweep spec: folds must be a list of distinct integers 0..{FOLDS - 1}, "
+                             f"got {self.folds!r}")
+        set_by_sweep = ("seed", "out_dir", "fold") if self.folds else ("seed", "out_dir")
         for name, overrides in self.configs.items():
             if not (isinstance(name, str) and name and "/" not in name):
                 raise InputError(f"sweep spec: config name {name!r} must be a non-empty string without '/'")
             if not isinstance(overrides, dict):
                 raise InputError(f"sweep spec: config {name!r} must be a mapping of settings")
-            for key in ("seed", "out_dir"):
+            for key in set_by_sweep:
                 if key in overrides or key in self.base:
                     raise InputError(f"sweep spec: {key} is set by the sweep; remove it from {name!r}/base")
-            self.train_config(name, self.seeds[0], Path("."))    # every point must be a valid config
+            for fold in self.folds or [None]:
+                cfg = self.train_config(name, self.seeds[0], Path("."), fold=fold)   # every point must be valid
+                if self.folds and cfg.dataset not in CV_DATASETS:
+                    raise InputError(f"sweep spec: folds are for the cross-validated data sets "
+                                     f"({', '.join(CV_DATASETS)}); config {name!r} trains on {cfg.dataset}")
 
-    def train_config(self, name: str, seed: int, out: Path) -> TrainConfig:
-        values = {**self.base, **self.configs[name], "seed": seed, "out_dir": str(out / name / f"seed{seed}")}
-        return TrainConfig.from_dict(values, source=f"sweep config {name!r}")
+    def grid(self) -> dict[str, list]:
+        """The Optuna search space: config x seed (x fold)."""
+        grid = {"config": list(self.configs), "seed": list(self.seeds)}
+        return {**grid, "fold": list(self.folds)} if self.folds else grid
+
+    def points(self) -> list[tuple]:
+        """Every (config, seed) or (config, seed, fold) point, in grid order."""
+        pts = [(name, seed) for name in self.configs for seed in self.seeds]
+        return [(*p, f) for p in pts for f in self.folds] if self.folds else pts
+
+    def train_config(self, name: str, seed: int, out: Path, *, fold: int | None = None) -> TrainConfig:
+        run = out / name / f"seed{seed}"
+        values = {**self.base, **self.configs[name], "seed": seed, "out_dir": str(run)}
+        if fold is not None:
+            values.update(fold=fold, out_dir=str(run / f"fold{fold}"))
+        return TrainConfig.from_dict(values, source=f"sweep config {name!r}" + (f" fold {fold}" if fold is not None
+                                                                                 else ""))
+
+    def point_config(self, point: tuple, out: Path) -> TrainConfig:
+        name, seed, *fold = point
+        return self.train_config(name, seed, out, fold=fold[0] if fold else None)
+
+    def point_of(self, params: dict) -> tuple:
+        """A trial's params -> its point (the grid's keys, in order)."""
+        return tuple(params.get(k) for k in self.grid())
 
 
 def load_spec(path: str | Path) -> SweepSpec:
     data = load_config_file(path)
-    unknown = set(data) - {"study", "configs", "seeds", "base"}
+    unknown = set(data) - {"study", "configs", "seeds", "base", "folds"}
     if unknown:
-        raise InputError(f"{path}: unknown sweep keys {sorted(unknown)} (known: study, base, configs, seeds)")
+        raise InputError(f"{path}: unknown sweep keys {sorted(unknown)} (known: study, base, configs, seeds, folds)")
     return SweepSpec(study=data.get("study", ""), configs=data.get("configs") or {},
-                     seeds=data.get("seeds") or [], base=data.get("base") or {})
+                     seeds=data.get("seeds") or [], base=data.get("base") or {}, folds=data.get("folds") or [])
 
 
 def _optuna():
@@ -90,10 +127,9 @@ def _optuna():
 
 def _study(spec: SweepSpec, storage: str):
     optuna = _optuna()
-    grid = {"config": list(spec.configs), "seed": list(spec.seeds)}
     try:
         return optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
-                                   direction="maximize", sampler=optuna.samplers.GridSampler(grid, seed=0))
+                                   direction="maximize", sampler=optuna.samplers.GridSampler(spec.grid(), seed=0))
     except (ValueError, ImportError, RuntimeError) as exc:     # bad URL, missing driver
         raise InputError(f"--storage {storage!r}: {str(exc).splitlines()[0][:200]}") from None
 
@@ -113,26 +149,31 @@ def adopt_finished(spec: SweepSpec, study, out: Path) -> int:
     ``pixelrnn train`` into the sweep's folders with the same settings): they are never trained again."""
     import optuna
 
-    done = {(t.params.get("config"), t.params.get("seed")) for t in study.trials
-            if t.state == optuna.trial.TrialState.COMPLETE}
-    dists = {"config": optuna.distributions.CategoricalDistribution(list(spec.configs)),
-             "seed": optuna.distributions.CategoricalDistribution(list(spec.seeds))}
+    done = _completed(spec, study)
+    grid = spec.grid()
+    dists = {key: optuna.distributions.CategoricalDistribution(values) for key, values in grid.items()}
     adopted = 0
-    for name in spec.configs:
-        for seed in spec.seeds:
-            cfg = spec.train_config(name, seed, out)
-            report_path = Path(cfg.out_dir) / "report.json"
-            if (name, seed) in done or not report_path.is_file():
-                continue
-            report = json.loads(report_path.read_text())
-            if report.get("config") != cfg.to_dict() or report.get("val_accuracy") is None:
-                print(f"sweep {spec.study}: {report_path} was made with other settings; not adopted", flush=True)
-                continue
-            study.add_trial(optuna.trial.create_trial(params={"config": name, "seed": seed}, distributions=dists,
-                                                      value=float(report["val_accuracy"]),
-                                                      user_attrs=_record(None, report)))
-            adopted += 1
+    for point in spec.points():
+        cfg = spec.point_config(point, out)
+        report_path = Path(cfg.out_dir) / "report.json"
+        if point in done or not report_path.is_file():
+            continue
+        report = json.loads(report_path.read_text())
+        if report.get("config") != cfg.to_dict() or report.get("val_accuracy") is None:
+            print(f"sweep {spec.study}: {report_path} was made with other settings; not adopted", flush=True)
+            continue
+        study.add_trial(optuna.trial.create_trial(params=dict(zip(grid, point)), distributions=dists,
+                                                  value=float(report["val_accuracy"]),
+                                                  user_attrs=_record(None, report)))
+        adopted += 1
     return adopted
+
+
+def _completed(spec: SweepSpec, study) -> dict[tuple, object]:
+    """The study's completed trials by point."""
+    import optuna
+
+    return {spec.point_of(t.params): t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
 
 
 def _run_point(cfg: TrainConfig, *, progress: bool) -> dict:
@@ -142,7 +183,11 @@ def _run_point(cfg: TrainConfig, *, progress: bool) -> dict:
     out = Path(cfg.out_dir)
     report = out / "report.json"
     if report.is_file():
-        return json.loads(report.read_text())
+        done = json.loads(report.read_text())
+        if done.get("config") != cfg.to_dict():
+            raise InputError(f"{out} holds a finished run with other settings; move it away or use another "
+                             f"--out-dir")
+        return done
     result = train(config=cfg, resume=(out / "last.pt").is_file(), progress=progress)
     if not result:
         raise RuntimeError(f"{out}: training stopped before its last epoch")
@@ -152,23 +197,19 @@ def _run_point(cfg: TrainConfig, *, progress: bool) -> dict:
 def run_sweep(*, spec: SweepSpec, storage: str, out: Path, n_trials: int | None = None,
               progress: bool = True) -> int:
     """Run the grid points not yet completed in ``storage``; returns how many ran in this call."""
-    optuna = _optuna()
     study = _study(spec, storage)
     adopt_finished(spec, study, out)
-    total = len(spec.configs) * len(spec.seeds)
-    done = {(t.params["config"], t.params["seed"]) for t in study.trials
-            if t.state == optuna.trial.TrialState.COMPLETE}
-    todo = total - len(done)
+    todo = len(set(spec.points()) - set(_completed(spec, study)))
     if n_trials is not None:
         todo = min(todo, n_trials)
     ran = 0
 
     def objective(trial) -> float:
         nonlocal ran
-        name = trial.suggest_categorical("config", list(spec.configs))
-        seed = trial.suggest_categorical("seed", list(spec.seeds))
-        cfg = spec.train_config(name, seed, out)
-        print(f"sweep {spec.study}: {name} seed {seed} -> {cfg.out_dir}", flush=True)
+        point = tuple(trial.suggest_categorical(key, values) for key, values in spec.grid().items())
+        cfg = spec.point_config(point, out)
+        where = f" fold {point[2]}" if spec.folds else ""
+        print(f"sweep {spec.study}: {point[0]} seed {point[1]}{where} -> {cfg.out_dir}", flush=True)
         report = _run_point(cfg, progress=progress)
         _record(trial, report)
         ran += 1
@@ -186,23 +227,31 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(*, spec: SweepSpec, storage: str, out: Path) -> list[dict]:
-    """One row per configuration: seeds done, readout bytes, validation and test mean +- std (%)."""
-    optuna = _optuna()
+    """One row per configuration: seeds done, readout bytes, validation and test mean +- std (%).
+
+    With folds, only seeds whose every fold is done count; a seed's value is its mean over the folds
+    (equal-sized stratified folds, so also the pooled cross-validation accuracy)."""
     study = _study(spec, storage)
     adopt_finished(spec, study, out)
+    done = _completed(spec, study)
     rows = []
     for name in spec.configs:
-        trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-                  and t.params.get("config") == name]
-        if not trials:
+        per_seed = {}
+        for seed in spec.seeds:
+            trials = [done.get((name, seed, f)) for f in spec.folds] if spec.folds else [done.get((name, seed))]
+            if all(t is not None for t in trials):
+                per_seed[seed] = trials
+        if not per_seed:
             rows.append({"config": name, "seeds": 0})
             continue
-        val = mean_std([100 * t.value for t in trials])
-        test = mean_std([100 * t.user_attrs["test_accuracy"] for t in trials])
-        rows.append({"config": name, "seeds": len(trials), "settings": spec.configs[name],
+        val_of = {s: 100 * sum(t.value for t in ts) / len(ts) for s, ts in per_seed.items()}
+        test_of = {s: 100 * sum(t.user_attrs["test_accuracy"] for t in ts) / len(ts) for s, ts in per_seed.items()}
+        val, test = mean_std(list(val_of.values())), mean_std(list(test_of.values()))
+        trials = [t for ts in per_seed.values() for t in ts]
+        rows.append({"config": name, "seeds": len(per_seed), "folds": len(spec.folds), "settings": spec.configs[name],
                      "readout_bytes": trials[0].user_attrs["readout_bytes"],
                      "val_mean": val[0], "val_std": val[1], "test_mean": test[0], "test_std": test[1],
-                     "test_per_seed": {t.params["seed"]: 100 * t.user_attrs["test_accuracy"] for t in trials},
+                     "val_per_seed": val_of, "test_per_seed": test_of,
                      "simulator_agrees": all(t.user_attrs["simulator_agrees"] for t in trials)})
     return rows
 

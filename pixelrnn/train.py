@@ -30,7 +30,9 @@ _FLAG_TYPES = {int: int, float: float, str: str, bool: bool_arg}
 def _run_torch(cfg: TrainConfig, args: argparse.Namespace) -> int:
     report = train(config=cfg, resume=args.resume, progress=not args.no_progress)
     if report:
-        print(f"test accuracy {report['test']['accuracy']:.4f} ({report['test']['correct']}/{report['test']['n']}), "
+        name, m = ("test", report["test"]) if report["test"] is not None else ("training-set fit (no test clips)",
+                                                                              report["train_fit"])
+        print(f"{name} accuracy {m['accuracy']:.4f} ({m['correct']}/{m['n']}), "
               f"simulator agrees: {report['simulator_agrees']}; wrote {cfg.out_dir}/model.pt, report.json, "
               f"confusion.png, metrics.json")
     return 0

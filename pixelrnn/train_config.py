@@ -17,7 +17,7 @@ from core.errors import InputError
 from core.readout_layout import ReadoutLayout
 from firmware_sim.noise import NoiseModel
 from pixelrnn import __version__
-from pixelrnn.data import DATASETS
+from pixelrnn.data import ALL_CLIPS, CV_DATASETS, DATASETS
 from pixelrnn.quantizers import QUANTIZERS
 
 SCHEDULES = ("cosine", "plateau", "none")
@@ -29,7 +29,7 @@ _INTS = ("fold", "limit", "batch_size", "epochs", "seed", "max_shift", "max_time
          "readout_every", "out_channels", "readout_bits", "readout_pool", "decoder_hidden")
 _NUMBERS = ("quantizer_m", "noise_conv", "noise_gate", "noise_out", "lr", "lr_binary", "weight_decay",
             "readout_step")
-_BOOLS = ("freeze_binary", "learn_theta0", "gate_threshold", "augment")
+_BOOLS = ("freeze_binary", "learn_theta0", "gate_threshold", "augment", "init_decoder")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -43,7 +43,7 @@ class TrainConfig:
 
     dataset: str = "grid"
     data_dir: str = ""                 # empty: $PIXELRNN_DATA or ../shared/data
-    fold: int = 0                      # cambridge: which of the 5 folds is the test fold
+    fold: int = 0                      # cambridge: which of the 5 folds is the test fold (-1: none, all train)
     limit: int = 0                     # > 0: use only the first N training clips (smoke runs)
     quantizer: str = "tanh_mx"
     quantizer_m: float = 2.0
@@ -79,6 +79,8 @@ class TrainConfig:
     decoder: str = "authors"           # off-sensor head: authors (1x1 conv, BN, tanh, Linear), mlp or cnn
     decoder_hidden: int = 256          # width of the mlp head (the cnn's channels: hidden / 8, 16, 16)
     init_from: str = ""                # a model.pt to start the in-pixel weights and thresholds from
+    init_decoder: bool = False         # with init_from: also its decoder and input normalisation (a fine-tune
+                                       # of the whole model; same readout layout and decoder)
     out_dir: str = "runs/grid"
 
     def __post_init__(self) -> None:
@@ -115,6 +117,12 @@ class TrainConfig:
         _check(self.decoder in ("authors", "mlp", "cnn"), f"decoder must be authors, mlp or cnn, got {self.decoder!r}")
         _check(self.decoder_hidden >= 1, f"decoder_hidden must be >= 1, got {self.decoder_hidden}")
         _check(not self.init_from or Path(self.init_from).is_file(), f"init_from: no such file {self.init_from!r}")
+        _check(self.init_from or not self.init_decoder, "init_decoder needs init_from (the model to start from)")
+        if self.fold == ALL_CLIPS:
+            _check(self.dataset in CV_DATASETS, f"fold {ALL_CLIPS} (every clip trains) is for the cross-validated "
+                   f"data sets ({', '.join(CV_DATASETS)}), not {self.dataset}")
+            _check(not self.patience and self.schedule != "plateau", f"fold {ALL_CLIPS} has no validation clips: "
+                   f"set patience 0 and a schedule other than plateau (the last epoch is the model)")
 
     def layout(self, timesteps: int) -> ReadoutLayout:
         """The readout these settings ask for, for clips of ``timesteps`` frames."""

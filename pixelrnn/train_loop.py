@@ -50,7 +50,10 @@ assert set(SCHEDULERS) == set(SCHEDULES)
 # -- model, batches, evaluation -------------------------------------------------------------------
 def build_model(cfg: TrainConfig, train_set: Dataset) -> PixelRNN:
     """The untrained model of ``cfg`` (initial weights seeded by ``cfg.seed``), normalized on ``train_set``."""
-    if cfg.normalize == "dataset":
+    src = load_model(cfg.init_from) if cfg.init_from else None
+    if cfg.init_decoder:      # the decoder was trained on inputs normalised the source's way: keep it
+        mean, std = src.config.input_mean, src.config.input_std
+    elif cfg.normalize == "dataset":
         g = train_set.frames.astype(np.float64) / 255.0
         mean, std = float(g.mean()), float(g.std())
     else:
@@ -65,22 +68,25 @@ def build_model(cfg: TrainConfig, train_set: Dataset) -> PixelRNN:
                      readout_step=cfg.readout_step, decoder=cfg.decoder, decoder_hidden=cfg.decoder_hidden)
     torch.manual_seed(cfg.seed)
     model = PixelRNN(mc)
-    if cfg.init_from:
-        init_sensor_from(model, cfg.init_from)
+    if src is not None:
+        init_sensor_from(model, src)
+    if cfg.init_decoder:
+        init_decoder_from(model, src, source=cfg.init_from)
     if cfg.freeze_binary:
         for p in model.latent():
             p.requires_grad_(False)
     return model
 
 
-def init_sensor_from(model: PixelRNN, path: str) -> None:
-    """Start ``model``'s in-pixel weights and thresholds from the checkpoint at ``path`` (a warm start).
+def init_sensor_from(model: PixelRNN, src: PixelRNN | str) -> None:
+    """Start ``model``'s in-pixel weights and thresholds from ``src`` (a model or a checkpoint path).
 
     The input CNN, the gate and theta0 are copied; the checkpoint's output kernel pair fills every
     output channel (a latent copy with signs flipped at random for the extra channels, so they
-    differ). The decoder starts fresh: its input is the new readout.
+    differ). The decoder starts fresh (its input is the new readout) unless :func:`init_decoder_from`
+    copies it too.
     """
-    src = load_model(path)
+    src = load_model(src) if isinstance(src, str) else src
     with torch.no_grad():
         for name in ("conv1", "thresh1", "w_fi", "w_fh", "rnn_threshold", "theta0"):
             getattr(model, name).copy_(getattr(src, name).detach())
@@ -89,6 +95,24 @@ def init_sensor_from(model: PixelRNN, path: str) -> None:
             for k in range(dst.shape[0]):
                 flip = 1.0 if k == 0 else torch.where(torch.rand(w.shape) < 0.3, -1.0, 1.0)
                 dst[k:k + 1].copy_(w * flip)
+
+
+def init_decoder_from(model: PixelRNN, src: PixelRNN, *, source: str) -> None:
+    """Copy ``src``'s decoder (every parameter and buffer outside the sensor) into ``model``: a
+    fine-tune of a whole model. Its readout layout, decoder and classes must be ``model``'s."""
+    mine, theirs = model.config, src.config
+    for what, a, b in (("readout layout", mine.layout.describe(), theirs.layout.describe()),
+                       ("decoder", mine.decoder, theirs.decoder), ("classes", mine.num_classes, theirs.num_classes)):
+        if a != b:
+            raise InputError(f"init_decoder: {source} has another {what} ({b} vs this run's {a}); "
+                             f"drop init_decoder to start the decoder fresh")
+    sensor = set(SENSOR_WEIGHTS) | {"thresh1", "rnn_threshold", "theta0"}
+    state = {k: v for k, v in src.state_dict().items() if k.split(".")[0] not in sensor}
+    missing = [k for k in model.state_dict() if k.split(".")[0] not in sensor and k not in state]
+    if missing:
+        raise InputError(f"init_decoder: {source} lacks decoder entries {missing[:4]}; drop init_decoder")
+    with torch.no_grad():
+        model.load_state_dict(state, strict=False)
 
 
 def _seed_of(*parts: int) -> int:
@@ -248,8 +272,10 @@ def _stop_early(cfg: TrainConfig, run: Progress) -> bool:
 
 
 def _print_epoch(row: dict, epochs: int) -> None:
+    val = ("no validation clips" if row["val_acc"] is None
+           else f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.3f}")
     print(f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.3f}  "
-          f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.3f}  {row['clips_per_s']:.1f} clips/s  "
+          f"{val}  {row['clips_per_s']:.1f} clips/s  "
           f"signs kept {row['sign_agreement_with_init']:.3f}", file=sys.stderr, flush=True)
 
 
@@ -301,7 +327,8 @@ def train(*, config: TrainConfig, resume: bool = False, progress: bool = True,
         loss_sum, correct = _train_epoch(net=net, model=model, opt=opt, ds=ds, train_idx=train_idx, epoch=epoch,
                                          cfg=cfg, dist=dist, noise=noise, progress=progress)
         seconds = time.perf_counter() - t0
-        val_loss, val_acc = evaluate_split(model, ds, parts["val"], dist)
+        held_out = len(parts["val"]) > 0      # fold -1: no validation clips; the last epoch is the model
+        val_loss, val_acc = evaluate_split(model, ds, parts["val"], dist) if held_out else (None, None)
         val_seconds = time.perf_counter() - t0 - seconds
         lr = opt.param_groups[0]["lr"]
         _step_schedule(sched, val_acc)
@@ -311,7 +338,7 @@ def train(*, config: TrainConfig, resume: bool = False, progress: bool = True,
                "clips_per_s": round(n / seconds, 2),
                "sign_agreement_with_init": sign_agreement(model, run.init_signs)}
         run.history.append(row)
-        improved = (val_acc, -val_loss) > (run.best["val_acc"], -run.best["val_loss"])
+        improved = not held_out or (val_acc, -val_loss) > (run.best["val_acc"], -run.best["val_loss"])
         if improved:
             run.best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch + 1}
         stopped = _stop_early(cfg, run)
@@ -333,7 +360,8 @@ def train(*, config: TrainConfig, resume: bool = False, progress: bool = True,
     if dist.main and (last == cfg.epochs or stopped):
         from pixelrnn.report import final_report
         report = final_report(best_path=best_path, ds=ds, test_idx=parts["test"], out=out,
-                              history=run.history, best_epoch=run.best["epoch"], config=cfg.to_dict())
+                              history=run.history, best_epoch=run.best["epoch"], config=cfg.to_dict(),
+                              train_idx=train_idx)
     dist.barrier()
     teardown_distributed(dist)
     return report

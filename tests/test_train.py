@@ -174,6 +174,9 @@ def _cli(*args, cwd=REPO):
     ("- a\n- b\n", "expected a mapping"),
     ("lr: fast\n", "lr must be a finite number"),
     ("noise_file: nope.json\n", "not 'off', 'authors' or an existing JSON file"),
+    ("init_decoder: true\n", "init_decoder needs init_from"),
+    ("dataset: cambridge\nfold: -1\npatience: 5\n", "has no validation clips: set patience 0"),
+    ("dataset: grid\nfold: -1\n", "fold -1 (every clip trains) is for the cross-validated data sets"),
 ])
 def test_bad_config_gives_one_line_error(tmp_path, content, message):
     cfg = tmp_path / "bad.yaml"
@@ -229,6 +232,10 @@ def test_splits_are_fixed_disjoint_and_honest():
     assert sorted(tests.tolist()) == list(range(90))                            # each clip tested once
     with pytest.raises(ValueError, match="fold"):
         split(cam, fold=5)
+    every = split(cam, fold=-1)                   # the final model after CV: every clip trains
+    assert every["train"].tolist() == list(range(90)) and len(every["val"]) == len(every["test"]) == 0
+    with pytest.raises(ValueError, match="fold"):
+        split(cam, fold=-2)
 
 
 def test_even_sampling_and_augmentation():
@@ -253,7 +260,7 @@ def test_shipped_configs_are_valid():
         if f.name.startswith("sweep_"):          # a `pixelrnn sweep` spec: every point is a valid config
             from pixelrnn.sweep import load_spec
             spec = load_spec(f)
-            points = [spec.train_config(name, seed, REPO / "runs") for name in spec.configs for seed in spec.seeds]
+            points = [spec.point_config(pt, REPO / "runs") for pt in spec.points()]
             assert all(p.dataset in ("grid", "avletters", "avletters_ms", "cambridge") for p in points)
             init = {p.init_from for p in points if p.init_from}
             assert all((REPO / i).is_file() for i in init), init      # the warm start ships with the repo
@@ -320,3 +327,31 @@ def test_grid_300_config_is_the_authors_budget_with_early_stopping():
     from pixelrnn.train import TrainConfig, load_config_file
     cfg = TrainConfig.from_dict(load_config_file(REPO / "configs" / "grid_300.yaml"))
     assert cfg.dataset == "grid" and cfg.epochs == 300 and cfg.patience > 0
+
+
+@pytest.mark.slow
+def test_init_decoder_fine_tunes_the_whole_model_and_fold_minus_one_trains_on_every_clip(tmp_path):
+    """init_decoder copies the source's decoder and input normalisation (a fine-tune); a layout the
+    decoder was not trained for is a one-line error; fold -1 trains on all 90 Cambridge clips, keeps
+    the last epoch and reports its training-set fit (there are no held-out clips)."""
+    from pixelrnn.train_loop import train
+    need(DATA / "pixelrnn_ref" / "cambridge_test90.npz")
+    src_path = DATA / "pixelrnn_ref" / "pretrained" / "cam_noise.pt"
+    need(src_path)
+    src = load_model(src_path)
+    cfg = _cfg(tmp_path / "all", str(DATA), dataset="cambridge", fold=-1, epochs=2, lr=1e-12, lr_binary=0.0, limit=0,
+               init_from=str(src_path), init_decoder=True, noise_conv=0.0, noise_gate=0.0, noise_out=0.0)
+    report = train(config=cfg, progress=False)
+    assert report["test"] is None and report["train_fit"]["n"] == 90 and report["best_epoch"] == 2
+    assert report["simulator_agrees"]
+    model = load_model(tmp_path / "all" / "model.pt")
+    assert model.config.input_mean == src.config.input_mean and model.config.input_std == src.config.input_std
+    for name in ("fc.weight", "fc.bias", "fin_conv", "thresh3", "bn.weight", "bn.bias"):
+        torch.testing.assert_close(model.state_dict()[name], src.state_dict()[name], rtol=0, atol=1e-9,
+                                   msg=name)    # lr 1e-12: Adam moves nothing visibly
+    metrics = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert [e["val_acc"] for e in metrics["epochs"]] == [None, None]
+    res = _cli("train", "--dataset", "cambridge", "--data-dir", str(DATA), "--init-from", str(src_path),
+               "--init-decoder", "true", "--readout-every", "2", "--out-dir", str(tmp_path / "bad"))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "has another readout layout" in res.stderr and "drop init_decoder" in res.stderr
