@@ -30,6 +30,7 @@ POOLS = (1, 2, 4, 8)
 MAX_TIMESTEPS = 1024      # frames per window (core.bundle's bound)
 MAX_CHANNELS = 4          # K output pairs; program.py checks what the array's registers hold
 DEFAULT_STEP = {8: 1.0 / IW, 4: 2.0, 2: 4.0, 1: 8.0}    # MAC units per level
+MAX_STEP = 1000.0         # a b-bit step larger than this reads |o| <= 50 as one or two levels
 
 
 def _as_int(value) -> int | None:
@@ -79,8 +80,9 @@ class ReadoutLayout:
             raise ValueError(f"readout pool must be one of {POOLS}, got {self.pool!r}")
         step = self.step
         if isinstance(step, bool) or not isinstance(step, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(float(step)) or step < 0:
-            raise ValueError(f"readout step must be a finite number >= 0 (0 = default), got {self.step!r}")
+                or not math.isfinite(float(step)) or not 0 <= step <= MAX_STEP:
+            raise ValueError(f"readout step must be a number 0..{MAX_STEP:g} (0 = default; |o| <= 50 MAC units, so "
+                             f"a larger step reads every value as one or two levels), got {self.step!r}")
         step = float(step)
         if self.bits == 8 and step not in (0.0, DEFAULT_STEP[8]):
             raise ValueError("the 8-bit readout is the sensor's ADC (step 1/10 MAC); leave step at 0")
@@ -232,4 +234,4 @@ class ReadoutLayout:
 
 AUTHORS = ReadoutLayout()
 
-__all__ = ["AUTHORS", "BITS", "DEFAULT_STEP", "MAX_CHANNELS", "POOLS", "ReadoutLayout"]
+__all__ = ["AUTHORS", "BITS", "DEFAULT_STEP", "MAX_CHANNELS", "MAX_STEP", "POOLS", "ReadoutLayout"]

@@ -9,11 +9,10 @@ Everything is written into a temporary folder next to ``out`` and moved into ``o
 of it succeeded; on any failure the temporary folder is removed and ``out`` is left as it was.
 
 A model with another readout layout (``config.layout`` not the authors', :mod:`core.readout_layout`)
-exports ``sensor_weights.npz``, ``host.onnx`` (its decoder on the layout's levels) and the manifest:
+or decoder head exports ``sensor_weights.npz``, the manifest and:
 
-- ``onnx`` writes ``host.onnx`` only; ``sensor.onnx`` and ``pixelrnn.onnx`` (the hand-built sensor
-  graph reads out the authors' layout only) are listed with the reason under ``skipped`` in the
-  manifest (and in :attr:`ExportResult.skipped`);
+- ``onnx``: all three files, ``sensor.onnx`` and ``pixelrnn.onnx`` reading out the layout's levels
+  (1, M, S, S) uint8 and ``host.onnx`` decoding them (:mod:`export.onnx_export`);
 - ``tflite``, ``lce`` and ``scamp5`` cannot express a layout yet: asked for by name, the export is
   refused with a one-line InputError naming the format and the layout (nothing is written); under
   ``all`` they are skipped, each with its reason under ``skipped``. ``int8`` (TFLite) is refused.
@@ -67,13 +66,10 @@ def layout_plan(layout, chosen: tuple[str, ...], *, asked_all: bool, int8: bool,
                 decoder: str = "authors") -> tuple[tuple[str, ...], dict[str, str]]:
     """(formats to write, {format or file: why skipped}) for a model reading out ``layout``.
 
-    The authors' layout: everything chosen, nothing skipped. Any other: ``onnx`` writes host.onnx
-    only (sensor.onnx and pixelrnn.onnx skipped); tflite, lce and scamp5 are skipped under ``all``
-    and a one-line InputError when named."""
+    The authors' layout and head: everything chosen, nothing skipped. Any other: ``onnx`` writes all
+    three files; tflite, lce and scamp5 are skipped under ``all`` and a one-line InputError when named."""
     if layout.is_authors and decoder == "authors":
         return chosen, {}
-    from export.onnx_export import LAYOUT_SKIPPED
-
     if layout.is_authors:       # another head on the authors' readout: the layout path exports it
         what = f"the {decoder} decoder head"
     else:
@@ -86,10 +82,8 @@ def layout_plan(layout, chosen: tuple[str, ...], *, asked_all: bool, int8: bool,
     if refused and not asked_all:
         fmt = refused[0]
         raise InputError(f"format {fmt} cannot express {what} yet: "
-                         f"{LAYOUT_REASONS[fmt]}; export with --format onnx (host.onnx + sensor_weights.npz)")
+                         f"{LAYOUT_REASONS[fmt]}; export with --format onnx (sensor, host and full ONNX graphs)")
     skipped = {f: f"{LAYOUT_REASONS[f]}; cannot express {what}" for f in refused}
-    if "onnx" in chosen:
-        skipped.update(LAYOUT_SKIPPED)
     return tuple(f for f in chosen if f not in LAYOUT_REASONS), skipped
 
 

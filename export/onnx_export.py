@@ -2,19 +2,23 @@
 
 Three models, all plain ONNX that stock ONNX Runtime runs (no custom op library):
 
-- ``sensor.onnx``: ``frames`` (1, T, 64, 64) uint8 -> ``readout`` (1, 64, 64) uint8, the 8-bit
-  encoded o at the last frame. The whole in-pixel computation is ONE node, ``PixelRNNSensor`` of
-  domain ``pixelrnn.ppa``: an ONNX local function (FunctionProto) whose body uses only standard
-  operators, and whose inputs are the sensor program's weights (graph initializers).
+- ``sensor.onnx``: ``frames`` (1, T, 64, 64) uint8 -> ``readout`` uint8 levels. The whole in-pixel
+  computation is ONE node, ``PixelRNNSensor`` of domain ``pixelrnn.ppa``: an ONNX local function
+  (FunctionProto) whose body uses only standard operators, and whose inputs are the sensor
+  program's weights (graph initializers).
 - ``host.onnx``: ``readout`` -> ``logits`` (1, classes) float32, the off-sensor decoder.
 - ``pixelrnn.onnx``: ``frames`` -> ``logits`` and ``readout`` (sensor function + decoder).
 
-A model with another readout layout (:class:`core.readout_layout.ReadoutLayout`: several frames, K
-output kernel pairs, pooling, 4/2/1-bit levels; the ``authors`` or ``mlp`` head) gets ``host.onnx``
-only: ``readout`` (1, M, S, S) uint8 levels -> ``logits``, :meth:`PixelRNN.decode` node by node
-(:func:`layout_host_model`). The sensor function reads out the authors' layout only, so
-``sensor.onnx`` and ``pixelrnn.onnx`` are not made for it (:data:`LAYOUT_SKIPPED` says why); the
-camera loop runs the sensor from ``sensor_weights.npz`` (``firmware_sim``) either way.
+The readout is the sensor program's :class:`core.readout_layout.ReadoutLayout`. The authors' (o at
+the last frame, one kernel pair, 64x64, 8 bit) is ``readout`` (1, 64, 64), the 8-bit encoded o_T,
+with the authors' decoder (:func:`host_model`); its graphs are byte for byte those of before
+layouts existed. Any other layout (o at several frames, K output kernel pairs, pooling, 4/2/1-bit
+levels) or head (``mlp``, ``cnn``) reads out ``readout`` (1, M, S, S) uint8, M = frames x K maps,
+frame-major, S = 64 / pool (the authors' 64x64 map keeps its (1, 64, 64)), exactly
+``firmware_sim``'s ``SensorResult.readout`` of one window; ``host.onnx`` is
+:meth:`PixelRNN.decode` node by node (:func:`layout_host_model`). The function unrolls the steps
+up to the last read-out frame and concatenates the read-out frames' o (1, K, 64, 64) along the
+map axis.
 
 Exactness (``firmware_sim.fast`` is the reference, byte for byte): the front end uses the same
 float32 ops in the same order as ``FrontEnd.normalize`` / ``binarize``. Binary convolutions of +-1
@@ -23,7 +27,20 @@ binary decision is a comparison of a pre-activation with a threshold (GreaterOrE
 sign(0) = +1), never a sigmoid (docs/DESIGN.md section 4). Since those pre-activations are integers,
 ``v >= t`` is the same as ``v >= ceil(t)``: the graph compares with ``ceil(t)``, which float32 holds
 exactly, so a float64 threshold (``SensorWeights``) decides exactly as the simulator does. The
-readout ``clip(floor(127 + 10 o), 0, 255)`` is of an integer o, so also exact.
+readout, as ``ReadoutLayout.pool_maps`` then ``quantize``:
+
+- pooling is ``AveragePool`` over pool x pool blocks (``pool_maps``: the block sum / pool**2): the
+  sum of integers |o| <= 50 is exact, and dividing by a power of two is exact, so the float32 mean
+  is the float64 one;
+- 8 bit: ``clip(floor(127 + 10 o), 0, 255)`` (Mul, Add, Floor, Clip). o is an integer divided by
+  pool**2 <= 64, so 10 o and 127 + 10 o are exact in float32 as in float64: no rounding occurs;
+- 4/2/1 bit, any ``step``: the level is the number of thresholds t_m (m = 1 .. 2**b - 1) with
+  ``o >= t_m`` (GreaterOrEqual against all of them, ReduceSum over them; :func:`readout_thresholds`).
+  t_m is the least value the sensor can read out (|o| <= 50, a multiple of 1 / pool**2) that
+  ``ReadoutLayout.quantize`` puts at level m or above, so the comparison decides as the float64
+  ``floor(o / step)`` does on every such value, with no division in the graph.
+
+The graphs are noise-free (the simulator with ``NoiseModel.off()``).
 """
 from __future__ import annotations
 
@@ -39,7 +56,7 @@ from onnx import TensorProto, helper, numpy_helper
 from core.errors import InputError
 from core.readout_layout import ReadoutLayout
 from firmware_sim.encoding import IW, ZERO_LEVEL
-from firmware_sim.weights import KERNEL, SensorWeights, require_authors_layout
+from firmware_sim.weights import KERNEL, SensorWeights
 from pixelrnn import __version__
 
 OPSET = 17              # ONNX Runtime >= 1.13 (a Pi's pip wheel) runs it
@@ -51,9 +68,8 @@ PRODUCER = "pixelrnn-edge"
 SIZE = 64
 POOL = 4
 FILES = ("sensor.onnx", "host.onnx", "pixelrnn.onnx")
-LAYOUT_SKIPPED = {name: "the hand-built sensor graph reads out the authors' layout only (o at the last frame, "
-                        "1 channel, 64x64, 8 bit); the device runs the sensor from sensor_weights.npz"
-                  for name in ("sensor.onnx", "pixelrnn.onnx")}
+LEVEL_BOUND = 1_000_000  # |threshold| clamp: float32 holds it exactly, and every |sum| the graph compares is far below
+O_MAX = 2 * KERNEL * KERNEL  # |o| = |W_oi*x + W_oh*h| <= 25 + 25 (+-1 kernels on +-1 maps)
 
 _F = TensorProto.FLOAT
 
@@ -94,7 +110,18 @@ def threshold_level(value: float) -> float:
     Clamped to +-1e6, which float32 holds exactly: pre-activations are sums of at most 50 +-1
     taps, so the clamp changes no decision (and keeps huge thresholds from overflowing float32).
     """
-    return float(min(max(math.ceil(value), -1_000_000), 1_000_000))
+    return float(min(max(math.ceil(value), -LEVEL_BOUND), LEVEL_BOUND))
+
+
+def readout_thresholds(layout: ReadoutLayout) -> np.ndarray:
+    """The b < 8-bit readout's level thresholds, float32 (2**b - 1,): t_m is the least o the sensor can
+    read out (a multiple of 1 / pool**2 in [-50, 50], as ``pool_maps`` makes it) whose level
+    (``ReadoutLayout.quantize``) is >= m, or :data:`LEVEL_BOUND` if none is. Levels are monotone in o,
+    so for every such o the level is the number of m with ``o >= t_m``; each t_m is exact in float32."""
+    area = layout.pool * layout.pool
+    values = np.arange(-O_MAX * area, O_MAX * area + 1) / float(area)
+    first = np.searchsorted(layout.quantize(values), np.arange(1, layout.max_level + 1))
+    return np.where(first < len(values), values[np.minimum(first, len(values) - 1)], LEVEL_BOUND).astype(np.float32)
 
 
 # -- small builders -----------------------------------------------------------------------------
@@ -118,91 +145,164 @@ def _sign_nodes(pre: str, level: str, out: str) -> list[onnx.NodeProto]:
 # -- the sensor: one local function ---------------------------------------------------------------
 SENSOR_INPUTS = ("frames", "conv1", "w_input", "w_hidden", "input_mean", "input_std", "theta0",
                  "thresh1_level", "gate_level")
+LEVELS_INPUT = "readout_thresholds"     # a b < 8-bit readout's extra input (:func:`readout_thresholds`)
+PADS = [KERNEL // 2] * 4
 
 
-def sensor_function(*, timesteps: int) -> onnx.FunctionProto:
+def sensor_inputs(layout: ReadoutLayout) -> list[str]:
+    """The function's inputs: :data:`SENSOR_INPUTS`, and :data:`LEVELS_INPUT` for a b < 8-bit readout."""
+    return list(SENSOR_INPUTS) + ([LEVELS_INPUT] if layout.bits < 8 else [])
+
+
+def _function_layout(timesteps: int, layout: ReadoutLayout | None) -> ReadoutLayout:
+    """``layout`` (None: the authors' for ``timesteps``); one for other timesteps is a ValueError."""
+    if layout is None:
+        return ReadoutLayout(frames=(timesteps,), timesteps=timesteps)
+    if not isinstance(layout, ReadoutLayout) or layout.timesteps != timesteps:
+        raise ValueError(f"the sensor function needs a ReadoutLayout for timesteps={timesteps}, got {layout!r}")
+    return layout
+
+
+def sensor_function(*, timesteps: int, layout: ReadoutLayout | None = None) -> onnx.FunctionProto:
     """The in-pixel program as the local function ``pixelrnn.ppa.PixelRNNSensor``.
 
-    Inputs: ``frames`` (1, T, 64, 64) uint8; ``conv1`` (16, 1, 5, 5) +-1; ``w_input`` (2, 1, 5, 5)
-    = (W_fi, W_oi); ``w_hidden`` (2, 1, 5, 5) = (W_fh, W_oh); front end ``input_mean``,
-    ``input_std``, ``theta0`` (float32 scalars); ``thresh1_level``, ``gate_level`` (ceil of the
-    thresholds). Output: ``readout`` (1, 64, 64) uint8. The T recurrent steps are unrolled.
+    Inputs (:func:`sensor_inputs`): ``frames`` (1, T, 64, 64) uint8; ``conv1`` (16, 1, 5, 5) +-1;
+    ``w_input`` (1 + K, 1, 5, 5) = (W_fi, W_oi[0..K-1]); ``w_hidden`` (1 + K, 1, 5, 5) = (W_fh,
+    W_oh[...]); front end ``input_mean``, ``input_std``, ``theta0`` (float32 scalars);
+    ``thresh1_level``, ``gate_level`` (ceil of the thresholds); for a b < 8-bit readout
+    ``readout_thresholds`` (2**b - 1, 1, 1, 1, 1). Output: ``readout``, the levels of ``layout``
+    (None: the authors', (1, 64, 64) uint8; any other (1, M, S, S) uint8). The recurrent steps are
+    unrolled up to the last read-out frame.
     """
-    t, s, p = timesteps, SIZE, SIZE // POOL
-    pads = [KERNEL // 2] * 4
-    nodes = [_const("one", 1.0), _const("minus_one", -1.0), _const("zero", 0.0),
-             _const("c255", 255.0), _const("c_iw", IW), _const("c_zero_level", ZERO_LEVEL),
-             _const("shape_frames", [t, 1, s, s], np.int64),
-             _const("shape_tiles", [t, 4, 4, p, p], np.int64),
-             _const("shape_readout", [1, s, s], np.int64),
-             _const("hidden_0", np.ones((1, 1, s, s)))]
-    # front end, FrontEnd.binarize's float32 ops in its order: ((g / 255 - mean) / std) - theta0 >= 0
-    nodes += [helper.make_node("Cast", ["frames"], ["gray"], to=_F),
-              helper.make_node("Div", ["gray", "c255"], ["g"]),
-              helper.make_node("Sub", ["g", "input_mean"], ["g_centred"]),
-              helper.make_node("Div", ["g_centred", "input_std"], ["x_norm"]),
-              helper.make_node("Sub", ["x_norm", "theta0"], ["x_pre"])]
-    nodes += _sign_nodes("x_pre", "zero", "x_bin")
-    # in-pixel CNN on all frames at once: conv, ReLU, 4x4 max-pool, threshold, 4x4 mosaic
-    nodes += [helper.make_node("Reshape", ["x_bin", "shape_frames"], ["x_frames"]),
-              helper.make_node("Conv", ["x_frames", "conv1"], ["conv"], kernel_shape=[KERNEL] * 2,
-                               pads=pads),
-              helper.make_node("Relu", ["conv"], ["conv_relu"]),
-              helper.make_node("MaxPool", ["conv_relu"], ["pooled"], kernel_shape=[POOL] * 2,
-                               strides=[POOL] * 2)]
+    layout = _function_layout(timesteps, layout)
+    recurrent, outs = _recurrent_nodes(layout)
+    nodes = _sensor_constants(layout) + _frontend_nodes() + _cnn_nodes(timesteps) + recurrent
+    nodes += _readout_nodes(layout, outs)
+    readout = "8-bit readout of o_T" if layout.is_authors else f"readout {layout.describe()}, maps frame-major"
+    return helper.make_function(
+        DOMAIN, SENSOR_OP, sensor_inputs(layout), ["readout"], nodes,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        doc_string=(f"PixelRNN in-pixel program, {timesteps} frames: binarized front end, 16 binary 5x5 convs, "
+                    f"ReLU, 4x4 max-pool, threshold, 4x4 mosaic, binary RNN (h0=+1), {readout}. Binary "
+                    "decisions: pre-activation >= ceil(threshold)."))
+
+
+def _sensor_constants(layout: ReadoutLayout) -> list[onnx.NodeProto]:
+    t, s, p = layout.timesteps, SIZE, SIZE // POOL
+    nodes = [_const("one", 1.0), _const("minus_one", -1.0), _const("zero", 0.0), _const("c255", 255.0)]
+    if layout.bits == 8:
+        nodes += [_const("c_iw", IW), _const("c_zero_level", ZERO_LEVEL)]
+    nodes += [_const("shape_frames", [t, 1, s, s], np.int64), _const("shape_tiles", [t, 4, 4, p, p], np.int64)]
+    if layout.is_authors:
+        nodes.append(_const("shape_readout", [1, s, s], np.int64))
+    if layout.channels > 1:
+        nodes.append(_const("split_gate_out", [1, layout.channels], np.int64))
+    if layout.bits < 8:
+        nodes.append(_const("axis_levels", [0], np.int64))
+    return nodes + [_const("hidden_0", np.ones((1, 1, s, s)))]
+
+
+def _frontend_nodes() -> list[onnx.NodeProto]:
+    """FrontEnd.binarize's float32 ops in its order: ((g / 255 - mean) / std) - theta0 >= 0 -> ``x_bin``."""
+    nodes = [helper.make_node("Cast", ["frames"], ["gray"], to=_F),
+             helper.make_node("Div", ["gray", "c255"], ["g"]),
+             helper.make_node("Sub", ["g", "input_mean"], ["g_centred"]),
+             helper.make_node("Div", ["g_centred", "input_std"], ["x_norm"]),
+             helper.make_node("Sub", ["x_norm", "theta0"], ["x_pre"])]
+    return nodes + _sign_nodes("x_pre", "zero", "x_bin")
+
+
+def _cnn_nodes(timesteps: int) -> list[onnx.NodeProto]:
+    """The in-pixel CNN on all frames at once (conv, ReLU, 4x4 max-pool, threshold, 4x4 mosaic), then
+    the input halves of the recurrent convolutions, which do not depend on h: ``x_in_0`` .. ``x_in_{T-1}``."""
+    nodes = [helper.make_node("Reshape", ["x_bin", "shape_frames"], ["x_frames"]),
+             helper.make_node("Conv", ["x_frames", "conv1"], ["conv"], kernel_shape=[KERNEL] * 2, pads=PADS),
+             helper.make_node("Relu", ["conv"], ["conv_relu"]),
+             helper.make_node("MaxPool", ["conv_relu"], ["pooled"], kernel_shape=[POOL] * 2,
+                              strides=[POOL] * 2)]
     nodes += _sign_nodes("pooled", "thresh1_level", "features")
     # map k at tile row k % 4, tile column k // 4 (firmware_sim.mosaic):
     # (T, col, row, h, w) -> (T, row, h, col, w)
-    nodes += [helper.make_node("Reshape", ["features", "shape_tiles"], ["tiles"]),
-              helper.make_node("Transpose", ["tiles"], ["tiles_t"], perm=[0, 2, 3, 1, 4]),
-              helper.make_node("Reshape", ["tiles_t", "shape_frames"], ["x_mosaic"]),
-              # input halves of the recurrent convolutions do not depend on h: all frames at once
-              helper.make_node("Conv", ["x_mosaic", "w_input"], ["x_in"], kernel_shape=[KERNEL] * 2,
-                               pads=pads),
-              helper.make_node("Split", ["x_in"], [f"x_in_{i}" for i in range(t)], axis=0)]
-    hidden = "hidden_0"
-    for i in range(t):
+    return nodes + [
+        helper.make_node("Reshape", ["features", "shape_tiles"], ["tiles"]),
+        helper.make_node("Transpose", ["tiles"], ["tiles_t"], perm=[0, 2, 3, 1, 4]),
+        helper.make_node("Reshape", ["tiles_t", "shape_frames"], ["x_mosaic"]),
+        helper.make_node("Conv", ["x_mosaic", "w_input"], ["x_in"], kernel_shape=[KERNEL] * 2, pads=PADS),
+        helper.make_node("Split", ["x_in"], [f"x_in_{i}" for i in range(timesteps)], axis=0)]
+
+
+def _recurrent_nodes(layout: ReadoutLayout) -> tuple[list[onnx.NodeProto], list[str]]:
+    """The binary RNN (h0 = +1), unrolled up to the last read-out frame: (nodes, the read-out frames'
+    o, each (1, K, 64, 64), in frame order). Step i splits its 1 + K sums into the gate's and o's."""
+    last = layout.frames[-1]
+    split = ["split_gate_out"] if layout.channels > 1 else []
+    nodes, hidden = [], "hidden_0"
+    for i in range(last):
         nodes += [helper.make_node("Conv", [hidden, "w_hidden"], [f"h_in_{i}"],
-                                   kernel_shape=[KERNEL] * 2, pads=pads),
+                                   kernel_shape=[KERNEL] * 2, pads=PADS),
                   helper.make_node("Add", [f"x_in_{i}", f"h_in_{i}"], [f"pre_{i}"]),
-                  helper.make_node("Split", [f"pre_{i}"], [f"gate_pre_{i}", f"out_{i}"], axis=1)]
-        if i < t - 1:  # the last frame's gate is never used: only o_T leaves the sensor
+                  helper.make_node("Split", [f"pre_{i}"] + split, [f"gate_pre_{i}", f"out_{i}"], axis=1)]
+        if i < last - 1:  # the last read-out step's gate is never used: nothing after it leaves the sensor
             nodes += _sign_nodes(f"gate_pre_{i}", "gate_level", f"gate_{i}")
             nodes.append(helper.make_node("Mul", [f"gate_{i}", hidden], [f"hidden_{i + 1}"]))
             hidden = f"hidden_{i + 1}"
-    # readout (ADC): clip(floor(127 + iw * o), 0, 255) as uint8
-    nodes += [helper.make_node("Mul", [f"out_{t - 1}", "c_iw"], ["o_scaled"]),
-              helper.make_node("Add", ["o_scaled", "c_zero_level"], ["o_level"]),
-              helper.make_node("Floor", ["o_level"], ["o_floor"]),
-              helper.make_node("Clip", ["o_floor", "zero", "c255"], ["o_clipped"]),
-              helper.make_node("Reshape", ["o_clipped", "shape_readout"], ["o_map"]),
-              helper.make_node("Cast", ["o_map"], ["readout"], to=TensorProto.UINT8)]
-    return helper.make_function(
-        DOMAIN, SENSOR_OP, list(SENSOR_INPUTS), ["readout"], nodes,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        doc_string=(f"PixelRNN in-pixel program, {t} frames: binarized front end, 16 binary 5x5 convs, "
-                    "ReLU, 4x4 max-pool, threshold, 4x4 mosaic, binary RNN (h0=+1), 8-bit readout of "
-                    "o_T. Binary decisions: pre-activation >= ceil(threshold)."))
+    return nodes, [f"out_{f - 1}" for f in layout.frames]
+
+
+def _readout_nodes(layout: ReadoutLayout, outs: list[str]) -> list[onnx.NodeProto]:
+    """The read-out frames' o -> ``readout`` uint8: ``ReadoutLayout.pool_maps`` then ``quantize``
+    (see the module docstring for why each step is exact)."""
+    if layout.is_authors:       # o_T (1, 1, 64, 64) -> (1, 64, 64), as before layouts existed
+        return _adc_nodes(outs[0]) + [helper.make_node("Reshape", ["o_clipped", "shape_readout"], ["o_map"]),
+                                      helper.make_node("Cast", ["o_map"], ["readout"], to=TensorProto.UINT8)]
+    nodes, o = [], outs[0]
+    if len(outs) > 1:           # frame-major: read-out frame i's K maps are maps i*K .. i*K + K - 1
+        nodes.append(helper.make_node("Concat", outs, ["o_maps"], axis=1))
+        o = "o_maps"
+    if layout.pool > 1:         # the mean of each pool x pool block
+        p = layout.pool
+        nodes.append(helper.make_node("AveragePool", [o], ["o_pooled"], kernel_shape=[p, p], strides=[p, p]))
+        o = "o_pooled"
+    if layout.bits == 8:
+        return nodes + _adc_nodes(o) + [helper.make_node("Cast", ["o_clipped"], ["readout"], to=TensorProto.UINT8)]
+    # level = #{m : o >= t_m}: (2**b - 1, 1, M, S, S) comparisons, summed over the thresholds
+    return nodes + [helper.make_node("GreaterOrEqual", [o, LEVELS_INPUT], ["o_ge"]),
+                    helper.make_node("Cast", ["o_ge"], ["o_ge_f"], to=_F),
+                    helper.make_node("ReduceSum", ["o_ge_f", "axis_levels"], ["o_levels"], keepdims=0),
+                    helper.make_node("Cast", ["o_levels"], ["readout"], to=TensorProto.UINT8)]
+
+
+def _adc_nodes(o: str) -> list[onnx.NodeProto]:
+    """The 8-bit ADC level ``clip(floor(127 + iw * o), 0, 255)`` of ``o``, as float32 ``o_clipped``."""
+    return [helper.make_node("Mul", [o, "c_iw"], ["o_scaled"]),
+            helper.make_node("Add", ["o_scaled", "c_zero_level"], ["o_level"]),
+            helper.make_node("Floor", ["o_level"], ["o_floor"]),
+            helper.make_node("Clip", ["o_floor", "zero", "c255"], ["o_clipped"])]
 
 
 def _sensor_initializers(sensor: SensorWeights) -> list[TensorProto]:
-    fe = sensor.frontend
+    fe, layout = sensor.frontend, sensor.layout
     t1, tg = threshold_level(sensor.thresh1), threshold_level(sensor.rnn_threshold)
-    return [
+    out = "" if sensor.channels == 1 else f"[0..{sensor.channels - 1}]"
+    inits = [
         _init("conv1", sensor.conv1[:, None], "16 binary 5x5 kernels (cross-correlation)"),
-        _init("w_input", np.stack([sensor.w_fi, sensor.w_oi[0]])[:, None], "W_fi, W_oi"),
-        _init("w_hidden", np.stack([sensor.w_fh, sensor.w_oh[0]])[:, None], "W_fh, W_oh"),
+        _init("w_input", np.concatenate([sensor.w_fi[None], sensor.w_oi])[:, None], f"W_fi, W_oi{out}"),
+        _init("w_hidden", np.concatenate([sensor.w_fh[None], sensor.w_oh])[:, None], f"W_fh, W_oh{out}"),
         _init("input_mean", fe.mean, "front end mean (gray/255 scale)"),
         _init("input_std", fe.std, "front end std"),
         _init("theta0", fe.theta0, "input binarization threshold, sign(x - theta0)"),
         _init("thresh1_level", t1, f"ceil(thresh1 = {sensor.thresh1!r}): pooled sums are integers"),
         _init("gate_level", tg, f"ceil(rnn_threshold = {sensor.rnn_threshold!r}): gate sums are integers"),
     ]
+    if layout.bits < 8:
+        inits.append(_init(LEVELS_INPUT, readout_thresholds(layout).reshape(-1, 1, 1, 1, 1),
+                           f"level = #(o >= t_m), t_m the least readable o at level >= m "
+                           f"(bits {layout.bits}, step {layout.step!r})"))
+    return inits
 
 
-def _sensor_node() -> onnx.NodeProto:
-    return helper.make_node(SENSOR_OP, list(SENSOR_INPUTS), ["readout"], name="pixel_array",
-                            domain=DOMAIN)
+def _sensor_node(layout: ReadoutLayout) -> onnx.NodeProto:
+    return helper.make_node(SENSOR_OP, sensor_inputs(layout), ["readout"], name="pixel_array", domain=DOMAIN)
 
 
 def _check_sensor(sensor: SensorWeights) -> None:
@@ -210,7 +310,6 @@ def _check_sensor(sensor: SensorWeights) -> None:
         raise TypeError(f"sensor must be a firmware_sim SensorWeights, got {type(sensor).__name__}")
     if sensor.frontend.size != SIZE:
         raise ValueError(f"ONNX export supports {SIZE}x{SIZE} sensors, got size {sensor.frontend.size}")
-    require_authors_layout(sensor, "the ONNX sensor graph (sensor.onnx, pixelrnn.onnx)")
 
 
 # -- the host decoder -----------------------------------------------------------------------------
@@ -256,8 +355,14 @@ def _frames_info(timesteps: int):
     return helper.make_tensor_value_info("frames", TensorProto.UINT8, [1, timesteps, SIZE, SIZE])
 
 
-def _readout_info():
-    return helper.make_tensor_value_info("readout", TensorProto.UINT8, [1, SIZE, SIZE])
+def readout_shape(layout: ReadoutLayout | None = None) -> list[int]:
+    """The ``readout`` tensor's shape: (1, 64, 64) for the authors' layout (None), (1, M, S, S) for any
+    other (one window of ``firmware_sim``'s ``SensorResult.readout``)."""
+    return [1, SIZE, SIZE] if layout is None or layout.is_authors else [1, *layout.shape]
+
+
+def _readout_info(layout: ReadoutLayout | None = None):
+    return helper.make_tensor_value_info("readout", TensorProto.UINT8, readout_shape(layout))
 
 
 def _make_model(graph: onnx.GraphProto, *, functions: list[onnx.FunctionProto],
@@ -294,13 +399,17 @@ def model_metadata(*, sensor: SensorWeights, classes: list[str] | None = None,
 
 
 def sensor_model(*, sensor: SensorWeights, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
-    """``sensor.onnx``: frames -> readout, one ``pixelrnn.ppa.PixelRNNSensor`` node."""
+    """``sensor.onnx``: frames -> readout (the levels of ``sensor.layout``), one
+    ``pixelrnn.ppa.PixelRNNSensor`` node."""
     _check_sensor(sensor)
-    graph = helper.make_graph([_sensor_node()], "pixelrnn_sensor", [_frames_info(sensor.timesteps)],
-                              [_readout_info()], initializer=_sensor_initializers(sensor))
-    return _make_model(graph, functions=[sensor_function(timesteps=sensor.timesteps)],
-                       metadata=metadata or model_metadata(sensor=sensor),
-                       doc="PixelRNN sensor (pixel-processor array): frames -> 8-bit readout")
+    layout = sensor.layout
+    graph = helper.make_graph([_sensor_node(layout)], "pixelrnn_sensor", [_frames_info(sensor.timesteps)],
+                              [_readout_info(layout)], initializer=_sensor_initializers(sensor))
+    if not metadata:
+        metadata = model_metadata(sensor=sensor) if layout.is_authors else layout_metadata(sensor=sensor, frames=True)
+    what = "8-bit readout" if layout.is_authors else f"readout levels ({layout.describe()})"
+    return _make_model(graph, functions=[sensor_function(timesteps=sensor.timesteps, layout=layout)],
+                       metadata=metadata, doc=f"PixelRNN sensor (pixel-processor array): frames -> {what}")
 
 
 def host_model(*, decoder: DecoderParams, metadata: dict[str, str]) -> onnx.ModelProto:
@@ -313,16 +422,34 @@ def host_model(*, decoder: DecoderParams, metadata: dict[str, str]) -> onnx.Mode
                        doc="PixelRNN host decoder: 8-bit readout -> class logits")
 
 
-def full_model(*, sensor: SensorWeights, decoder: DecoderParams, metadata: dict[str, str]) -> onnx.ModelProto:
-    """``pixelrnn.onnx``: frames -> logits (and the readout that would cross the sensor boundary)."""
+def full_model(*, sensor: SensorWeights, decoder: DecoderParams | LayoutDecoderParams,
+               metadata: dict[str, str]) -> onnx.ModelProto:
+    """``pixelrnn.onnx``: frames -> logits (and the readout that would cross the sensor boundary).
+
+    ``decoder``: the authors' (:func:`decoder_params`) or any layout's (:func:`layout_decoder_params`),
+    reading ``sensor``'s readout."""
     _check_sensor(sensor)
-    _check_decoder(decoder)
-    nodes, inits = _host_nodes(decoder)
+    layout = sensor.layout
+    nodes, inits = _decoder_nodes(decoder, layout)
     logits = helper.make_tensor_value_info("logits", _F, [1, decoder.num_classes])
-    graph = helper.make_graph([_sensor_node()] + nodes, "pixelrnn", [_frames_info(sensor.timesteps)],
-                              [logits, _readout_info()], initializer=_sensor_initializers(sensor) + inits)
-    return _make_model(graph, functions=[sensor_function(timesteps=sensor.timesteps)], metadata=metadata,
-                       doc="PixelRNN: frames -> sensor readout -> host decoder -> class logits")
+    graph = helper.make_graph([_sensor_node(layout)] + nodes, "pixelrnn", [_frames_info(sensor.timesteps)],
+                              [logits, _readout_info(layout)], initializer=_sensor_initializers(sensor) + inits)
+    return _make_model(graph, functions=[sensor_function(timesteps=sensor.timesteps, layout=layout)],
+                       metadata=metadata, doc="PixelRNN: frames -> sensor readout -> host decoder -> class logits")
+
+
+def _decoder_nodes(decoder, layout: ReadoutLayout) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """The host nodes of ``decoder`` (either kind), which must read ``layout``'s readout."""
+    if isinstance(decoder, LayoutDecoderParams):
+        _check_layout_decoder(decoder)
+        if decoder.layout != layout:
+            raise ValueError(f"the decoder reads {decoder.layout.describe()}, the sensor reads out {layout.describe()}")
+        return _layout_host_nodes(decoder)
+    _check_decoder(decoder)
+    if not layout.is_authors:
+        raise ValueError(f"DecoderParams decode the authors' readout, the sensor reads out {layout.describe()}: "
+                         "pass layout_decoder_params(model)")
+    return _host_nodes(decoder)
 
 
 # -- the host decoder of any readout layout ---------------------------------------------------------
@@ -490,13 +617,14 @@ def _layout_host_nodes(decoder: LayoutDecoderParams) -> tuple[list[onnx.NodeProt
 
 
 def layout_metadata(*, sensor: SensorWeights, classes: list[str] | None = None,
-                    task: str | None = None) -> dict[str, str]:
-    """The metadata_props of a readout layout's ``host.onnx`` (strings; JSON where structured)."""
+                    task: str | None = None, frames: bool = False) -> dict[str, str]:
+    """The metadata_props of a readout layout's models (strings; JSON where structured); ``frames``:
+    for a model that takes frames (sensor.onnx, pixelrnn.onnx), which also carries ``input_spec``."""
     layout = sensor.layout
-    meta = {k: v for k, v in model_metadata(sensor=sensor, classes=classes, task=task).items()
-            if k not in ("readout_spec", "input_spec")}
-    shape = ",".join(map(str, layout.shape))
-    meta["readout_spec"] = (f"readout uint8 (1,{shape}): {layout.describe()}; maps frame-major, levels as "
+    dropped = ("readout_spec",) if frames else ("readout_spec", "input_spec")
+    meta = {k: v for k, v in model_metadata(sensor=sensor, classes=classes, task=task).items() if k not in dropped}
+    shape = ",".join(map(str, readout_shape(layout)))
+    meta["readout_spec"] = (f"readout uint8 ({shape}): {layout.describe()}; maps frame-major, levels as "
                             "core.readout_layout.ReadoutLayout.quantize")
     meta["readout_layout"] = json.dumps(layout.to_dict(), sort_keys=True)
     return meta
@@ -506,10 +634,8 @@ def layout_host_model(*, decoder: LayoutDecoderParams, metadata: dict[str, str])
     """``host.onnx`` of a readout layout: ``readout`` (1, M, S, S) uint8 -> ``logits`` (1, classes)."""
     _check_layout_decoder(decoder)
     nodes, inits = _layout_host_nodes(decoder)
-    shape = [1, SIZE, SIZE] if decoder.layout.is_authors else [1, *decoder.layout.shape]
-    readout = helper.make_tensor_value_info("readout", TensorProto.UINT8, shape)
     logits = helper.make_tensor_value_info("logits", _F, [1, decoder.num_classes])
-    graph = helper.make_graph(nodes, "pixelrnn_host", [readout], [logits], initializer=inits)
+    graph = helper.make_graph(nodes, "pixelrnn_host", [_readout_info(decoder.layout)], [logits], initializer=inits)
     return _make_model(graph, functions=[], metadata=metadata,
                        doc=f"PixelRNN host decoder ({decoder.head} head): readout levels "
                            f"({decoder.layout.describe()}) -> class logits")
@@ -518,21 +644,22 @@ def layout_host_model(*, decoder: LayoutDecoderParams, metadata: dict[str, str])
 def build_models(*, model) -> dict[str, onnx.ModelProto]:
     """The three ONNX models of a :class:`pixelrnn.model.PixelRNN` (eval semantics, noise off).
 
-    The decoder always reads the 8-bit readout, the only thing a real sensor sends, whatever
-    ``config.readout_8bit`` the model was trained with. A model with another readout layout gets
-    ``host.onnx`` only (its levels, as the sensor sends them; see :data:`LAYOUT_SKIPPED`).
+    The authors' readout with the authors' head: the 8-bit o_T, whatever ``config.readout_8bit`` the
+    model was trained with (the only thing a real sensor sends). Any other readout layout or head:
+    the layout's levels, as the sensor sends them, through :func:`layout_host_model`'s decoder.
     """
     if not (hasattr(model, "sensor_weights") and hasattr(model, "config")):
         raise TypeError(f"model must be a pixelrnn PixelRNN, got {type(model).__name__}")
     sensor = model.sensor_weights()
-    if not sensor.layout.is_authors or model.config.decoder != "authors":
-        meta = layout_metadata(sensor=sensor, classes=model.config.class_names, task=model.config.task)
-        return {"host.onnx": layout_host_model(decoder=layout_decoder_params(model), metadata=meta)}
-    decoder = decoder_params(model)
-    meta = model_metadata(sensor=sensor, classes=model.config.class_names, task=model.config.task)
-    return {"sensor.onnx": sensor_model(sensor=sensor, metadata=meta),
-            "host.onnx": host_model(decoder=decoder, metadata=meta),
-            "pixelrnn.onnx": full_model(sensor=sensor, decoder=decoder, metadata=meta)}
+    info = dict(sensor=sensor, classes=model.config.class_names, task=model.config.task)
+    if sensor.layout.is_authors and model.config.decoder == "authors":
+        decoder, meta = decoder_params(model), model_metadata(**info)
+        host, framed = host_model(decoder=decoder, metadata=meta), meta
+    else:
+        decoder, meta = layout_decoder_params(model), layout_metadata(**info)
+        host, framed = layout_host_model(decoder=decoder, metadata=meta), layout_metadata(**info, frames=True)
+    return {"sensor.onnx": sensor_model(sensor=sensor, metadata=framed), "host.onnx": host,
+            "pixelrnn.onnx": full_model(sensor=sensor, decoder=decoder, metadata=framed)}
 
 
 def export_onnx(*, model, out_dir: str | Path) -> dict[str, Path]:

@@ -1,8 +1,9 @@
 """Export of models with another readout layout (core.readout_layout): host.onnx equals
-``PixelRNN.decode`` on the layout's levels, the manifest records the layout (and what was skipped),
-``verify_bundle`` checks it against sensor_weights.npz, and formats that cannot express a layout
-yet are refused in one line (or skipped, with the reason, under ``all``); calibration on real
-SCAMP-5 readouts refuses such models.
+``PixelRNN.decode`` on the layout's levels, the bundle holds sensor.onnx and pixelrnn.onnx too, the
+manifest records the layout, ``verify_bundle`` checks it against sensor_weights.npz, and formats that
+cannot express a layout yet are refused in one line (or skipped, with the reason, under ``all``);
+calibration on real SCAMP-5 readouts refuses such models. (sensor.onnx and pixelrnn.onnx against
+PyTorch and firmware_sim on random layouts: tests/test_export_layouts_onnx.py.)
 
 ``build_layout_bundle`` is also used by tests/test_layout_edge.py (the camera loop on these bundles).
 """
@@ -112,13 +113,12 @@ def test_host_onnx_equals_pytorch_decode(exported):
     assert meta["sensor_program_hash"] == model.sensor_weights().program_hash()
 
 
-def test_manifest_records_the_layout_and_what_was_skipped(exported):
+def test_manifest_records_the_layout_and_all_three_onnx_files(exported):
     layout, bundle = exported["layout"], exported["bundle"]
     manifest = verify_bundle(bundle)
     assert ReadoutLayout.from_dict(manifest["readout_layout"]) == layout and not layout.is_authors
-    assert set(manifest["files"]) == {"host.onnx", "sensor_weights.npz"}
-    assert manifest["formats"] == ["onnx"]
-    assert set(manifest["skipped"]) == {"sensor.onnx", "pixelrnn.onnx"}
+    assert set(manifest["files"]) == {"sensor.onnx", "host.onnx", "pixelrnn.onnx", "sensor_weights.npz"}
+    assert manifest["formats"] == ["onnx"] and "skipped" not in manifest
     assert f"(1,{','.join(map(str, layout.shape))})" in manifest["preprocessing"]["readout"]
     from edge.models import load_bundle
 
@@ -218,10 +218,10 @@ def test_all_skips_what_cannot_express_the_layout_with_the_reason(exported, tmp_
     result = export_model(weights=exported["ckpt"], out=tmp_path / "all", formats="all")
     manifest = verify_bundle(tmp_path / "all")
     assert result.formats == ("onnx",) and manifest["formats"] == ["onnx"]
-    assert set(manifest["skipped"]) == {"tflite", "lce", "scamp5", "sensor.onnx", "pixelrnn.onnx"}
+    assert set(manifest["skipped"]) == {"tflite", "lce", "scamp5"}
     assert manifest["skipped"] == result.skipped
     assert all(exported["layout"].describe() in manifest["skipped"][f] for f in ("tflite", "lce", "scamp5"))
-    assert set(manifest["files"]) == {"host.onnx", "sensor_weights.npz"}
+    assert set(manifest["files"]) == {"sensor.onnx", "host.onnx", "pixelrnn.onnx", "sensor_weights.npz"}
     # a TFLite runtime on such a bundle says why there is no host.tflite, in one line
     from edge.decoder import HostDecoder
     from edge.models import load_bundle
@@ -242,7 +242,8 @@ def test_export_command_prints_what_was_skipped(exported, tmp_path, capsys):
                               "--format", "all"])
     assert args.func(args) == 0
     printed = capsys.readouterr().out
-    assert "skipped tflite:" in printed and "skipped sensor.onnx:" in printed and "host.onnx" in printed
+    assert "skipped tflite:" in printed and "skipped sensor.onnx" not in printed
+    assert all(name in printed for name in ("sensor.onnx", "host.onnx", "pixelrnn.onnx"))
 
 
 # -- calibration on real SCAMP-5 readouts: the authors' layout only ----------------------------------------
@@ -267,7 +268,8 @@ def test_calibration_refuses_another_layout(exported, tmp_path):
 
 def test_a_cnn_head_on_the_authors_readout_exports_host_onnx_with_the_authors_input(tmp_path):
     """The authors' readout (o_16, 64x64, 8 bit) with the cnn head: host.onnx keeps the (1, 64, 64)
-    input the camera loop feeds for that readout, and equals model.decode (1e-4: float32 sums)."""
+    input the camera loop feeds for that readout, and equals model.decode (1e-4: float32 sums);
+    sensor.onnx and pixelrnn.onnx read out that (1, 64, 64) map too."""
     from export.api import export_model
     from pixelrnn.checkpoint import save_checkpoint
     from pixelrnn.model import ModelConfig, PixelRNN
@@ -285,4 +287,6 @@ def test_a_cnn_head_on_the_authors_readout_exports_host_onnx_with_the_authors_in
         want = model.decode(torch.from_numpy(levels)).numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
     manifest = verify_bundle(tmp_path / "b")
-    assert "sensor.onnx" in manifest.get("skipped", {})
+    assert {"sensor.onnx", "pixelrnn.onnx"} <= set(manifest["files"]) and "skipped" not in manifest
+    full = session(tmp_path / "b" / "pixelrnn.onnx")
+    assert [o.shape for o in full.get_outputs()] == [[1, len(CLASSES)], [1, 64, 64]]
