@@ -121,8 +121,9 @@ def card(task: str, run: Path, report: dict, files: dict[str, int], chosen_by: s
         "- Files: " + ", ".join(f"{n} {s / 1024:.0f} KB" for n, s in sorted(files.items())) + ".",
         f"- Made {date.today().isoformat()} from run `{run.as_posix().split('/work/')[-1]}`.", "",
         "Limits: a single-channel binary RNN inside the sensor; one GRID speaker, so expect lower accuracy "
-        "on other faces and cameras." + ("" if layout.is_authors else " This readout is exported as "
-        "sensor_weights.npz + host.onnx (ONNX Runtime); TFLite/LCE/SCAMP-5 text cannot express it yet.")
+        "on other faces and cameras." + ("" if layout.is_authors else " The bundle keeps to ONNX (under 1 MB); "
+        "`pixelrnn export --format tflite,lce` writes this readout's TFLite and LCE files; SCAMP-5 text cannot "
+        "express it yet.")
         if task == "lips" else
         "Limits: 90 clips of one data set; the cross-validated figure above is the estimate of its accuracy "
         "on new clips of the same set.", ""])

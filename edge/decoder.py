@@ -70,9 +70,6 @@ class HostDecoder:
         why = skipped.get(entry.export_format) if isinstance(skipped, dict) else None
         if isinstance(why, str) and why:
             hint = f"the {entry.export_format} format was skipped at export ({why}); choose another runtime"
-        elif entry.export_format and not layout.is_authors:
-            hint = (f"this model's readout ({layout.describe()}) is exported for onnxruntime only; "
-                    "choose the onnxruntime runtime")
         else:
             how = f"export the bundle with the {entry.export_format} format, or " if entry.export_format else ""
             hint = f"{how}choose another runtime"

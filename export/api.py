@@ -13,9 +13,12 @@ or decoder head exports ``sensor_weights.npz``, the manifest and:
 
 - ``onnx``: all three files, ``sensor.onnx`` and ``pixelrnn.onnx`` reading out the layout's levels
   (1, M, S, S) uint8 and ``host.onnx`` decoding them (:mod:`export.onnx_export`);
-- ``tflite``, ``lce`` and ``scamp5`` cannot express a layout yet: asked for by name, the export is
-  refused with a one-line InputError naming the format and the layout (nothing is written); under
-  ``all`` they are skipped, each with its reason under ``skipped``. ``int8`` (TFLite) is refused.
+- ``tflite``: ``pixelrnn.tflite`` (frames -> logits) and ``host.tflite`` (the levels -> logits),
+  builtin ops only; ``lce``: ``pixelrnn_lce.tflite``, bit-packed (:mod:`export.tflite_layout`);
+- ``scamp5`` cannot express a layout yet: asked for by name, the export is refused with a one-line
+  InputError naming the format and the layout (nothing is written); under ``all`` it is skipped,
+  with its reason under ``skipped``. ``int8`` (TFLite) is refused (:data:`LAYOUT_REASONS`,
+  :func:`layout_refusal`).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from core.atomic import make_temp_dir
 from core.errors import InputError
 from core.npz import open_npz
 from export.bundle import MANIFEST, BundleError, build_manifest, save_sensor_weights, verify_bundle, write_manifest
+from export.layouts import LAYOUT_REASONS, layout_refusal, layout_what
 
 FORMATS = ("onnx", "tflite", "lce", "scamp5")
 ALL = "all"
@@ -49,14 +53,6 @@ class ExportResult:
     skipped: dict[str, str] = field(default_factory=dict)   # format or file -> why it was not written
 
 
-# formats (and files of a format) a model with another readout layout cannot be exported to yet
-LAYOUT_REASONS = {
-    "tflite": "the Keras/Larq twin behind TFLite builds the authors' readout only",
-    "lce": "the Keras/Larq twin behind LCE builds the authors' readout only",
-    "scamp5": "the SCAMP-5 weight text holds one output kernel pair and the authors' 64x64 8-bit decoder",
-}
-
-
 def _asked_all(formats) -> bool:
     """Whether ``all`` was among the formats asked for (after :func:`parse_formats` accepted them)."""
     return formats == ALL or (not isinstance(formats, str) and ALL in list(formats))
@@ -66,23 +62,17 @@ def layout_plan(layout, chosen: tuple[str, ...], *, asked_all: bool, int8: bool,
                 decoder: str = "authors") -> tuple[tuple[str, ...], dict[str, str]]:
     """(formats to write, {format or file: why skipped}) for a model reading out ``layout``.
 
-    The authors' layout and head: everything chosen, nothing skipped. Any other: ``onnx`` writes all
-    three files; tflite, lce and scamp5 are skipped under ``all`` and a one-line InputError when named."""
+    The authors' layout and head: everything chosen, nothing skipped. Any other: ``onnx``, ``tflite``
+    and ``lce`` write all their files; scamp5 is skipped under ``all`` and a one-line InputError when
+    named; int8 is a one-line InputError (:func:`layout_refusal`)."""
     if layout.is_authors and decoder == "authors":
         return chosen, {}
-    if layout.is_authors:       # another head on the authors' readout: the layout path exports it
-        what = f"the {decoder} decoder head"
-    else:
-        what = f"this model's readout layout ({layout.describe()})"
-
     if int8:
-        raise InputError(f"int8 quantizes the TFLite decoder, and the tflite format cannot express {what} yet; "
-                         f"drop int8")
+        raise InputError(layout_refusal("int8", layout, decoder))
     refused = [f for f in chosen if f in LAYOUT_REASONS]
     if refused and not asked_all:
-        fmt = refused[0]
-        raise InputError(f"format {fmt} cannot express {what} yet: "
-                         f"{LAYOUT_REASONS[fmt]}; export with --format onnx (sensor, host and full ONNX graphs)")
+        raise InputError(layout_refusal(refused[0], layout, decoder))
+    what = layout_what(layout, decoder)
     skipped = {f: f"{LAYOUT_REASONS[f]}; cannot express {what}" for f in refused}
     return tuple(f for f in chosen if f not in LAYOUT_REASONS), skipped
 

@@ -21,7 +21,8 @@ def add_export_parser(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="bundle folder to create (its parent must exist); an existing one must be "
                         "empty or hold a previous bundle")
-    p.add_argument("--int8", action="store_true", help="int8-quantize the TFLite decoder (tflite only)")
+    p.add_argument("--int8", action="store_true",
+                   help="int8-quantize the TFLite decoder (tflite only; the authors' readout and head)")
     p.add_argument("--representative", default=None, metavar="FILE.npz",
                    help="with --int8: calibration readouts (readouts (N,64,64), SCAMP-5 (N,256,256), "
                         "or clips frames (N,16,64,64) run through the simulator)")

@@ -9,6 +9,12 @@
   LceBconv2d, LceQuantize, ...): only LCE's interpreter runs it;
 - ``host_int8.tflite`` (``int8``): the host decoder quantized to int8 after training, float logits out.
 
+A model with another readout layout or decoder head (:mod:`core.readout_layout`) gets the same
+files but int8, built by :mod:`export.tflite_layout` instead of the twin: ``pixelrnn.tflite`` (frames
+(B, T, 64, 64) uint8 -> logits) and ``host.tflite`` (its readout levels (B, M, S, S) uint8 -> logits;
+the authors' 64x64 readout keeps (B, 64, 64)), builtin ops only, and ``pixelrnn_lce.tflite`` (batch
+1, bit-packed); ``int8`` is refused for it in one line (:func:`export.layouts.layout_refusal`).
+
 The uint8 input of host_int8.tflite carries the calibrated scale (1.0 when the representative
 readouts span 0..255); :func:`run_tflite` quantizes real values with it.
 TensorFlow and Larq are imported only inside :func:`export_tflite`, so :func:`run_tflite` works on a
@@ -101,7 +107,8 @@ def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False
     """Convert ``model`` (a PixelRNN) to TFLite files in ``out_dir``; returns {stem: path}.
 
     ``formats``: ``tflite`` (pixelrnn.tflite + host.tflite, builtin ops only) and/or ``lce``
-    (pixelrnn_lce.tflite, bit-packed). ``int8`` also writes host_int8.tflite, calibrated on
+    (pixelrnn_lce.tflite, bit-packed); any readout layout and head.
+    ``int8`` (the authors' readout and head only) also writes host_int8.tflite, calibrated on
     ``representative`` readouts (N, 64, 64) uint8 -- real sensor readouts are best; without them a
     fixed set of uniform random levels covers the 8-bit range (coarser calibration).
     """
@@ -110,16 +117,17 @@ def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False
     if not isinstance(model, PixelRNN):
         raise InputError(f"model must be a pixelrnn.model.PixelRNN, got {type(model).__name__}")
     chosen = _check_formats(formats)
-    layout = model.config.layout
-    if not layout.is_authors:
-        raise InputError(f"format {'/'.join(sorted(chosen))} cannot express this model's readout layout yet "
-                         f"({layout.describe()}): the Keras/Larq twin builds the authors' readout only")
     if not isinstance(int8, bool):
         raise InputError(f"int8 must be True or False, got {int8!r}")
     if representative is not None:
         if not int8:
             raise InputError("representative readouts are used only with int8=True")
         representative = check_representative(representative)
+    layout_model = not (model.config.layout.is_authors and model.config.decoder == "authors")
+    if layout_model and int8:
+        from export.layouts import layout_refusal
+
+        raise InputError(layout_refusal("int8", model.config.layout, model.config.decoder))
     if not isinstance(out_dir, (str, os.PathLike)):
         raise InputError(f"out_dir must be a folder path, got {type(out_dir).__name__}")
     out = Path(out_dir)
@@ -129,6 +137,8 @@ def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create output folder {out} ({exc.strerror or exc})") from None
+    if layout_model:
+        return _export_layout(model, out, chosen)
 
     from pixelrnn.larq_twin import build_twin
 
@@ -148,6 +158,25 @@ def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False
 
         twin = build_twin(model=model, bitpacked=True)
         written["pixelrnn_lce"] = _write(out / FILES["pixelrnn_lce"], lce.convert_keras_model(twin))
+    return written
+
+
+def _export_layout(model, out: Path, chosen: set[str]) -> dict[str, Path]:
+    """The files of ``chosen`` for a model with another readout layout or head, built from its numpy
+    parameters (:mod:`export.tflite_layout`), not through the Keras/Larq twin."""
+    from export.onnx_export import layout_decoder_params
+    from export.tflite_layout import host_tflite, lce_keras_model, pixelrnn_tflite
+
+    sensor, decoder = model.sensor_weights(), layout_decoder_params(model)
+    written: dict[str, Path] = {}
+    if "tflite" in chosen:
+        written["pixelrnn"] = _write(out / FILES["pixelrnn"], pixelrnn_tflite(sensor, decoder))
+        written["host"] = _write(out / FILES["host"], host_tflite(decoder))
+    if "lce" in chosen:
+        import larq_compute_engine as lce
+
+        written["pixelrnn_lce"] = _write(out / FILES["pixelrnn_lce"],
+                                         lce.convert_keras_model(lce_keras_model(sensor, decoder)))
     return written
 
 

@@ -179,8 +179,9 @@ class Readout(keras.layers.Layer):
         return quantized
 
 
-def _mosaic(maps):
-    """(N, h, w, 16) NHWC maps -> (N, 4h, 4w); map k at tile row k % 4, tile column k // 4."""
+def mosaic(maps):
+    """(N, h, w, 16) NHWC maps -> (N, 4h, 4w); map k at tile row k % 4, tile column k // 4 (also used by
+    :mod:`export.tflite_layout`)."""
     h, w = maps.shape[1], maps.shape[2]
     t = tf.transpose(maps, (0, 3, 1, 2))                     # (N, k, h, w), k = col * 4 + row
     t = tf.reshape(t, (-1, 4, 4 * h, w))                     # (N, col, row * h + i, j)
@@ -237,7 +238,7 @@ def make_keras_model(config: ModelConfig, *, include_sensor: bool = True, quanti
     if config.noise_conv:
         pooled = keras.layers.GaussianNoise(config.noise_conv, name="noise_conv")(pooled)
     bits = Binarize(quantizer=qname, m=m, initial=1.0, name="thresh1")(pooled)     # (B*T, 16, 16, 16)
-    x = tf.reshape(_mosaic(bits), (-1, steps, SIZE, SIZE))                           # x_t, (B, T, 64, 64)
+    x = tf.reshape(mosaic(bits), (-1, steps, SIZE, SIZE))                            # x_t, (B, T, 64, 64)
 
     w_fi, w_fh, w_oi, w_oh = (bconv(1, KERNEL, n) for n in ("w_fi", "w_fh", "w_oi", "w_oh"))
     gate_of = Binarize(quantizer=qname, m=m, initial=1.0 if config.gate_threshold else 0.0,
@@ -294,8 +295,9 @@ def build_twin(*, model: PixelRNN, include_sensor: bool = True, bitpacked: bool 
         raise InputError(f"input_dtype must be 'uint8' or 'float32', got {input_dtype!r}")
     layout = model.config.layout
     if not layout.is_authors or model.config.decoder != "authors":
-        raise InputError(f"the Keras/Larq twin (TFLite, LCE) builds the authors' readout and head only; this model "
-                         f"reads out {layout.describe()} with the {model.config.decoder} head (export onnx instead)")
+        raise InputError(f"the Keras/Larq twin builds the authors' readout and head only; this model reads out "
+                         f"{layout.describe()} with the {model.config.decoder} head (`pixelrnn export` builds its "
+                         "TFLite and LCE files without the twin)")
     gray = exact_gray_threshold(model) if include_sensor else None
     twin = make_keras_model(model.config, include_sensor=include_sensor, quantizer="ste_sign",
                             bitpacked=bitpacked, gray_threshold=gray, input_dtype=input_dtype)

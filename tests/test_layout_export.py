@@ -1,7 +1,8 @@
 """Export of models with another readout layout (core.readout_layout): host.onnx equals
 ``PixelRNN.decode`` on the layout's levels, the bundle holds sensor.onnx and pixelrnn.onnx too, the
 manifest records the layout, ``verify_bundle`` checks it against sensor_weights.npz, and formats that
-cannot express a layout yet are refused in one line (or skipped, with the reason, under ``all``);
+cannot express a layout yet (SCAMP-5 text, int8) are refused in one line (or skipped, with the
+reason, under ``all``; TFLite and LCE of layouts: tests/test_export_layouts_tflite.py);
 calibration on real SCAMP-5 readouts refuses such models. (sensor.onnx and pixelrnn.onnx against
 PyTorch and firmware_sim on random layouts: tests/test_export_layouts_onnx.py.)
 
@@ -75,10 +76,15 @@ def exported(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def one_bundle(tmp_path_factory):
-    """One layout bundle, for the checks that need no more."""
+def one_exported(tmp_path_factory):
+    """One layout's model, checkpoint and bundle, for the checks that need no more."""
     model, ckpt, out = build_layout_bundle(tmp_path_factory.mktemp("one"), "every4_k2_8bit")
-    return out
+    return {"model": model, "ckpt": ckpt, "bundle": out, "layout": model.config.layout}
+
+
+@pytest.fixture(scope="module")
+def one_bundle(one_exported):
+    return one_exported["bundle"]
 
 
 def session(path: Path):
@@ -189,7 +195,7 @@ def test_a_layout_that_disagrees_with_the_sensor_program_is_refused(exported, tm
 
 
 # -- formats that cannot express a layout ----------------------------------------------------------------
-@pytest.mark.parametrize("formats", ["tflite", "lce", "scamp5", ["onnx", "scamp5"]])
+@pytest.mark.parametrize("formats", ["scamp5", ["onnx", "scamp5"], ["lce", "scamp5"]])
 def test_formats_that_cannot_express_a_layout_are_refused(exported, tmp_path, formats):
     from export.api import export_model
 
@@ -212,26 +218,38 @@ def test_int8_is_refused_for_a_layout(exported, tmp_path):
     assert "int8" in one_line(info) and exported["layout"].describe() in str(info.value)
 
 
-def test_all_skips_what_cannot_express_the_layout_with_the_reason(exported, tmp_path):
+@pytest.mark.larq
+@pytest.mark.slow       # TFLite and LCE conversions
+def test_all_skips_what_cannot_express_the_layout_with_the_reason(one_exported, tmp_path):
+    """One layout (each TFLite/LCE conversion takes seconds; tests/test_export_layouts_tflite.py covers
+    the files on several)."""
+    pytest.importorskip("larq")      # ``all`` writes the TFLite and LCE files too
+    exported = one_exported
     from export.api import export_model
 
     result = export_model(weights=exported["ckpt"], out=tmp_path / "all", formats="all")
     manifest = verify_bundle(tmp_path / "all")
-    assert result.formats == ("onnx",) and manifest["formats"] == ["onnx"]
-    assert set(manifest["skipped"]) == {"tflite", "lce", "scamp5"}
-    assert manifest["skipped"] == result.skipped
-    assert all(exported["layout"].describe() in manifest["skipped"][f] for f in ("tflite", "lce", "scamp5"))
-    assert set(manifest["files"]) == {"sensor.onnx", "host.onnx", "pixelrnn.onnx", "sensor_weights.npz"}
-    # a TFLite runtime on such a bundle says why there is no host.tflite, in one line
+    assert result.formats == ("onnx", "tflite", "lce") and manifest["formats"] == ["onnx", "tflite", "lce"]
+    assert set(manifest["skipped"]) == {"scamp5"} and manifest["skipped"] == result.skipped
+    assert exported["layout"].describe() in manifest["skipped"]["scamp5"]
+    assert set(manifest["files"]) == {"sensor.onnx", "host.onnx", "pixelrnn.onnx", "host.tflite", "pixelrnn.tflite",
+                                      "pixelrnn_lce.tflite", "sensor_weights.npz"}
+
+
+def test_a_tflite_runtime_on_an_onnx_only_bundle_says_how_to_get_host_tflite(one_bundle):
     from edge.decoder import HostDecoder
     from edge.models import load_bundle
 
     with pytest.raises(BundleError) as info:
-        HostDecoder(bundle=load_bundle(tmp_path / "all"), runtime="ai-edge-litert")
-    assert "host.tflite" in one_line(info) and "skipped at export" in str(info.value)
+        HostDecoder(bundle=load_bundle(one_bundle), runtime="ai-edge-litert")
+    assert "host.tflite" in one_line(info) and "export the bundle with the tflite format" in str(info.value)
 
 
-def test_export_command_prints_what_was_skipped(exported, tmp_path, capsys):
+@pytest.mark.larq
+@pytest.mark.slow       # TFLite and LCE conversions
+def test_export_command_prints_what_was_skipped(one_exported, tmp_path, capsys):
+    pytest.importorskip("larq")
+    exported = one_exported
     import argparse
 
     from export.cli import add_export_parser
@@ -242,8 +260,9 @@ def test_export_command_prints_what_was_skipped(exported, tmp_path, capsys):
                               "--format", "all"])
     assert args.func(args) == 0
     printed = capsys.readouterr().out
-    assert "skipped tflite:" in printed and "skipped sensor.onnx" not in printed
-    assert all(name in printed for name in ("sensor.onnx", "host.onnx", "pixelrnn.onnx"))
+    assert "skipped scamp5:" in printed and "skipped tflite" not in printed and "skipped lce" not in printed
+    assert all(name in printed for name in ("sensor.onnx", "host.onnx", "pixelrnn.onnx", "host.tflite",
+                                            "pixelrnn_lce.tflite"))
 
 
 # -- calibration on real SCAMP-5 readouts: the authors' layout only ----------------------------------------

@@ -1,0 +1,29 @@
+"""What a model with another readout layout or decoder head cannot be exported to yet, and the
+one-line refusals that say so (used by :mod:`export.api` and :mod:`export.tflite`, which each import
+this module, so neither imports the other).
+"""
+from __future__ import annotations
+
+# what a model with another readout layout or decoder head cannot be exported to yet, and why
+LAYOUT_REASONS = {
+    "scamp5": "the SCAMP-5 weight text holds one output kernel pair and the authors' 64x64 8-bit decoder",
+    "int8": "host_int8.tflite is the authors' decoder calibrated on 64x64 8-bit readouts",
+}
+
+
+def layout_what(layout, decoder: str) -> str:
+    """How a refusal names what is not the authors': the readout layout, or else the decoder head."""
+    if layout.is_authors:       # another head on the authors' readout: the layout path exports it
+        return f"the {decoder} decoder head"
+    return f"this model's readout layout ({layout.describe()})"
+
+
+def layout_refusal(fmt: str, layout, decoder: str = "authors") -> str:
+    """The one-line reason why ``fmt`` (a key of :data:`LAYOUT_REASONS`) cannot express a model with
+    ``layout`` and ``decoder``, and what to export instead."""
+    what = layout_what(layout, decoder)
+    if fmt == "int8":
+        return f"int8 cannot quantize {what}: {LAYOUT_REASONS[fmt]}; drop int8"
+    return (f"format {fmt} cannot express {what} yet: {LAYOUT_REASONS[fmt]}; "
+            "export with --format onnx, tflite or lce (sensor, host and full graphs)")
+
