@@ -2,8 +2,8 @@
 
 Per frame: grayscale, region of interest and resize to 64x64 (``firmware_sim.frontend``, the code
 training uses), the sensor's input binarization (``FrontEnd.binarize``) and one step of the
-sensor program (``firmware_sim.packed.PackedStream``: the packed path, frame by frame; 2x the
-old fast path's stream). Every ``timesteps`` frames the readout is framed as a packet
+sensor program (``firmware_sim.packed.PackedStream``: the packed path, frame by frame; over 2x
+the old fast path's stream, docs/BENCHMARKS.md). Every ``timesteps`` frames the readout is framed as a packet
 (``edge.packet``): that packet is all that leaves this stage. The
 payload type comes from the registry in ``edge.payloads`` (8bit, 1bit, prior, ...); a payload with
 side state opens it once here (the prior: a prior file, ``core.prior_coder``, numpy only), and the

@@ -5,23 +5,30 @@ states and 8-bit readout equal the fast path's): every binary state, the readout
 with noise off and with noise on (the same Gaussian draws, in the same order, on the same float64
 pre-activations). Only the way the +-1 convolutions are summed differs.
 
-conv1 (16 kernels): three table look-ups per pixel
-    The input bits are padded by two with bit 0 (= -1) and each pixel's five horizontal neighbours
-    in one row are packed into a 5-bit row pattern (contiguous uint8 ops on the flat padded image).
-    Two rows' patterns (10 bits) index a table of 1024 entries holding, for all 16 kernels, the two
-    rows' sums of +-1 products + 10, one byte per kernel; rows (0, 1), (2, 3) and 4 give three
-    gathers (``np.take``) whose sum is the 5x5 sum + 25, added as two uint64 words per pixel (SWAR:
-    every byte stays in 0..50, so no carry crosses into the next kernel's byte). A fixed per-pixel
-    correction (the taps outside the image: they added -w where zero padding adds nothing) makes
-    it the zero-padded sum. ReLU, the 4x4 max-pool and the threshold then work on bytes: maxima of
-    whole rows, then of the flat array shifted by 1 and 2 pixels. Without noise every threshold is
-    one integer comparison (``p >= thr`` equals ``p >= ceil(thr)`` for integer ``p``); with noise
-    the fast path's float64 expression is evaluated as it is, on the same draws.
-The RNN (one kernel per convolution): 25 shifted int8 adds
-    For a single kernel, the gathers (~2 ns per pixel) lose to 25 SIMD int8 adds of the flat
-    zero-padded +-1 plane. fi for every frame of every clip at once, oi (each of the K output
+conv1 (16 kernels): three table look-ups per pixel *pair*
+    The input bits are padded by two with bit 0 (= -1); the frames' padded rows are stacked into
+    one tall image, so every array below is one contiguous run. Each even column's six horizontal
+    neighbours (the 5-tap windows of a pixel pair) make a 6-bit row window. Two rows' windows (12
+    bits) index a table of 4096 entries holding, for both pixels and all 16 kernels, the two rows'
+    sums of +-1 products + 10, one byte per kernel and pixel (32 bytes); rows (0, 1), (2, 3) and 4
+    give three gathers (``np.take``) whose sum is the 5x5 sum + 25, added as four uint64 words per
+    pair (SWAR: every byte stays below 256, so no carry crosses into the next byte). The first and
+    last pair of a row index their own table regions, in which taps outside the image add nothing
+    (zero padding); the two rows at the top and bottom get a fixed correction (their taps in the
+    padded rows added -w). ReLU, the 4x4 max-pool and the threshold then work on bytes: maxima of
+    whole rows, then of the flat array shifted by 1 and 2 pixels. Without noise the threshold is
+    folded into the tables (``+ 128 - (25 + ceil(thresh1))``: a byte's high bit is ``conv >=
+    ceil(thresh1)``, which equals ``max(conv, 0) >= thresh1`` for integer sums; thresh1 <= 0 or
+    > 25 make x constant), the pooled bytes are copied to their mosaic tiles as they are and three
+    contiguous passes turn them into +-1. With conv noise the fast path's float64 expression is
+    evaluated as it is, on the same draws.
+The RNN (one kernel per convolution): 17 shifted int8 adds
+    For a single kernel, the gathers (~1 ns per pixel) lose to SIMD int8 adds of the flat
+    zero-padded +-1 plane: with the plane's neighbour sums and differences, each kernel row is
+    three shifted adds. fi for every frame of every clip at once, oi (each of the K output
     kernels) for the read-out frames only; then per frame, for all clips of the batch together, fh
-    (and the K oh in a read-out frame), the gate (an int8 comparison) and h *= sign(gate).
+    (and the K oh in a read-out frame), the gate (``fh >= ceil(thr) - fi``: one int8 comparison)
+    and h *= sign(gate), on whole padded planes (h's zero border absorbs the border's values).
 The readout (the weights' ReadoutLayout)
     o = oi + oh is an exact integer. Without an output perturbation the authors' 8-bit, unpooled
     readout is one table look-up; otherwise the fast path's float64 output stage, ``pool_maps`` and
@@ -53,118 +60,177 @@ PACKED_STAGES = ("0_binarized_x", "3_thresholded_quantized", "4_hidden", "7_forg
 
 # ----- tables ------------------------------------------------------------------------------------
 
-def _row_sums(kernel_rows: np.ndarray) -> np.ndarray:
+def _row_sums(kernel_rows: np.ndarray, outside: tuple[int, ...] = ()) -> np.ndarray:
     """(K, 5) +-1 kernel rows -> (32, K) int64: for each 5-bit pattern (bit j: the input at column
-    offset j - 2, 0 = -1), the row's sum of +-1 products + 5."""
+    offset j - 2, 0 = -1), the row's sum of +-1 products + 5. Taps ``outside`` the image (bit
+    positions) add nothing, as zero padding has it."""
     bits = (np.arange(32)[:, None] >> np.arange(KERNEL)[None, :]) & 1          # (32, 5)
-    return (2 * bits - 1) @ kernel_rows.astype(np.int64).T + ROW_OFFSET
+    signs = 2 * bits - 1
+    signs[:, list(outside)] = 0
+    return signs @ kernel_rows.astype(np.int64).T + ROW_OFFSET
 
 
-def _border_corrections(kernels: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """What the taps outside an h x w image add back, once the image is padded with bit 0 (= -1).
+# The pixel pairs of a row: interior, the first (x = 0, 1) and the last (x = W - 2, W - 1); for
+# each, the bits of each pixel's 5-bit pattern that lie outside the image.
+_PAIR_REGIONS = (((), ()), ((0, 1), (0,)), ((4,), (3, 4)))
 
-    Padding with -1 adds ``-w`` per outside tap where zero padding adds nothing, so the exact sum
-    is the padded one plus ``sum(w)`` over the outside taps. Returned as ``rows`` (H, W, K): the
-    taps whose row is outside (non-zero only in the 2 rows at each edge), and ``cols`` (H, W, K):
-    the taps whose row is inside and column outside (non-zero only in the 2 columns at each edge).
-    """
+
+def _pair_rows(kernel_rows: np.ndarray) -> np.ndarray:
+    """(K, 5) +-1 kernel rows -> (3, 64, 2, K) int64: for each pair region (interior, first, last)
+    and 6-bit window (bit j: padded column x + j), the row sums (+5) of the pixel pair (x, x + 1),
+    whose 5-bit patterns are bits 0..4 and 1..5 of the window."""
+    p = np.arange(64)
+    return np.stack([np.stack([_row_sums(kernel_rows, out0)[p & 31], _row_sums(kernel_rows, out1)[p >> 1]],
+                              axis=1) for out0, out1 in _PAIR_REGIONS])
+
+
+def _row_corrections(kernels: np.ndarray, h: int, w: int) -> np.ndarray:
+    """What the taps in rows outside an h x w image add back, once the image is padded with bit 0
+    (= -1): ``sum(w)`` over the taps whose row is outside and column inside (the tables give the
+    taps whose column is outside nothing). (4, W, K): image rows 0, 1, H - 2, H - 1."""
     k = kernels.shape[0]
-    rows = np.zeros((h, w, k), dtype=np.int64)
-    cols = np.zeros((h, w, k), dtype=np.int64)
-    yy, xx = np.arange(h)[:, None], np.arange(w)[None, :]
+    corr = np.zeros((4, w, k), dtype=np.int64)
+    yy, xx = np.array([0, 1, h - 2, h - 1])[:, None], np.arange(w)[None, :]
     for dy in range(-PAD, PAD + 1):
         for dx in range(-PAD, PAD + 1):
             row_out = (yy + dy < 0) | (yy + dy >= h)
             col_out = (xx + dx < 0) | (xx + dx >= w)
-            tap = kernels[:, dy + PAD, dx + PAD].astype(np.int64)
-            rows += (row_out & np.ones_like(col_out))[..., None] * tap
-            cols += (~row_out & col_out)[..., None] * tap
-    return rows, cols
+            corr += (row_out & ~col_out)[..., None] * kernels[:, dy + PAD, dx + PAD].astype(np.int64)
+    return corr
 
 
 class _Conv:
-    """A bank of K 5x5 +-1 kernels (K in {1, 2, 16}) as three look-up tables; K bytes per pixel.
+    """A bank of K 5x5 +-1 kernels as three look-up tables on pixel pairs; K bytes per pixel.
 
-    ``T01[p0 | p1 << 5]`` holds kernel rows 0 and 1's sums (+10) for the row patterns p0, p1;
-    ``T23`` the same for rows 2 and 3; ``T4[p]`` row 4's (+5). Their sum is the 5x5 sum + 25 with
-    the image padded by -1; the border corrections make it the zero-padded sum.
+    Each table entry holds two horizontally adjacent pixels' sums (2K bytes), so a frame costs
+    three gathers per pixel *pair*: ``T01[p0 | p1 << 6]`` holds kernel rows 0 and 1's sums (+10)
+    for the 6-bit row windows p0, p1 (bit j: padded column x + j); ``T23`` the same for rows 2
+    and 3; ``T4[p]`` row 4's (+5, + ``offset``). Each table comes in three regions (interior pairs,
+    the first pair of a row, the last: ``+ region * 4096``, or ``* 64`` for T4; :meth:`add_regions`)
+    whose taps outside the image add nothing. Their sum is the 5x5 sum + 25 (+ ``offset``) with the
+    image padded by -1 above and below; the row corrections (the two rows at each edge) make it
+    the zero-padded sum. ``offset`` (0..205) lets a caller fold a threshold into the tables: with
+    ``offset = 128 - t`` a byte's high bit is ``sum + 25 >= t``.
     """
 
-    def __init__(self, kernels: np.ndarray) -> None:
+    def __init__(self, kernels: np.ndarray, offset: int = 0) -> None:
         kernels = np.asarray(kernels)
+        if not 0 <= offset <= 255 - 2 * CONV_OFFSET:
+            raise ValueError(f"table offset {offset} would overflow a byte")
         self.kernels = kernels
         self.k = kernels.shape[0]
-        rows = [_row_sums(kernels[:, r, :]) for r in range(KERNEL)]
-        pair = [(rows[a][None, :, :] + rows[b][:, None, :]).reshape(1024, self.k)   # [p1, p0]
-                for a, b in ((0, 1), (2, 3))]
-        self.word = {1: np.uint8, 2: np.uint16, 16: np.uint64}[self.k]
+        rows = [_pair_rows(kernels[:, r, :]).astype(np.uint8) for r in range(KERNEL)]   # (3, 64, 2, K)
+        t01, t23 = (rows[a][:, None] + rows[b][:, :, None] for a, b in ((0, 1), (2, 3)))   # [r, p1, p0]
+        t4 = rows[4] + np.uint8(offset)
+        self.word = {1: np.uint16, 2: np.uint32, 4: np.uint64, 8: np.uint64, 16: np.uint64}[self.k]
         # One entry = a row of plain words: np.take copies whole rows, the adds are per word (SWAR:
-        # every byte stays in 0..50, so no carry crosses into the next kernel's byte).
-        self.t01, self.t23, self.t4 = (np.ascontiguousarray(t.astype(np.uint8)).view(self.word)
-                                       for t in (pair[0], pair[1], rows[4]))
+        # every byte stays in 0..50 + offset < 256, so no carry crosses into the next byte).
+        self.t01, self.t23, self.t4 = (np.ascontiguousarray(t.reshape(3 * 64 ** d, -1)).view(self.word)
+                                       for t, d in ((t01, 2), (t23, 2), (t4, 1)))
         self._corr: dict = {}
-        self._buffers: dict = {}
+        self.buffers = _Buffers()
+
+    @staticmethod
+    def add_regions(index: np.ndarray, unit: int) -> None:
+        """Point the first and last pair column of ``index`` (..., W / 2) at table regions 1 and 2
+        (``unit``: a region's entries); the interior stays in region 0. Two column passes, not a
+        broadcast over every pair."""
+        index[:, 0] += unit
+        index[:, -1] += 2 * unit
 
     def correction(self, h: int, w: int) -> np.ndarray:
-        """The border correction (H, W, K) as uint8 addends (mod 256: the sum wraps back into 0..50)."""
+        """The row corrections (4, W, K) as uint8 addends (mod 256: the sum wraps back into range)."""
         key = (h, w)
         if key not in self._corr:
-            rows, cols = _border_corrections(self.kernels, h, w)
-            self._corr[key] = ((rows + cols) % 256).astype(np.uint8)
+            self._corr[key] = (_row_corrections(self.kernels, h, w) % 256).astype(np.uint8)
         return self._corr[key]
 
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype, *, zero: bool = False) -> np.ndarray:
-        """Reused work arrays: fresh megabyte temporaries cost page faults on every call."""
-        key = (name, shape)
-        buf = self._buffers.get(key)
-        if buf is None:
-            if len(self._buffers) > 32:
-                self._buffers.clear()
-            buf = self._buffers[key] = (np.zeros if zero else np.empty)(shape, dtype)
-        return buf
-
-    def __call__(self, bits: np.ndarray) -> np.ndarray:
-        """(F, H, W) 0/1 uint8 -> (F, H, W, K) uint8: each kernel's zero-padded 5x5 sum + 25.
-
-        The result is a reused buffer: valid until the next call with the same shapes.
-        """
+    def _windows(self, bits: np.ndarray) -> np.ndarray:
+        """(F, H, W) 0/1 or +-1 -> (F, H + 4, W / 2) intp: the 6-bit row window at every even
+        padded column (bit j: padded column x + j), the image padded by two with bit 0 (= -1)."""
         f, h, w = bits.shape
         hp, wp = h + 2 * PAD, w + 2 * PAD
-        # zero border (bit 0 = -1; the correction below makes it add nothing): written once
-        padded = self._buffer("padded", (f, hp, wp), np.uint8, zero=True)
-        padded[:, PAD:PAD + h, PAD:PAD + w] = bits
-        # 5-bit row patterns on the flat padded image: contiguous ops; the last 4 columns of each
-        # padded row (which would mix in the next row) are never read
-        flat = padded.reshape(-1)
-        n = flat.size - (KERNEL - 1)
-        rows = self._buffer("rows", (f * hp * wp,), np.uint8)
-        r = rows[:n]
-        np.add(flat[4:4 + n], flat[4:4 + n], out=r)          # doubling: numpy's add is SIMD, shifts are not
-        for j in (3, 2, 1):
-            np.bitwise_or(r, flat[j:j + n], out=r)
-            np.add(r, r, out=r)
-        np.bitwise_or(r, flat[0:n], out=r)
-        low = self._buffer("low", (f, hp, wp), np.uint16)
-        high = self._buffer("high", (f, hp, wp), np.uint16)
-        np.copyto(low.reshape(-1), rows)
-        np.multiply(low, 32, out=high, dtype=np.uint16)
-        shape = (f, h, w)
-        sums = None
-        for i, (a, b, table) in enumerate(((0, 1, self.t01), (2, 3, self.t23), (4, None, self.t4))):
-            idx = self._buffer(f"idx{i}", shape, np.intp)
-            if b is None:
-                np.copyto(idx, low[:, a:a + h, :w])
-            else:
-                np.bitwise_or(low[:, a:a + h, :w], high[:, b:b + h, :w], out=idx)
-            out = self._buffer(f"take{i}", shape + table.shape[1:], self.word)
-            np.take(table, idx, axis=0, out=out, mode="clip")
-            if sums is None:
-                sums = out
-            else:
-                sums += out
-        result = sums.view(np.uint8).reshape(shape + (self.k,))
-        result += self.correction(h, w)
+        padded = self.buffers.get("padded", (f, hp, wp), np.uint8, zero=True)   # border written once
+        np.greater(bits, 0, out=padded[:, PAD:PAD + h, PAD:PAD + w].view(bool))    # 0/1 or +-1 -> bits
+        # two pixels per uint16 (little-endian: the even one in the low byte) -> 2-bit pairs
+        v = padded.reshape(-1).view(np.uint16)
+        two = self.buffers.get("two", v.shape, np.uint16)
+        np.right_shift(v, 7, out=two)
+        np.bitwise_or(two, v, out=two)
+        np.bitwise_and(two, 3, out=two)
+        # three consecutive pairs -> 6 bits, on the flat array (the last pairs of each padded row,
+        # which would mix in the next row, are never read)
+        m = two.size - 2
+        six = self.buffers.get("six", two.shape, np.uint16)
+        np.left_shift(two[2:], 4, out=six[:m])
+        np.bitwise_or(six[:m], two[1:m + 1] << 2, out=six[:m])
+        np.bitwise_or(six[:m], two[:m], out=six[:m])
+        win = self.buffers.get("win", (f, hp, w // 2), np.intp)
+        np.copyto(win, six.reshape(f, hp, wp // 2)[:, :, :w // 2])
+        return win
+
+    def __call__(self, bits: np.ndarray) -> np.ndarray:
+        """(F, H, W) 0/1 uint8 (W even) -> (F, H, W, K) uint8: each kernel's zero-padded 5x5 sum
+        + 25 + offset.
+
+        The frames' padded rows are stacked into one tall image, so every index array and every
+        gather is one contiguous run: output row r reads stacked rows r..r+4 (the 4 rows that mix
+        two frames are computed and never read). The result is a view of a reused buffer: valid
+        until the next call with the same shapes.
+        """
+        f, h, w = bits.shape
+        hp = h + 2 * PAD
+        buf = self.buffers.get
+        low = self._windows(bits).reshape(f * hp, w // 2)        # each stacked row's 6-bit windows
+        high = buf("high", low.shape, np.intp)
+        np.left_shift(low, 6, out=high)
+        self.add_regions(high, 4096)                              # the edge pairs' own regions
+        rows = f * hp - 2 * PAD
+        pair = buf("pair", (f * hp - 1, w // 2), np.intp)       # index of stacked rows (r, r + 1)
+        np.bitwise_or(low[:-1], high[1:], out=pair)
+        sums = buf("sums", (f * hp, w // 2) + self.t01.shape[1:], self.word)
+        part = buf("part", (rows, w // 2) + self.t01.shape[1:], self.word)
+        np.take(self.t01, pair[:rows], axis=0, out=sums[:rows], mode="clip")       # kernel rows 0, 1
+        np.take(self.t23, pair[2:rows + 2], axis=0, out=part, mode="clip")          # kernel rows 2, 3
+        sums[:rows] += part
+        idx4 = buf("idx4", (rows, w // 2), np.intp)
+        np.copyto(idx4, low[2 * PAD:])
+        self.add_regions(idx4, 64)
+        np.take(self.t4, idx4, axis=0, out=part, mode="clip")                       # kernel row 4
+        sums[:rows] += part
+        result = sums.view(np.uint8).reshape((f, hp, w, self.k))[:, :h]
+        corr = self.correction(h, w)
+        # only the two rows at each edge have taps outside the image that the tables count
+        result[:, :PAD] += corr[:PAD]
+        result[:, h - PAD:] += corr[PAD:]
         return result
+
+
+class _Buffers:
+    """Reused work arrays by (name, shape): fresh megabyte temporaries cost a page fault per 4 kB
+    on every call."""
+
+    def __init__(self) -> None:
+        self._arrays: dict = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype, *, zero: bool = False) -> np.ndarray:
+        key = (name, shape)                 # a name is used with one dtype
+        buf = self._arrays.get(key)
+        if buf is None:
+            if len(self._arrays) > 32:
+                self._arrays.clear()
+            buf = self._arrays[key] = (np.zeros if zero else np.empty)(shape, dtype)
+        return buf
+
+
+def _tiles(out: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A (F, 4h, 4w) array (a view of a padded one too) as (F, 4, h, 4, w), a view: tile row, row
+    in the tile, tile column, column in the tile (splitting axes never needs a copy; checked, so
+    writes never go to one)."""
+    tiles = out.reshape(out.shape[0], POOL, h, POOL, w)
+    if not np.may_share_memory(tiles, out):
+        raise AssertionError("the tile view of the mosaic is a copy")
+    return tiles
 
 
 class PackedProgram:
@@ -172,18 +238,36 @@ class PackedProgram:
 
     def __init__(self, weights: SensorWeights) -> None:
         self.weights = weights
-        self.conv1 = _Conv(weights.conv1)
         self.w_fi, self.w_fh = _DirectConv(weights.w_fi), _DirectConv(weights.w_fh)
         self.w_oi = [_DirectConv(k) for k in weights.w_oi]     # one per output kernel pair
         self.w_oh = [_DirectConv(k) for k in weights.w_oh]
         layout = weights.layout
         self.plain_readout = layout.bits == 8 and layout.pool == 1     # the ADC level of o itself
+        # x = [max(conv, 0) >= thresh1] over a 4x4 block. Without noise that is always (thresh1 <=
+        # 0), never (ceil(thresh1) > 25, beyond any sum), or [conv >= ceil(thresh1)] somewhere in
+        # the block: a byte's high bit once 128 - (25 + ceil(thresh1)) is folded into the tables.
         t1 = weights.thresh1
-        # pooled = max(conv, 0) >= thresh1, in the +25 offset domain (uint8 compare)
-        self.pool_thr = 0 if t1 <= 0 else int(min(CONV_OFFSET + math.ceil(t1), 255))
-        # gate: fi + fh >= thr  <=>  fi + fh >= ceil(thr), an int8 compare (|fi + fh| <= 50)
+        self.x_const = 1 if t1 <= 0 else (-1 if math.ceil(t1) > KERNEL * KERNEL else None)
+        self._thr_offset = None if self.x_const else 128 - (CONV_OFFSET + math.ceil(t1))
+        self._conv1: _Conv | None = None            # exact sums + 25 (conv noise: the float path)
+        self._conv1_thr: _Conv | None = None        # sums + 25 + the threshold offset
+        # gate: fi + fh >= thr  <=>  fh >= ceil(thr) - fi, an int8 compare (|fi + fh| <= 50)
         self.gate_thr = int(min(max(math.ceil(weights.rnn_threshold), -51), 51))
         self.readout_lut = encode_analog(np.arange(-50, 51, dtype=np.float64))     # o + 50 -> level
+        self.buffers = _Buffers()
+        self._masks: dict = {}
+
+    @property
+    def conv1(self) -> _Conv:
+        if self._conv1 is None:
+            self._conv1 = _Conv(self.weights.conv1)
+        return self._conv1
+
+    @property
+    def conv1_thr(self) -> _Conv:
+        if self._conv1_thr is None:
+            self._conv1_thr = _Conv(self.weights.conv1, offset=self._thr_offset)
+        return self._conv1_thr
 
     def readout(self, o_int: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact integer o (N, K, H, W) int16, no output perturbation -> (levels, output) of the
@@ -195,50 +279,92 @@ class PackedProgram:
         o = layout.pool_maps(o_int.astype(np.float64))
         return layout.quantize(o), o
 
-    def pooled(self, bits: np.ndarray) -> np.ndarray:
-        """(F, H, W) 0/1 input -> 4x4 max of conv1 (+25), (F, H/4, W/4, 16) uint8 (before ReLU)."""
-        s = self.conv1(bits)                                  # (F, H, W, 16)
+    def pooled(self, bits: np.ndarray, conv: _Conv | None = None) -> np.ndarray:
+        """(F, H, W) 0/1 input -> 4x4 max of ``conv``'s bytes (default: conv1, the sums + 25),
+        (F, H/4, W/4, 16) uint8 (before ReLU; a view of a reused buffer)."""
+        s = (conv or self.conv1)(bits)                        # (F, H, W, 16)
         f, h, w, k = s.shape
+        buf = self.buffers.get
         # rows: maxima of whole rows (contiguous runs of W * 16 bytes)
         s = s.reshape(f, h // POOL, POOL, w * k)
-        m = np.maximum(s[:, :, 0:2], s[:, :, 2:4])
-        m = np.maximum(m[:, :, 0], m[:, :, 1])                # (F, H/4, W * 16)
+        m2 = buf("pool_m2", (f, h // POOL, 2, w * k), np.uint8)
+        np.maximum(s[:, :, 0:2], s[:, :, 2:4], out=m2)
+        m = buf("pool_m", (f, h // POOL, w * k), np.uint8)
+        np.maximum(m2[:, :, 0], m2[:, :, 1], out=m)           # (F, H/4, W * 16)
         # columns: maxima of the flat array and its copies shifted by 1 and 2 pixels, then every
         # 4th pixel (a block's first column holds the block's maximum)
         flat = m.reshape(-1)
-        a = np.maximum(flat[:-k], flat[k:])
-        b = np.maximum(a[:-2 * k], a[2 * k:])
-        full = np.empty_like(flat)
-        full[:b.size] = b
-        return full.reshape(f, h // POOL, w // POOL, POOL, k)[:, :, :, 0]
+        a = buf("pool_a", (flat.size - k,), np.uint8)
+        np.maximum(flat[:-k], flat[k:], out=a)
+        b = buf("pool_b", flat.shape, np.uint8)
+        np.maximum(a[:-2 * k], a[2 * k:], out=b[:-3 * k])
+        return b.reshape(f, h // POOL, w // POOL, POOL, k)[:, :, :, 0]
 
-    def quantize(self, pooled: np.ndarray, noise: np.ndarray | None, sigma: float) -> np.ndarray:
-        """(F, h, w, 16) pooled (+25) -> the x_t mosaic (F, 4h, 4w) as 0/1 uint8.
+    def x_maps(self, bits: np.ndarray, out: np.ndarray, noise: np.ndarray, sigma: float) -> None:
+        """(F, H, W) input with conv noise -> the 16 thresholded maps x, written into ``out`` (F,
+        H/4, W/4, 16) as 0/1 uint8: the fast path's float64 expression on the exact pooled sums.
 
-        ``noise``: (F, 16, h, w) standard normals (the fast path's layout) or None.
-        """
-        if noise is None:
-            q = pooled >= self.pool_thr
-        else:
-            p = np.maximum(pooled.astype(np.float64) - CONV_OFFSET, 0.0)    # exact ReLU'd integers
-            pre = p + sigma * np.moveaxis(noise, 1, -1)
-            q = (pre - self.weights.thresh1) >= 0
-        q = q.view(np.uint8)
-        f, h, w, _ = q.shape
+        ``noise``: (F, 16, H/4, W/4) standard normals (the fast path's layout). Without noise
+        :meth:`x_bytes` does the threshold in the tables instead."""
+        p = np.maximum(self.pooled(bits).astype(np.float64) - CONV_OFFSET, 0.0)       # exact ReLU'd
+        pre = p + sigma * np.moveaxis(noise, 1, -1)
+        np.greater_equal(pre - self.weights.thresh1, 0, out=out.view(bool))
+
+    @staticmethod
+    def mosaic_signs(maps: np.ndarray, out: np.ndarray) -> None:
+        """(F, h, w, 16) 0/1 uint8 maps (turned into +-1 in place) -> the x_t mosaic as +-1 int8,
+        written into ``out`` (F, 4h, 4w) (a view of a padded array is fine). One strided copy for
+        all frames: map k = 4 * kc + kr sits at tile row kr, tile column kc (firmware_sim.mosaic)."""
+        f, h, w, _ = maps.shape
+        sign = maps.view(np.int8)
+        sign += sign
+        sign -= np.int8(1)                                     # 0/1 -> -1/+1
+        np.copyto(_tiles(out, h, w), sign.reshape(f, h, w, POOL, POOL).transpose(0, 4, 1, 3, 2))
+
+    def x_bytes(self, bits: np.ndarray, out: np.ndarray) -> None:
+        """(F, H, W) 0/1 input, noise off -> the x_t mosaic as bytes whose high bit is x_t (+1),
+        written into ``out`` (F, H, W) uint8 (a view of a padded array is fine): the pooled bytes
+        themselves, copied to their tiles, so no pass is spent on them (:meth:`signs` finishes)."""
+        if self.x_const is not None:
+            out[...] = 128 if self.x_const > 0 else 0
+            return
+        f, h, w = bits.shape
+        pooled = self.pooled(bits, self.conv1_thr)            # (F, h/4, w/4, 16): high bit = x
         # map k = 4 * kc + kr sits at tile row kr, tile column kc (firmware_sim.mosaic)
-        return q.reshape(f, h, w, 4, 4).transpose(0, 4, 1, 3, 2).reshape(f, 4 * h, 4 * w)
+        np.copyto(_tiles(out, h // POOL, w // POOL),
+                  pooled.reshape(f, h // POOL, w // POOL, POOL, POOL).transpose(0, 4, 1, 3, 2))
+
+    def signs(self, padded: np.ndarray) -> None:
+        """(F, H + 4, W + 4) int8 holding :meth:`x_bytes` in the interior and a zero border -> +-1
+        in the interior, the border still zero (in place; three contiguous passes)."""
+        f, hp, wp = padded.shape
+        key = ("interior", hp, wp)
+        if key not in self._masks:
+            mask = self._masks[key] = np.zeros((hp, wp), np.int8)
+            mask[PAD:hp - PAD, PAD:wp - PAD] = 1
+        high = self.buffers.get("high_bits", padded.shape, bool)
+        np.greater_equal(padded.view(np.uint8), 128, out=high)
+        np.add(high.view(np.int8), high.view(np.int8), out=padded)
+        padded -= self._masks[key]                                # 2x - 1 inside, 0 on the border
 
 
 class _DirectConv:
-    """One 5x5 +-1 kernel on int8 +-1 planes (zero-padded by 2): 25 shifted adds of the flat array.
+    """One 5x5 +-1 kernel on int8 +-1 planes (zero-padded by 2): 17 shifted adds of flat arrays.
 
-    For one kernel this beats the look-up tables (whose gathers cost ~2 ns per pixel): int8 adds are
-    SIMD. Sums stay in [-25, 25].
+    A kernel row (w0..w4) sums w0 * (x[-2] +- x[-1]) + w2 * (x[0] +- x[1]) + w4 * x[2]: with the
+    plane's neighbour sums ``x[i] + x[i + 1]`` and differences ``x[i] - x[i + 1]`` made once (two
+    passes), a row costs three adds instead of five, 17 passes in all instead of 25. For one
+    kernel this beats the look-up tables (whose gathers cost ~1 ns per pixel): int8 adds are SIMD.
+    Sums stay in [-25, 25].
     """
 
     def __init__(self, kernel: np.ndarray) -> None:
-        self.taps = [(dy, dx, int(kernel[dy + PAD, dx + PAD]))
-                     for dy in range(-PAD, PAD + 1) for dx in range(-PAD, PAD + 1)]
+        self.terms = []                     # (plane, dy, dx, sign): plane 0 x, 1 sums, 2 differences
+        for dy in range(-PAD, PAD + 1):
+            w = [int(v) for v in kernel[dy + PAD]]
+            self.terms += [(1 if w[0] == w[1] else 2, dy, -2, w[0]), (1 if w[2] == w[3] else 2, dy, 0, w[2]),
+                           (0, dy, 2, w[4])]
+        self._work: dict = {}
 
     def __call__(self, padded: np.ndarray, out: np.ndarray, first: int = 0, last: int | None = None) -> None:
         """Frames [first, last) of ``padded`` (F, H + 4, W + 4) int8 -> ``out`` (same shape) int8:
@@ -246,12 +372,21 @@ class _DirectConv:
         f, hp, wp = padded.shape
         size = hp * wp
         last = f if last is None else last
-        src, dst = padded.reshape(-1), out.reshape(-1)
-        lo, hi = first * size + PAD * wp + PAD, last * size - PAD * wp - PAD
+        a, b = first * size, last * size
+        src, dst = padded.reshape(-1)[a:b], out.reshape(-1)[a:b]
+        work = self._work.get(b - a)
+        if work is None:
+            if len(self._work) > 4:
+                self._work.clear()
+            work = self._work[b - a] = np.empty((2, b - a), np.int8)
+        np.add(src[:-1], src[1:], out=work[0, :-1])              # x[i] + x[i + 1]
+        np.subtract(src[:-1], src[1:], out=work[1, :-1])         # x[i] - x[i + 1]
+        planes = (src, work[0], work[1])
+        lo, hi = PAD * wp + PAD, (b - a) - PAD * wp - PAD
         acc = dst[lo:hi]
-        for i, (dy, dx, sign) in enumerate(self.taps):
+        for i, (plane, dy, dx, sign) in enumerate(self.terms):
             off = dy * wp + dx
-            tap = src[lo + off:hi + off]
+            tap = planes[plane][lo + off:hi + off]
             if i == 0:
                 np.copyto(acc, tap) if sign > 0 else np.negative(tap, out=acc)
             elif sign > 0:
@@ -277,11 +412,13 @@ _PROGRAMS: dict[str, PackedProgram] = {}
 
 
 def program_for(weights: SensorWeights) -> PackedProgram:
-    """The compiled tables for ``weights`` (cached by program hash; a few kB each)."""
+    """The compiled tables for ``weights`` (cached by program hash): 0.8 MB of tables each, plus
+    the work arrays of the batch shapes it has run (about 12 MB for 32 clips of 16 frames), so
+    only a few are kept."""
     key = weights.program_hash()
     prog = _PROGRAMS.get(key)
     if prog is None:
-        if len(_PROGRAMS) > 16:
+        if len(_PROGRAMS) >= 4:
             _PROGRAMS.clear()
         prog = _PROGRAMS[key] = PackedProgram(weights)
     return prog
@@ -289,7 +426,7 @@ def program_for(weights: SensorWeights) -> PackedProgram:
 
 def run_clips(binary: np.ndarray, weights: SensorWeights, *, noise: NoiseModel | None = None,
               rng: np.random.Generator | None = None, stages: tuple[str, ...] = (),
-              chunk: int = 32, frame_chunk: int = 8) -> SensorResult:
+              chunk: int = 32, frame_chunk: int = 16) -> SensorResult:
     """Run the sensor program on (N, T, H, W) +-1 int8 binary clips; as :func:`fast.run_clips`.
 
     Identical results (readout, output, every stage) to ``fast.run_clips(binary, weights, noise=
@@ -352,33 +489,43 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
     k_out = weights.channels
     z_conv, z_gate, z_out = _draw(rng, noise, n, t, h, w, read_steps, k_out)
     out: dict[str, np.ndarray] = {}
-    bits = (binary > 0).view(np.uint8)
     if "0_binarized_x" in stages:
         out["0_binarized_x"] = encode_binary(binary)
 
-    # conv1, ReLU, pool, threshold, mosaic: frames in small groups (clip-major order)
-    frames = bits.reshape(n * t, h, w)
-    x = np.empty((n * t, h, w), dtype=np.uint8)
-    if z_conv is not None:
-        z_frames = np.moveaxis(z_conv, 2, 1).reshape(n * t, N_MAPS, h // POOL, w // POOL)
-    for s in range(0, n * t, frame_chunk):
-        pooled = prog.pooled(frames[s:s + frame_chunk])
-        x[s:s + frame_chunk] = prog.quantize(
-            pooled, None if z_conv is None else z_frames[s:s + frame_chunk], noise.conv_sigma)
-    x = x.reshape(n, t, h, w)
-    if "3_thresholded_quantized" in stages:
-        out["3_thresholded_quantized"] = np.where(x > 0, 255, 0).astype(np.uint8)
-
-    # input halves of the recurrent convolutions (fi: every frame, all at once; oi: last frame)
+    # conv1, ReLU, pool, threshold, mosaic, straight into x_t as +-1 int8 with a zero border:
+    # frames in small groups (clip-major order) so the tables' outputs stay in cache
+    frames = binary.reshape(n * t, h, w)                # +-1: the tables' padding takes x > 0
     hp, wp = h + 2 * PAD, w + 2 * PAD
     inner = (slice(None), slice(PAD, PAD + h), slice(PAD, PAD + w))
-    xs = np.zeros((n * t, hp, wp), np.int8)
-    np.subtract(x.reshape(n * t, h, w).view(np.int8) * np.int8(2), np.int8(1), out=xs[inner])
-    fi_all = np.empty_like(xs)
+    buf = prog.buffers.get                              # reused: fresh arrays cost page faults
+    xs = buf("xs", (n * t, hp, wp), np.int8, zero=True)  # only the interior is ever written
+    x_in = xs[inner]
+    if z_conv is not None:
+        z_frames = np.moveaxis(z_conv, 2, 1).reshape(n * t, N_MAPS, h // POOL, w // POOL)
+    if z_conv is None:                                  # bytes whose high bit is x, then +-1
+        x_bytes = x_in.view(np.uint8)
+        for s in range(0, n * t, frame_chunk):
+            prog.x_bytes(frames[s:s + frame_chunk], x_bytes[s:s + frame_chunk])
+        prog.signs(xs)
+    else:                                               # the float threshold on the same draws
+        maps = buf("maps", (n * t, h // POOL, w // POOL, N_MAPS), np.uint8)
+        for s in range(0, n * t, frame_chunk):
+            e = min(s + frame_chunk, n * t)
+            prog.x_maps(frames[s:e], maps[s:e], z_frames[s:e], noise.conv_sigma)
+        prog.mosaic_signs(maps, x_in)
+    if "3_thresholded_quantized" in stages:
+        out["3_thresholded_quantized"] = np.where(x_in > 0, 255, 0).astype(np.uint8).reshape(n, t, h, w)
+
+    # input halves of the recurrent convolutions (fi: every frame, all at once; oi: read-out frames)
+    fi_all = buf("fi", xs.shape, np.int8)
     group = 64                                          # frames per pass: stays in cache
     for g in range(0, n * t, group):
         prog.w_fi(xs, fi_all, g, min(g + group, n * t))
     fi = fi_all.reshape(n, t, hp, wp)[:, :, PAD:PAD + h, PAD:PAD + w]
+    if z_gate is None:
+        # the gate fh >= ceil(thr) - fi: the right side for every frame at once, on whole padded
+        # planes (contiguous passes; what lands on the border is multiplied by h's zero border)
+        gate_rhs = np.subtract(np.int8(prog.gate_thr), fi_all, out=fi_all).reshape(n, t, hp, wp)
     r = len(read_steps)
     x_read = np.ascontiguousarray(xs.reshape(n, t, hp, wp)[:, list(read_steps)]).reshape(n * r, hp, wp)
     oi = []                                             # per output kernel: (n, R, hp, wp)
@@ -392,6 +539,8 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
     h_in[...] = 1                                       # h_0 = +1
     fh_buf = np.empty_like(hs)
     fh = fh_buf[inner]
+    gate_buf = np.empty((n, hp, wp), bool)              # whole padded planes: contiguous passes
+    sign_buf = np.empty((n, hp, wp), np.int8)
     hid_seq = np.empty((n, t, h, w), np.uint8) if "4_hidden" in stages else None
     gate_seq = np.empty((n, t, h, w), np.uint8) if "7_forget_gate_x" in stages else None
     side_h, side_w = h // layout.pool, w // layout.pool
@@ -403,13 +552,15 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
     for step in range(t):
         if hid_seq is not None:
             hid_seq[:, step] = h_in > 0
-        prog.w_fh(hs, fh_buf)
-        if z_gate is None:
-            gate = np.add(fi[:, step], fh) >= prog.gate_thr       # exact: |fi + fh| <= 50
-        else:
-            pre = fi[:, step].astype(np.float64) + fh                      # exact integer fi + fh
-            pre = pre + noise.gate_sigma * z_gate[step]
-            gate = (pre - weights.rnn_threshold) >= 0
+        gate = gate_buf[inner]
+        if step < t - 1 or gate_seq is not None:       # the last gate is used only when dumped
+            prog.w_fh(hs, fh_buf)
+            if z_gate is None:
+                np.greater_equal(fh_buf, gate_rhs[:, step], out=gate_buf)     # exact integers
+            else:
+                pre = fi[:, step].astype(np.float64) + fh                      # exact integer fi + fh
+                pre = pre + noise.gate_sigma * z_gate[step]
+                np.greater_equal(pre - weights.rnn_threshold, 0, out=gate)
         if gate_seq is not None:
             gate_seq[:, step] = gate
         if i < r and step == read_steps[i]:
@@ -432,9 +583,9 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
                 levels[:, i], output[:, i] = prog.readout(o_int)
             i += 1
         if step < t - 1:
-            sign = gate.view(np.int8) * np.int8(2)
+            sign = np.add(gate_buf.view(np.int8), gate_buf.view(np.int8), out=sign_buf)
             sign -= np.int8(1)
-            h_in *= sign                                 # keep (gate +1) or flip (gate -1)
+            hs *= sign                                   # keep (gate +1) or flip (gate -1); border stays 0
     if hid_seq is not None:
         out["4_hidden"] = np.where(hid_seq > 0, 255, 0).astype(np.uint8)
     if gate_seq is not None:
@@ -449,7 +600,7 @@ class PackedStream:
     with noise off (the live camera loop's case); with noise on it runs :class:`fast.SensorStream`
     itself (its draws are per frame, in its order). Frame sides must be multiples of 4.
 
-    Per frame: conv1 by table look-ups, the x_t mosaic, fi and fh (25 int8 adds each), the gate as
+    Per frame: conv1 by table look-ups, the x_t mosaic, fi and fh (17 int8 adds each), the gate as
     one int8 comparison, h *= sign(gate); in a read-out frame also the K oi / oh and the readout.
     Buffers are allocated once per frame size and reused.
     """
@@ -497,9 +648,8 @@ class PackedStream:
                 raise ValueError(f"frame shape changed mid-window: {frame.shape} after {self._size}")
             self._buffers(*frame.shape)
         prog, inner = self._prog, self._inner
-        bits = (frame > 0).view(np.uint8)[None]
-        x = prog.quantize(prog.pooled(bits), None, 0.0)              # (1, H, W) 0/1
-        np.subtract(x.view(np.int8) * np.int8(2), np.int8(1), out=self._x[inner])
+        prog.x_bytes(frame[None], self._x[inner].view(np.uint8))
+        prog.signs(self._x)                                          # x_t as +-1, (1, H, W)
         prog.w_fi(self._x, self._fi)
         prog.w_fh(self._h, self._fh)
         gate = np.add(self._fi[inner], self._fh[inner]) >= prog.gate_thr
