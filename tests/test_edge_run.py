@@ -261,14 +261,6 @@ def _imports_numpy(pid: int) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not exited (a zombie has)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 def _start_camera(cmd: list, models: Path, **kw) -> subprocess.Popen:
     env = dict(os.environ, PIXELRNN_MODELS=str(models))
     return subprocess.Popen([sys.executable, *map(str, cmd)], cwd=REPO, env=env, text=True,
@@ -312,20 +304,22 @@ def test_sigterm_to_the_process_group_keeps_the_host_counters(bundled_models, tm
 def test_a_signal_while_the_host_process_starts_ends_the_run_cleanly(bundled_models, signum):
     """A signal to the process group while the host process's fresh interpreter is still importing:
     it neither kills the host process nor prints a traceback there; the run ends as interrupted,
-    in order, with its summary (the first signal only stops the loop: edge.run_camera._Signals)."""
+    in order, with its summary (the first signal only stops the loop: edge.run_camera._Signals).
+    The host survived if it decoded the end packet and reported its statistics to the parent
+    (which otherwise notes "the host process failed" or "did not report its statistics"); whether
+    it is still alive a moment later depends on the machine's speed (a quiet one ends the run first)."""
     proc = _start_camera([SCRIPT, "--source", "test", "--headless", "--link", "udp://127.0.0.1:0"],
                          bundled_models, start_new_session=True)
     try:
         host = _wait_for(lambda: _spawned_host(proc.pid), 300, "the host process")
         os.killpg(proc.pid, signum)
-        time.sleep(0.3)
-        survived = _alive(host)                              # before: killed, or a KeyboardInterrupt traceback
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert survived and proc.returncode == 0, stderr
+    assert proc.returncode == 0, stderr
+    assert "host process failed" not in stderr and "did not report its statistics" not in stderr, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert "summary: interrupted after 0 frames" in stderr and stdout == "", stderr   # ended in order
     _wait_for(lambda: not Path(f"/proc/{host}").exists(), 30, "the host process to end")
