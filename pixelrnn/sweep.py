@@ -176,8 +176,8 @@ def _completed(spec: SweepSpec, study) -> dict[tuple, object]:
     return {spec.point_of(t.params): t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
 
 
-def _run_point(cfg: TrainConfig, *, progress: bool) -> dict:
-    """Train one point (or reuse / resume its folder) -> its report.json."""
+def _run_point(cfg: TrainConfig, *, progress: bool) -> tuple[dict, bool]:
+    """Train one point (or reuse / resume its folder) -> (its report.json, whether it trained now)."""
     from pixelrnn.train_loop import train
 
     out = Path(cfg.out_dir)
@@ -187,21 +187,22 @@ def _run_point(cfg: TrainConfig, *, progress: bool) -> dict:
         if done.get("config") != cfg.to_dict():
             raise InputError(f"{out} holds a finished run with other settings; move it away or use another "
                              f"--out-dir")
-        return done
+        return done, False
     result = train(config=cfg, resume=(out / "last.pt").is_file(), progress=progress)
     if not result:
         raise RuntimeError(f"{out}: training stopped before its last epoch")
-    return result
+    return result, True
 
 
 def run_sweep(*, spec: SweepSpec, storage: str, out: Path, n_trials: int | None = None,
               progress: bool = True) -> int:
-    """Run the grid points not yet completed in ``storage``; returns how many ran in this call."""
+    """Run the grid points not yet completed in ``storage``; returns how many trained in this call.
+
+    Optuna's GridSampler does not know the points :func:`adopt_finished` recorded (they carry no
+    grid id), so it may hand one out again: that trial reuses the folder's report at once and does
+    not count; the loop asks for trials until every point is complete (or ``n_trials`` trained)."""
     study = _study(spec, storage)
     adopt_finished(spec, study, out)
-    todo = len(set(spec.points()) - set(_completed(spec, study)))
-    if n_trials is not None:
-        todo = min(todo, n_trials)
     ran = 0
 
     def objective(trial) -> float:
@@ -209,13 +210,20 @@ def run_sweep(*, spec: SweepSpec, storage: str, out: Path, n_trials: int | None 
         point = tuple(trial.suggest_categorical(key, values) for key, values in spec.grid().items())
         cfg = spec.point_config(point, out)
         where = f" fold {point[2]}" if spec.folds else ""
-        print(f"sweep {spec.study}: {point[0]} seed {point[1]}{where} -> {cfg.out_dir}", flush=True)
-        report = _run_point(cfg, progress=progress)
+        done = (Path(cfg.out_dir) / "report.json").is_file()
+        print(f"sweep {spec.study}: {point[0]} seed {point[1]}{where} -> {cfg.out_dir}"
+              + (" (finished before: its report is reused)" if done else ""), flush=True)
+        report, trained = _run_point(cfg, progress=progress)
         _record(trial, report)
-        ran += 1
+        ran += trained
         return float(report["val_accuracy"])
 
-    if todo > 0:
+    for _ in range(2 * len(spec.points()) + 1):     # each point is handed out at most twice (once adopted)
+        todo = len(set(spec.points()) - set(_completed(spec, study)))
+        if n_trials is not None:
+            todo = min(todo, n_trials - ran)
+        if todo <= 0:
+            break
         study.optimize(objective, n_trials=todo, catch=())
     return ran
 

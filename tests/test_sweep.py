@@ -3,6 +3,7 @@ sweep does not redo finished points, the summary reads them back, and bad specs 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -49,6 +50,13 @@ def test_sweep_runs_each_point_once_and_resumes(tmp_path):
     (out / "sweep.db").unlink()
     adopted = _sweep("--spec", str(spec), "--out-dir", str(out), "--no-progress")
     assert adopted.returncode == 0 and "ran 0 point(s)" in adopted.stdout, adopted.stdout + adopted.stderr
+    # a lost storage and one lost run: the other is adopted, the lost one trains again, in one call
+    # (the grid sampler may hand out the adopted point first: that trial must not use up the call)
+    (out / "sweep.db").unlink()
+    shutil.rmtree(out / "authors")
+    again = _sweep("--spec", str(spec), "--out-dir", str(out), "--no-progress")
+    assert again.returncode == 0 and "ran 1 point(s)" in again.stdout, again.stdout + again.stderr
+    assert (out / "authors" / "seed0" / "report.json").is_file()
 
 
 CV_SPEC = """study: tiny-cv
