@@ -56,7 +56,7 @@ import numpy as np
 from core.arith import ArithmeticDecoder, ArithmeticEncoder
 
 __all__ = ["MODEL_ID", "PRECISION_BITS", "HEADER_BYTES", "MIN_BYTES", "MAX_PIXELS", "NUM_CONTEXTS",
-           "ContextMismatch", "stacked_rows", "contexts", "encode_bits", "decode_bits"]
+           "ContextMismatch", "check_map_shape", "stacked_rows", "contexts", "encode_bits", "decode_bits"]
 
 MODEL_ID = 1                       # the template and estimator of this module; another one is a new id
 PRECISION_BITS = 16
@@ -74,14 +74,17 @@ class ContextMismatch(ValueError):
 
 
 # --- validation -----------------------------------------------------------------------------------
-def _check_shape(shape) -> tuple[int, int]:
+def check_map_shape(shape, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) of a map shape of positive ints with at most ``max_pixels`` pixels, or a
+    ValueError naming the problem (this coder's bound by default; :mod:`core.table_coder` passes its own)."""
     if not isinstance(shape, (tuple, list)) or len(shape) != 2 or not all(
             isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) and n >= 1 for n in shape):
         raise ValueError(f"shape must be (height, width) with positive ints, got {shape!r}")
     h, w = int(shape[0]), int(shape[1])
-    if h * w > MAX_PIXELS:
-        raise ValueError(f"a map of {h}x{w} has more than {MAX_PIXELS:,} pixels")
+    if h * w > max_pixels:
+        raise ValueError(f"a map of {h}x{w} has more than {max_pixels:,} pixels")
     return h, w
+
 
 
 def _check_rows(map_rows, height: int) -> int:
@@ -101,7 +104,7 @@ def _check_bits(bits) -> np.ndarray:
         raise ValueError(f"bits must be a non-empty (H, W) array, got shape {bits.shape}")
     if bits.dtype.kind not in "iub":
         raise ValueError(f"bits must have an integer or bool dtype, got {bits.dtype}")
-    _check_shape(bits.shape)
+    check_map_shape(bits.shape)
     if bits.dtype != np.bool_ and (int(bits.min()) < 0 or int(bits.max()) > 1):
         raise ValueError("bits must hold 0 and 1 only")
     return bits.astype(np.uint8)
@@ -111,7 +114,7 @@ def stacked_rows(shape) -> int:
     """Rows of one map in a packet image of ``shape``: an (M*S, S) image with M > 1 (a readout
     layout's maps stacked vertically, ``edge.payloads.layout_image_shape``) is M maps of S rows;
     any other shape is one map. The ``context`` payload's rule, so no extra byte is sent."""
-    h, w = _check_shape(shape)
+    h, w = check_map_shape(shape)
     return w if h > w and h % w == 0 else h
 
 
@@ -194,7 +197,7 @@ def decode_bits(payload: bytes, *, shape, map_rows: int | None = None) -> np.nda
     too short or names another model; :class:`ContextMismatch` when the symbols fail the CRC."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise ValueError(f"payload must be bytes, got {type(payload).__name__}")
-    h, w = _check_shape(shape)
+    h, w = check_map_shape(shape)
     s = _check_rows(map_rows, h)
     payload = bytes(payload)
     if len(payload) < HEADER_BYTES:

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from core.arith import ArithmeticDecoder, ArithmeticEncoder
-from core.context_coder import stacked_rows
+from core.context_coder import check_map_shape, stacked_rows
 from core.errors import InputError
 from core.prior_coder import symbols_crc
 
@@ -92,14 +92,9 @@ class WrongTable(ValueError):
 
 # --- validation -----------------------------------------------------------------------------------
 def _check_shape(shape) -> tuple[int, int]:
-    if not isinstance(shape, (tuple, list)) or len(shape) != 2 or not all(
-            isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) and n >= 1 for n in shape):
-        raise ValueError(f"shape must be (height, width) with positive ints, got {shape!r}")
-    h, w = int(shape[0]), int(shape[1])
+    h, w = check_map_shape(shape, max_pixels=MAX_PIXELS)
     if w % 2:
         raise ValueError(f"the table coder codes maps of even width (pixel pairs), got {h}x{w}")
-    if h * w > MAX_PIXELS:
-        raise ValueError(f"a map of {h}x{w} has more than {MAX_PIXELS:,} pixels")
     return h, w
 
 

@@ -100,12 +100,12 @@ def format_scamp5_text(entries: dict[str, np.ndarray]) -> str:
 
 def write_scamp5_text(*, model, path: str | os.PathLike) -> Path:
     """Write a :class:`pixelrnn.model.PixelRNN`'s weights as SCAMP-5 text, atomically."""
+    from export.layouts import layout_refusal
     from export.onnx_export import decoder_params
 
     layout = model.config.layout
     if not layout.is_authors:
-        raise InputError(f"format scamp5 cannot express this model's readout layout yet ({layout.describe()}): "
-                         "the weight text holds one output kernel pair and the authors' 64x64 8-bit decoder")
+        raise InputError(layout_refusal("scamp5", layout))
     path = Path(path)
     text = format_scamp5_text(scamp5_entries(sensor=model.sensor_weights(), decoder=decoder_params(model),
                                              gate_threshold=bool(model.config.gate_threshold)))

@@ -10,7 +10,7 @@ from firmware_sim.encoding import IW, decode_analog, encode_analog, encode_binar
 from firmware_sim.frontend import FrontEnd
 from firmware_sim.mosaic import from_mosaic, to_mosaic
 from firmware_sim.noise import NoiseModel
-from firmware_sim.weights import SensorWeights, require_authors_layout
+from firmware_sim.weights import SensorWeights
 
 __all__ = ["IW", "FrontEnd", "NoiseModel", "SensorWeights", "decode_analog", "encode_analog",
-           "encode_binary", "from_mosaic", "require_authors_layout", "to_mosaic"]
+           "encode_binary", "from_mosaic", "to_mosaic"]

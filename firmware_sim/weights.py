@@ -162,10 +162,3 @@ class SensorWeights:
                    w_fi=s(KERNEL, KERNEL), w_fh=s(KERNEL, KERNEL), w_oi=s(k, KERNEL, KERNEL),
                    w_oh=s(k, KERNEL, KERNEL), rnn_threshold=float(rng.uniform(-thresh_range, thresh_range)),
                    **extra)
-
-
-def require_authors_layout(weights: SensorWeights, what: str) -> None:
-    """Refuse a program whose readout is not the authors' (for exporters of the authors' formats)."""
-    if not weights.layout.is_authors:
-        raise ValueError(f"{what} supports only the authors' readout (o at the last frame, 1 channel, "
-                         f"64x64, 8 bit); this model reads out {weights.layout.describe()}")

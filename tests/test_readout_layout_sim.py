@@ -26,7 +26,7 @@ from firmware_sim.program import (
     registers_needed,
     run_clips_instruction,
 )
-from firmware_sim.weights import SensorWeights, require_authors_layout
+from firmware_sim.weights import SensorWeights
 
 pytestmark = pytest.mark.device   # base install only: no torch, no TensorFlow
 
@@ -353,12 +353,3 @@ def test_clips_must_fit_the_layout():
     # the authors' layout reads out the last frame of a clip of any length, as always
     assert fast.run_clips(np.ones((1, 3, 64, 64), np.int8), SensorWeights.random(np.random.default_rng(0))
                           ).readout.shape == (1, 64, 64)
-
-
-def test_require_authors_layout():
-    authors = SensorWeights.random(np.random.default_rng(0))
-    require_authors_layout(authors, "the SCAMP-5 text")
-    w = _layout_weights(frames=(4, 8), channels=2, bits=4)
-    with pytest.raises(ValueError, match=r"^the SCAMP-5 text supports only the authors' readout \(o at the last "
-                                         r"frame, 1 channel, 64x64, 8 bit\); this model reads out o at frame\(s\) 4,8"):
-        require_authors_layout(w, "the SCAMP-5 text")
