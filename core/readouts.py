@@ -5,6 +5,8 @@ full-array frames (N, 256, 256) whose 64x64 output sits at rows and columns 128:
 commands that score accuracy, ``labels`` (N,) integers. Readouts written by ``pixelrnn simulate``
 also carry ``program_hash``, the sensor program that made them: a command that knows its program
 refuses readouts of another (:meth:`Readouts.check_program`). Anything else is refused with one line.
+Readouts of another readout layout (:mod:`core.readout_layout`), (N, M, S, S) levels, are checked by
+:func:`check_layout_readouts` (int8 calibration of such a model's decoder, ``pixelrnn export --int8``).
 """
 from __future__ import annotations
 
@@ -67,6 +69,39 @@ def check_readouts(readouts, *, what: str = "readouts") -> np.ndarray:
         raise InputError(f"{what} hold no readouts (N = 0)")
     if readouts.shape[1] == FULL:
         readouts = readouts[:, WINDOW, WINDOW]
+    return np.ascontiguousarray(readouts)
+
+
+def layout_readouts_fix(weights: str | os.PathLike | None = None) -> str:
+    """How to make readouts of a model's layout (the end of :func:`check_layout_readouts`' refusals)."""
+    name = str(weights) if weights is not None and str(weights) else "<this model>"
+    return (f"make them with `pixelrnn simulate --weights {name} --clips CLIPS.npz --readout-only --out R.npz` "
+            "(or pass the clips, frames (N,T,64,64) uint8)")
+
+
+def check_layout_readouts(readouts, layout, *, what: str = "readouts",
+                          weights: str | os.PathLike | None = None) -> np.ndarray:
+    """Readout levels of another readout layout (``core.readout_layout.ReadoutLayout``, not the
+    authors') -> contiguous (N, M, S, S) uint8, every level in 0..``layout.max_level``.
+
+    Raises a one-line :class:`InputError` naming the expected and the given shape (or dtype, or
+    largest level) and how to make readouts of this layout (:func:`layout_readouts_fix`; ``weights``:
+    the model's checkpoint, named in that command)."""
+    shape = "(N, " + ", ".join(map(str, layout.shape)) + ")"
+    whose = f"this model's readout layout ({layout.describe()})"
+    fix = layout_readouts_fix(weights)
+    if not isinstance(readouts, np.ndarray):
+        raise InputError(f"{what} must be a numpy array {shape} uint8, got {type(readouts).__name__}")
+    if readouts.dtype != np.uint8:
+        raise InputError(f"{what} must be uint8 readout levels {shape} for {whose}, got dtype "
+                         f"{readouts.dtype}; {fix}")
+    if readouts.ndim != 4 or readouts.shape[1:] != tuple(layout.shape) or readouts.shape[0] < 1:
+        raise InputError(f"{what} must have shape {shape} with N >= 1 for {whose}, got {readouts.shape}; "
+                         f"{fix}")
+    top = int(readouts.max())
+    if top > layout.max_level:
+        raise InputError(f"{what} hold level {top}, but {whose} has levels 0..{layout.max_level}; "
+                         f"{fix}")
     return np.ascontiguousarray(readouts)
 
 

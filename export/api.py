@@ -15,10 +15,12 @@ or decoder head exports ``sensor_weights.npz``, the manifest and:
   (1, M, S, S) uint8 and ``host.onnx`` decoding them (:mod:`export.onnx_export`);
 - ``tflite``: ``pixelrnn.tflite`` (frames -> logits) and ``host.tflite`` (the levels -> logits),
   builtin ops only; ``lce``: ``pixelrnn_lce.tflite``, bit-packed (:mod:`export.tflite_layout`);
+- ``tflite`` with ``int8``: also ``host_int8.tflite``, the layout's decoder quantized to int8 on
+  representative readouts of the layout's shape (N, M, S, S) (:func:`load_representative`), with
+  host.tflite's input and output (uint8 levels -> float32 logits);
 - ``scamp5`` cannot express a layout yet: asked for by name, the export is refused with a one-line
   InputError naming the format and the layout (nothing is written); under ``all`` it is skipped,
-  with its reason under ``skipped``. ``int8`` (TFLite) is refused (:data:`LAYOUT_REASONS`,
-  :func:`layout_refusal`).
+  with its reason under ``skipped`` (:data:`LAYOUT_REASONS`, :func:`layout_refusal`).
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ ALL = "all"
 SCAMP5_FILE = "weights_scamp5.txt"
 SENSOR_FILE = "sensor_weights.npz"
 LARQ_HINT = "pip install -c constraints.txt -e '.[larq]'"
+READOUT_KEYS = ("readouts", "readout")     # real readouts; what pixelrnn simulate writes
 
 
 @dataclass(frozen=True)
@@ -58,17 +61,15 @@ def _asked_all(formats) -> bool:
     return formats == ALL or (not isinstance(formats, str) and ALL in list(formats))
 
 
-def layout_plan(layout, chosen: tuple[str, ...], *, asked_all: bool, int8: bool,
+def layout_plan(layout, chosen: tuple[str, ...], *, asked_all: bool,
                 decoder: str = "authors") -> tuple[tuple[str, ...], dict[str, str]]:
     """(formats to write, {format or file: why skipped}) for a model reading out ``layout``.
 
     The authors' layout and head: everything chosen, nothing skipped. Any other: ``onnx``, ``tflite``
-    and ``lce`` write all their files; scamp5 is skipped under ``all`` and a one-line InputError when
-    named; int8 is a one-line InputError (:func:`layout_refusal`)."""
+    (with int8: host_int8.tflite too) and ``lce`` write all their files; scamp5 is skipped under
+    ``all`` and a one-line InputError when named (:func:`layout_refusal`)."""
     if layout.is_authors and decoder == "authors":
         return chosen, {}
-    if int8:
-        raise InputError(layout_refusal("int8", layout, decoder))
     refused = [f for f in chosen if f in LAYOUT_REASONS]
     if refused and not asked_all:
         raise InputError(layout_refusal(refused[0], layout, decoder))
@@ -113,8 +114,9 @@ def export_model(*, weights: str | os.PathLike, out: str | os.PathLike,
         raise InputError(f"int8 applies only to the tflite format, not to {', '.join(chosen)}: "
                          "add tflite to the formats or drop int8")
     if int8 and representative is None:
-        raise InputError("int8 needs representative readouts: pass --representative FILE.npz (real "
-                         "sensor readouts, e.g. pixelrnn_ref/scamp5_readouts_cambridge810.npz, or clips)")
+        raise InputError("int8 needs representative readouts: pass --representative FILE.npz (readouts of "
+                         "this model's sensor program: real ones, e.g. pixelrnn_ref/scamp5_readouts_"
+                         "cambridge810.npz, or pixelrnn simulate --readout-only output; or clips)")
     if representative is not None and not int8:
         raise InputError("--representative is used only with --int8")
     for name, value in (("weights", weights), ("out", out)):
@@ -125,9 +127,9 @@ def export_model(*, weights: str | os.PathLike, out: str | os.PathLike,
     from pixelrnn.checkpoint import load_model
 
     model = load_model(weights)
-    chosen, skipped = layout_plan(model.config.layout, chosen, asked_all=_asked_all(formats), int8=int8,
+    chosen, skipped = layout_plan(model.config.layout, chosen, asked_all=_asked_all(formats),
                                   decoder=model.config.decoder)
-    calib = load_representative(representative, model=model) if int8 else None
+    calib = load_representative(representative, model=model, weights=weights) if int8 else None
     staging = _make_staging(out)
     try:
         try:
@@ -181,29 +183,39 @@ def _make_staging(out: Path) -> Path:
         raise InputError(f"cannot write to {parent} ({exc.strerror or exc})") from None
 
 
-def load_representative(path: str | os.PathLike, *, model) -> np.ndarray:
-    """Readouts (N, 64, 64) uint8 for int8 calibration, from an .npz holding either ``readouts``
-    ((N,64,64), or SCAMP-5 full-array (N,256,256) frames whose 64x64 output sits at rows and
-    columns 128:192) or clips ``frames`` (N,T,64,64), run through the simulated sensor."""
+def load_representative(path: str | os.PathLike, *, model, weights: str | os.PathLike | None = None) -> np.ndarray:
+    """Readouts for int8 calibration, shaped as the model's host decoder takes them, from an .npz.
+
+    The authors' 64x64 8-bit readout (any head): (N, 64, 64) uint8 levels, or SCAMP-5 full-array
+    (N, 256, 256) frames whose 64x64 output sits at rows and columns 128:192. Another readout layout:
+    (N, M, S, S) uint8 levels 0..2**bits - 1 (:func:`core.readouts.check_layout_readouts`). The array
+    is ``readouts`` or ``readout`` (what ``pixelrnn simulate --readout-only`` writes); a
+    ``program_hash`` of another sensor program is refused. Or clips ``frames`` (N, T, 64, 64), run
+    through the simulated sensor (noise off). Anything else: a one-line InputError (``weights``, the
+    model's checkpoint, is named in the command it gives to make readouts of the layout)."""
     from firmware_sim.clips import load_clips
 
     path = Path(path)
     example = "np.savez(path, readouts=...) (or clips with frames=...)"
     with open_npz(path, what="representative", example=example) as data:
-        readouts = data["readouts"] if "readouts" in data.files else None
+        key = next((k for k in READOUT_KEYS if k in data.files), None)
+        readouts = data[key] if key is not None else None
         program = str(data["program_hash"]) if "program_hash" in data.files else None
     if readouts is None:
         from firmware_sim.simulate import simulate
 
         clips = load_clips(path, timesteps=model.config.timesteps)
         return simulate(weights=model.sensor_weights(), frames=clips.frames, stages=()).readout
-    from core.readouts import check_readouts
+    from core.readouts import check_layout_readouts, check_readouts
 
     expected = model.sensor_weights().program_hash()
     if program is not None and program != expected:
         raise InputError(f"{path} holds readouts of sensor program {program}, but the model runs program "
                          f"{expected}: calibrate on readouts of this model's sensor program")
-    return check_readouts(readouts, what=f"{path}: readouts")
+    layout = model.config.layout
+    if layout.is_authors:
+        return check_readouts(readouts, what=f"{path}: {key}")
+    return check_layout_readouts(readouts, layout, what=f"{path}: {key}", weights=weights)
 
 
 def _write_formats(model, staging: Path, chosen: tuple[str, ...], calib: np.ndarray | None) -> None:

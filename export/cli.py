@@ -22,10 +22,13 @@ def add_export_parser(subparsers) -> None:
                    help="bundle folder to create (its parent must exist); an existing one must be "
                         "empty or hold a previous bundle")
     p.add_argument("--int8", action="store_true",
-                   help="int8-quantize the TFLite decoder (tflite only; the authors' readout and head)")
+                   help="also write host_int8.tflite, the TFLite decoder int8-quantized (tflite only; "
+                        "any readout layout and head)")
     p.add_argument("--representative", default=None, metavar="FILE.npz",
-                   help="with --int8: calibration readouts (readouts (N,64,64), SCAMP-5 (N,256,256), "
-                        "or clips frames (N,16,64,64) run through the simulator)")
+                   help="with --int8: calibration readouts of this model's sensor program, 'readouts' or "
+                        "'readout' (N,64,64) or SCAMP-5 (N,256,256) for the authors' readout, the layout's "
+                        "levels (N,M,S,S) for another (pixelrnn simulate --readout-only writes them), "
+                        "or clips frames (N,16,64,64) run through the simulator")
     p.set_defaults(func=run_export)
 
 

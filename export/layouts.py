@@ -1,13 +1,15 @@
 """What a model with another readout layout or decoder head cannot be exported to yet, and the
-one-line refusals that say so (used by :mod:`export.api` and :mod:`export.tflite`, which each import
+one-line refusals that say so (used by :mod:`export.api` and :mod:`export.scamp5`, which each import
 this module, so neither imports the other).
+
+int8 is no longer among them: ``host_int8.tflite`` of a layout is the layout's decoder quantized on
+readouts of the layout's shape (:func:`export.tflite_layout.host_int8_tflite`).
 """
 from __future__ import annotations
 
 # what a model with another readout layout or decoder head cannot be exported to yet, and why
 LAYOUT_REASONS = {
     "scamp5": "the SCAMP-5 weight text holds one output kernel pair and the authors' 64x64 8-bit decoder",
-    "int8": "host_int8.tflite is the authors' decoder calibrated on 64x64 8-bit readouts",
 }
 
 
@@ -22,8 +24,5 @@ def layout_refusal(fmt: str, layout, decoder: str = "authors") -> str:
     """The one-line reason why ``fmt`` (a key of :data:`LAYOUT_REASONS`) cannot express a model with
     ``layout`` and ``decoder``, and what to export instead."""
     what = layout_what(layout, decoder)
-    if fmt == "int8":
-        return f"int8 cannot quantize {what}: {LAYOUT_REASONS[fmt]}; drop int8"
     return (f"format {fmt} cannot express {what} yet: {LAYOUT_REASONS[fmt]}; "
             "export with --format onnx, tflite or lce (sensor, host and full graphs)")
-

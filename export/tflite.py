@@ -10,13 +10,17 @@
 - ``host_int8.tflite`` (``int8``): the host decoder quantized to int8 after training, float logits out.
 
 A model with another readout layout or decoder head (:mod:`core.readout_layout`) gets the same
-files but int8, built by :mod:`export.tflite_layout` instead of the twin: ``pixelrnn.tflite`` (frames
+files, built by :mod:`export.tflite_layout` instead of the twin: ``pixelrnn.tflite`` (frames
 (B, T, 64, 64) uint8 -> logits) and ``host.tflite`` (its readout levels (B, M, S, S) uint8 -> logits;
-the authors' 64x64 readout keeps (B, 64, 64)), builtin ops only, and ``pixelrnn_lce.tflite`` (batch
-1, bit-packed); ``int8`` is refused for it in one line (:func:`export.layouts.layout_refusal`).
+the authors' 64x64 readout keeps (B, 64, 64)), builtin ops only, ``pixelrnn_lce.tflite`` (batch
+1, bit-packed), and with ``int8`` ``host_int8.tflite``: the same levels in, float logits out, int8
+inside, calibrated on representative levels of that shape
+(:func:`export.tflite_layout.host_int8_tflite`).
 
-The uint8 input of host_int8.tflite carries the calibrated scale (1.0 when the representative
-readouts span 0..255); :func:`run_tflite` quantizes real values with it.
+The uint8 input of the authors' host_int8.tflite carries the calibrated scale (1.0 when the
+representative readouts span 0..255); :func:`run_tflite` quantizes real values with it. A layout's
+host_int8.tflite takes the uint8 levels unquantized, as its host.tflite does (a CAST, then int8).
+Either way the runtimes of :mod:`core.runtimes` feed both files the readout levels as they are.
 TensorFlow and Larq are imported only inside :func:`export_tflite`, so :func:`run_tflite` works on a
 device that has only ai-edge-litert (or tflite-runtime) and numpy; it opens the interpreters through
 the runtime registry (:mod:`core.runtimes`).
@@ -56,8 +60,14 @@ def _check_formats(formats) -> set[str]:
     return chosen
 
 
-def check_representative(representative) -> np.ndarray:
-    """Readouts for int8 calibration: a non-empty (N, 64, 64) uint8 array."""
+def check_representative(representative, layout=None) -> np.ndarray:
+    """Readouts for int8 calibration: a non-empty (N, 64, 64) uint8 array for the authors' readout
+    (``layout`` None or the authors', any head); for another readout layout its levels (N, M, S, S)
+    uint8 in 0..2**bits - 1 (:func:`core.readouts.check_layout_readouts`)."""
+    if layout is not None and not layout.is_authors:
+        from core.readouts import check_layout_readouts
+
+        return check_layout_readouts(representative, layout, what="representative")
     if not isinstance(representative, np.ndarray):
         raise InputError(f"representative must be a numpy array of readouts (N, 64, 64) uint8, "
                          f"got {type(representative).__name__}")
@@ -108,9 +118,13 @@ def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False
 
     ``formats``: ``tflite`` (pixelrnn.tflite + host.tflite, builtin ops only) and/or ``lce``
     (pixelrnn_lce.tflite, bit-packed); any readout layout and head.
-    ``int8`` (the authors' readout and head only) also writes host_int8.tflite, calibrated on
-    ``representative`` readouts (N, 64, 64) uint8 -- real sensor readouts are best; without them a
-    fixed set of uniform random levels covers the 8-bit range (coarser calibration).
+    ``int8`` also writes host_int8.tflite, calibrated on ``representative`` readouts in the host
+    decoder's input shape: (N, 64, 64) uint8 for the authors' readout and head, the levels of another
+    readout layout or head (:func:`check_representative`) -- real (or simulated) readouts of this
+    model's sensor program are best. Without them the authors' decoder is calibrated on a fixed set of
+    uniform random levels (coarser); another layout or head needs them (a one-line InputError):
+    uniform random levels calibrate it badly (lips.pt: 41% agreement with the float decoder, against
+    99% on real readouts; docs/RESULTS.md).
     """
     from pixelrnn.model import PixelRNN
 
@@ -122,12 +136,14 @@ def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False
     if representative is not None:
         if not int8:
             raise InputError("representative readouts are used only with int8=True")
-        representative = check_representative(representative)
+        representative = check_representative(representative, model.config.layout)
     layout_model = not (model.config.layout.is_authors and model.config.decoder == "authors")
-    if layout_model and int8:
-        from export.layouts import layout_refusal
+    if layout_model and int8 and representative is None:
+        from export.layouts import layout_what
 
-        raise InputError(layout_refusal("int8", model.config.layout, model.config.decoder))
+        raise InputError(f"int8 of {layout_what(model.config.layout, model.config.decoder)} needs representative "
+                         "readouts of its sensor program (uniform random levels calibrate it badly): pass "
+                         "representative=, e.g. the readout of pixelrnn simulate --readout-only")
     if not isinstance(out_dir, (str, os.PathLike)):
         raise InputError(f"out_dir must be a folder path, got {type(out_dir).__name__}")
     out = Path(out_dir)
@@ -138,7 +154,7 @@ def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False
     except OSError as exc:
         raise InputError(f"cannot create output folder {out} ({exc.strerror or exc})") from None
     if layout_model:
-        return _export_layout(model, out, chosen)
+        return _export_layout(model, out, chosen, representative)
 
     from pixelrnn.larq_twin import build_twin
 
@@ -161,17 +177,20 @@ def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False
     return written
 
 
-def _export_layout(model, out: Path, chosen: set[str]) -> dict[str, Path]:
+def _export_layout(model, out: Path, chosen: set[str], representative: np.ndarray | None = None) -> dict[str, Path]:
     """The files of ``chosen`` for a model with another readout layout or head, built from its numpy
-    parameters (:mod:`export.tflite_layout`), not through the Keras/Larq twin."""
+    parameters (:mod:`export.tflite_layout`), not through the Keras/Larq twin; with ``representative``
+    levels (int8; checked by :func:`export_tflite`) also host_int8.tflite, calibrated on them."""
     from export.onnx_export import layout_decoder_params
-    from export.tflite_layout import host_tflite, lce_keras_model, pixelrnn_tflite
+    from export.tflite_layout import host_int8_tflite, host_tflite, lce_keras_model, pixelrnn_tflite
 
     sensor, decoder = model.sensor_weights(), layout_decoder_params(model)
     written: dict[str, Path] = {}
     if "tflite" in chosen:
         written["pixelrnn"] = _write(out / FILES["pixelrnn"], pixelrnn_tflite(sensor, decoder))
         written["host"] = _write(out / FILES["host"], host_tflite(decoder))
+    if representative is not None:
+        written["host_int8"] = _write(out / FILES["host_int8"], host_int8_tflite(decoder, representative))
     if "lce" in chosen:
         import larq_compute_engine as lce
 

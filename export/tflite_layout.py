@@ -10,6 +10,12 @@ ai-edge-litert and tflite-runtime both run the files):
   ``dequantize`` then the head of :class:`export.onnx_export.LayoutDecoderParams` (authors, mlp,
   cnn). The authors' 64x64 8-bit readout with another head keeps its (N, 64, 64) input, as
   ``host.onnx`` does and the camera loop feeds it;
+- ``host_int8.tflite`` (:func:`host_int8_tflite`): the same input and output as ``host.tflite``
+  (uint8 levels, not quantized, -> float32 logits) and int8 inside: a CAST and a QUANTIZE, then
+  every op of the decoder in int8 (post-training, static ranges calibrated on representative
+  readout levels of the layout), a DEQUANTIZE to the float logits. Its input takes the levels as
+  they are, so a device feeds it exactly what it feeds ``host.tflite`` (a b < 8-bit level needs no
+  scale: 0..2**b - 1, with the int8 scale fitted after the cast);
 - ``pixelrnn.tflite``: frames (N, T, 64, 64) uint8 -> logits, the sensor program
   (:class:`firmware_sim.weights.SensorWeights`) then the same decoder;
 - ``pixelrnn_lce.tflite`` (:func:`lce_keras_model`, converted by Larq Compute Engine): the same
@@ -28,6 +34,8 @@ float32: its logits differ from ``PixelRNN.decode`` by the order of float32 sums
 1e-4). The authors' readout and head keep the Keras/Larq twin (:mod:`pixelrnn.larq_twin`).
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -181,11 +189,17 @@ def sense(sensor: SensorWeights, frames, conv=_float_conv):
 
 
 # -- conversion -------------------------------------------------------------------------------------
+def _converter(fn, shape: tuple):
+    """A TFLite converter of ``fn`` on a uint8 input (None, *shape) (dynamic batch)."""
+    tf = _tf()
+    concrete = tf.function(fn, input_signature=[tf.TensorSpec((None, *shape), tf.uint8)]).get_concrete_function()
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+
+
 def _convert(fn, shape: tuple) -> bytes:
     """``fn`` on a uint8 input (None, *shape) -> a builtin-ops TFLite flatbuffer (dynamic batch)."""
     tf = _tf()
-    concrete = tf.function(fn, input_signature=[tf.TensorSpec((None, *shape), tf.uint8)]).get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    converter = _converter(fn, shape)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter.convert()
 
@@ -198,6 +212,32 @@ def host_input_shape(layout) -> tuple[int, ...]:
 def host_tflite(decoder: LayoutDecoderParams) -> bytes:
     """``host.tflite``: readout levels -> logits (see the module docstring)."""
     return _convert(lambda levels: decode(decoder, levels), host_input_shape(decoder.layout))
+
+
+def host_int8_tflite(decoder: LayoutDecoderParams, representative: np.ndarray) -> bytes:
+    """``host_int8.tflite``: readout levels (uint8, as host.tflite takes them) -> float32 logits, the
+    decoder post-training quantized to int8 (``TFLITE_BUILTINS_INT8``: int8 weights and activations,
+    int32 biases), its activation ranges calibrated on ``representative``
+    levels (N, *``host_input_shape``) uint8, one at a time (see the module docstring)."""
+    tf = _tf()
+    shape = host_input_shape(decoder.layout)
+    if not (isinstance(representative, np.ndarray) and representative.dtype == np.uint8
+            and representative.shape[1:] == tuple(shape) and len(representative)):
+        raise ValueError(f"representative must be (N, {', '.join(map(str, shape))}) uint8 levels, got "
+                         f"{getattr(representative, 'shape', type(representative).__name__)}")
+
+    def dataset():
+        for levels in representative:
+            yield [levels[None]]
+
+    converter = _converter(lambda levels: decode(decoder, levels), shape)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_output_type = tf.float32
+    with warnings.catch_warnings():   # the uint8 input is cast, not quantized: it has no statistics
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
 
 
 def pixelrnn_tflite(sensor: SensorWeights, decoder: LayoutDecoderParams) -> bytes:

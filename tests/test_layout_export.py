@@ -1,8 +1,9 @@
 """Export of models with another readout layout (core.readout_layout): host.onnx equals
 ``PixelRNN.decode`` on the layout's levels, the bundle holds sensor.onnx and pixelrnn.onnx too, the
-manifest records the layout, ``verify_bundle`` checks it against sensor_weights.npz, and formats that
-cannot express a layout yet (SCAMP-5 text, int8) are refused in one line (or skipped, with the
-reason, under ``all``; TFLite and LCE of layouts: tests/test_export_layouts_tflite.py);
+manifest records the layout, ``verify_bundle`` checks it against sensor_weights.npz, and the format
+that cannot express a layout yet (SCAMP-5 text) is refused in one line (or skipped, with the reason,
+under ``all``; TFLite and LCE of layouts: tests/test_export_layouts_tflite.py; their int8 host:
+tests/test_tflite_int8_layout.py); int8 representative readouts of another shape are refused in one line;
 calibration on real SCAMP-5 readouts refuses such models. (sensor.onnx and pixelrnn.onnx against
 PyTorch and firmware_sim on random layouts: tests/test_export_layouts_onnx.py.)
 
@@ -209,13 +210,26 @@ def test_formats_that_cannot_express_a_layout_are_refused(exported, tmp_path, fo
     assert not out.exists() and not list(tmp_path.glob(".refused*"))           # nothing left behind
 
 
-def test_int8_is_refused_for_a_layout(exported, tmp_path):
+def test_int8_representative_readouts_of_another_shape_are_refused(exported, tmp_path):
+    """int8 is no longer refused for a layout (tests/test_tflite_int8_layout.py quantizes them); the
+    authors' 64x64 readouts (or, for the authors' readout with another head, 32x32 maps) are not
+    representative of it: one line naming the shape expected and the shape given, before any
+    conversion, nothing written."""
     from export.api import export_model
 
+    layout = exported["layout"]
+    wrong, expected = ((4, 32, 32), "(N, 64, 64)") if layout.is_authors else \
+        ((4, 64, 64), "(N, " + ", ".join(map(str, layout.shape)) + ")")
+    bad = tmp_path / "wrong_shape.npz"
+    np.savez(bad, readouts=np.zeros(wrong, np.uint8))
     with pytest.raises(InputError) as info:
         export_model(weights=exported["ckpt"], out=tmp_path / "q", formats=["tflite"], int8=True,
-                     representative=tmp_path / "none.npz")
-    assert "int8" in one_line(info) and exported["layout"].describe() in str(info.value)
+                     representative=bad)
+    text = one_line(info)
+    assert expected in text and f"got {wrong}" in text, text
+    if not layout.is_authors:
+        assert layout.describe() in text and "--readout-only" in text, text
+    assert not (tmp_path / "q").exists() and not list(tmp_path.glob(".q*"))
 
 
 @pytest.mark.larq
