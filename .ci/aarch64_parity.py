@@ -18,7 +18,9 @@ without its timings. Compared bit for bit:
 order), so its raw logits may differ in the last bits, and a reported logit (rounded to 5 decimals)
 by one in the last digit: those are printed, and fail only beyond ``LOGIT_TOLERANCE``.
 
-Cases (frame sets x bundled models x runtimes):
+Cases (frame sets x models x runtimes): the two bundled default models (``gesture``, ``lips``) and
+``authors``, the test fixture with the authors' readout (tests/fixtures/authors_bundle/gesture: one
+64x64 8-bit map), which has TFLite files (the default bundles are ONNX-only since issue 12):
 - ``grid``: GRID lip frames, 64x64 gray, from $PIXELRNN_DATA/grid_s1_digits.npz (if present): the ROI
   is the whole 64x64 frame, so the front end only copies them (no resize, no face detector);
 - ``pattern``: frames of the camera loop's test pattern, 320x240 BGR: the front end's gray
@@ -43,6 +45,8 @@ RUNTIMES = ("onnxruntime", "ai-edge-litert")
 EXACT_RUNTIMES = ("onnxruntime",)   # decisions and raw logits bit for bit; the others within LOGIT_TOLERANCE
 LOGIT_TOLERANCE = 1e-4              # ai-edge-litert: measured up to 9e-6 (x86_64 vs a Cortex-A72 under qemu)
 UNTIMED = ("window", "class", "label", "score", "bytes", "logits")
+MODELS = {"gesture": None, "lips": None,          # None: the package's bundled default of that task
+          "authors": REPO / "tests" / "fixtures" / "authors_bundle" / "gesture"}
 
 
 def make(out: Path, data: Path, frames: int) -> None:
@@ -67,11 +71,12 @@ def make(out: Path, data: Path, frames: int) -> None:
 def cases(names: list[str]) -> list[dict]:
     out = []
     for frames in names:
-        for task in ("gesture", "lips"):
+        for model in MODELS:
+            task = "lips" if model == "lips" else "gesture"
             if task == "lips" and frames == "pattern":
                 continue                    # no face in the pattern: the lips task's mouth ROI needs one
             for runtime in RUNTIMES:
-                out.append({"frames": frames, "task": task, "runtime": runtime,
+                out.append({"frames": frames, "model": model, "task": task, "runtime": runtime,
                             "roi": "0,0,64,64" if frames == "grid" else "center"})
     return out
 
@@ -100,7 +105,7 @@ def run(frames_file: Path, out: Path) -> None:
         sets = {k: d[k] for k in d.files}
     results = []
     for case in cases(sorted(sets)):
-        bundle = resolve_bundle(model=None, task=case["task"])
+        bundle = resolve_bundle(model=MODELS[case["model"]], task=case["task"])
         if case["runtime"] != "onnxruntime" and "tflite" not in bundle.manifest.get("formats", []):
             continue                                 # the bundle has no file for that runtime
         options = CameraLoopOptions(task=case["task"], runtime=case["runtime"], roi=case["roi"], seed=0)
@@ -134,7 +139,7 @@ def _floats(values: list[str]) -> np.ndarray:
 def compare(a_file: Path, b_file: Path) -> int:
     a, b = (json.loads(Path(f).read_text()) for f in (a_file, b_file))
     print(f"aarch64_parity: A {a['info']}\naarch64_parity: B {b['info']}")
-    key = lambda c: (c["frames"], c["task"], c["runtime"])    # noqa: E731
+    key = lambda c: (c["frames"], c.get("model", c["task"]), c["runtime"])    # noqa: E731
     cases_a, cases_b = {key(c): c for c in a["cases"]}, {key(c): c for c in b["cases"]}
     failures, compared = [], 0
     if cases_a.keys() != cases_b.keys():

@@ -56,7 +56,8 @@ def cv_figures(cv_dir: Path) -> dict:
     confusion = sum(np.array(r["test"]["confusion"]) for rs in seeds.values() for r in rs)
     classes = next(iter(seeds.values()))[0]["test"]["classes"]
     recall = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-    return {"seeds": len(seeds), "folds": FOLDS, "acc": mean_std(acc), "noisy": mean_std(noisy),
+    return {"dir": cv_dir.as_posix().split("/work/")[-1], "seeds": len(seeds), "folds": FOLDS,
+            "acc": mean_std(acc), "noisy": mean_std(noisy),
             "per_class": dict(zip(classes, recall.tolist())),
             "best_epochs": sorted(r["best_epoch"] for rs in seeds.values() for r in rs)}
 
@@ -76,9 +77,9 @@ def _accuracy_lines(report: dict, cv: dict | None) -> list[str]:
         raise SystemExit("this run has no test split (fold -1): give --cv, the sweep folder of its settings")
     fit = report["train_fit"]
     per_class = ", ".join(f"{k} {100 * v:.0f}%" for k, v in cv["per_class"].items())
-    return [f"- Cross-validated accuracy of these settings ({cv['folds']} folds x {cv['seeds']} seeds; each fold's "
-            f"model chosen on its own validation clips, tested on the held-out fold through firmware_sim, noise "
-            f"off): **{cv['acc'][0]:.1f}%** ± {cv['acc'][1]:.1f} (mean ± std over seeds).",
+    return [f"- Cross-validated accuracy of these settings (`{cv['dir']}`: {cv['folds']} folds x {cv['seeds']} "
+            f"seeds; each fold's model chosen on its own validation clips, tested on the held-out fold through "
+            f"firmware_sim, noise off): **{cv['acc'][0]:.1f}%** ± {cv['acc'][1]:.1f} (mean ± std over seeds).",
             f"- The same with the authors' noise at test time (5 draws per fold): {cv['noisy'][0]:.1f}% ± "
             f"{cv['noisy'][1]:.1f}.",
             f"- Per class (pooled over the cross-validation): {per_class}.",
@@ -95,7 +96,10 @@ def card(task: str, run: Path, report: dict, files: dict[str, int], chosen_by: s
     layout = ReadoutLayout.from_dict(report["readout_layout"]) if report.get("readout_layout") else ReadoutLayout()
     readout = "8-bit readout of o_16" if layout.is_authors else layout.describe()
     head = cfg.get("decoder", "authors")
-    chosen = chosen_by or ("Chosen among the 3 seeds (and, for gesture, 5 folds) of `benchmarks/results.py` by "
+    chosen = chosen_by or ("Settings chosen by the mean validation accuracy of the cross-validated sweep's "
+                           "configurations, not by test accuracy. Across configurations see `docs/RESULTS.md`."
+                           if cv is not None else
+                           "Chosen among the 3 seeds (and, for gesture, 5 folds) of `benchmarks/results.py` by "
                            "validation accuracy, not test accuracy. Across seeds and folds see `docs/RESULTS.md`.")
     every = report["test"] is None          # fold -1: trained on every clip, the last epoch
     classes = (report["test"] or report["train_fit"])["classes"]
@@ -120,13 +124,12 @@ def card(task: str, run: Path, report: dict, files: dict[str, int], chosen_by: s
         f"- {chosen}",
         "- Files: " + ", ".join(f"{n} {s / 1024:.0f} KB" for n, s in sorted(files.items())) + ".",
         f"- Made {date.today().isoformat()} from run `{run.as_posix().split('/work/')[-1]}`.", "",
-        "Limits: a single-channel binary RNN inside the sensor; one GRID speaker, so expect lower accuracy "
-        "on other faces and cameras." + ("" if layout.is_authors else " The bundle keeps to ONNX (under 1 MB); "
-        "`pixelrnn export --format tflite,lce` writes this readout's TFLite and LCE files; SCAMP-5 text cannot "
-        "express it yet.")
-        if task == "lips" else
-        "Limits: 90 clips of one data set; the cross-validated figure above is the estimate of its accuracy "
-        "on new clips of the same set.", ""])
+        ("Limits: a single-channel binary RNN inside the sensor; one GRID speaker, so expect lower accuracy "
+         "on other faces and cameras." if task == "lips" else
+         "Limits: 90 clips of one data set; the cross-validated figure above is the estimate of its accuracy "
+         "on new clips of the same set.")
+        + ("" if layout.is_authors else " The bundle keeps to ONNX (under 1 MB); `pixelrnn export --format "
+           "tflite,lce` writes this readout's TFLite and LCE files; SCAMP-5 text cannot express it yet."), ""])
 
 
 def install(task: str, run: Path, chosen_by: str = "", cv_dir: Path | None = None) -> None:

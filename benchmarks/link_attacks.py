@@ -62,9 +62,10 @@ from edge.pipeline import PipelineOptions, run_pipeline  # noqa: E402
 from edge.sensor_stage import SensorOptions  # noqa: E402
 
 HEADING = "Measured: attacks on the UDP link"
-# a bundled model with the authors' readout (64x64 8-bit and 1-bit/prior payloads), which the forged
-# packets below imitate; the default lips model reads out its own 1-bit layout since issue 12
-AUTHORS_BUNDLE = REPO / "pixelrnn" / "models" / "gesture"
+# a bundle with the authors' readout (64x64 8-bit and 1-bit/prior payloads), which the forged packets below
+# imitate: the test fixture that the previous default gesture model became (the default models read out
+# their own 1-bit layouts since issue 12)
+AUTHORS_BUNDLE = REPO / "tests" / "fixtures" / "authors_bundle" / "gesture"
 ATTACKS = {
     "none": "no attack (baseline)",
     "forged_readouts": "forged readouts of the genuine stream (right format and model id), no MAC / random MAC",

@@ -312,7 +312,8 @@ class CameraLoop:
         if serve is None:
             return run_pipeline(source=frames, bundle=self._bundle, options=self._pipeline, on_decision=on_decision,
                                 on_note=on_note, display=display, stop=stop)
-        with LiveServer(options=serve, task=self.task, classes=self.classes, on_note=on_note) as server:
+        with LiveServer(options=serve, task=self.task, classes=self.classes,
+                        readout=self._bundle.layout.describe(), on_note=on_note) as server:
             result = run_pipeline(source=frames, bundle=self._bundle, options=self._pipeline,
                                   on_decision=on_decision, on_note=on_note, display=display, stop=stop,
                                   publisher=server.publisher)

@@ -16,6 +16,7 @@ stands for it; 1bit, prior or another bit depth are a one-line InputError.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,14 @@ from firmware_sim.noise import NoiseModel
 from firmware_sim.packed import PackedStream
 from firmware_sim.weights import SensorWeights
 
+
+def frames_per_row(frames: int, channels: int) -> int:
+    """How many read-out frames (blocks of ``channels`` maps side by side) :meth:`SensorStage.last_view`
+    puts in a row: the divisor of ``frames`` whose grid is nearest to square (the wider on a tie), so
+    8 frames of one channel make 2 rows of 4, not a column 8 maps tall."""
+    def skew(d: int) -> float:
+        return abs(math.log((frames // d) / (d * channels)))
+    return min((d for d in range(1, frames + 1) if frames % d == 0), key=lambda d: (round(skew(d), 9), -d))
 
 class Preprocessor:
     """Camera frame -> (64x64 uint8 gray, ROI box): ``to_gray``, the ROI chooser, ``crop_resize``."""
@@ -143,13 +152,17 @@ class SensorStage:
     @property
     def last_view(self) -> np.ndarray | None:
         """The last readout as an image to look at: the authors' readout as it is; a layout's maps in
-        a grid (a row per read-out frame, a column per channel), b-bit levels stretched to 0..255."""
+        a grid of frame blocks (each block a read-out frame's K channels side by side, frames in
+        reading order, :func:`frames_per_row` of them per row: a near-square image), b-bit levels
+        stretched to 0..255."""
         readout = self.last_readout
         if readout is None or self.layout.is_authors:
             return readout
         layout = self.layout
-        s, k = layout.side, layout.channels
-        grid = readout.reshape(len(layout.frames), k, s, s).transpose(0, 2, 1, 3).reshape(-1, k * s)
+        s, k, r = layout.side, layout.channels, len(layout.frames)
+        per_row = frames_per_row(r, k)
+        grid = (readout.reshape(r // per_row, per_row, k, s, s).transpose(0, 3, 1, 2, 4)
+                .reshape(r // per_row * s, per_row * k * s))
         if layout.bits < 8:
             grid = (grid.astype(np.uint16) * 255 // layout.max_level).astype(np.uint8)
         return grid

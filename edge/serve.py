@@ -133,11 +133,13 @@ class LivePublisher:
     :meth:`frame` per frame (two attribute stores) and :meth:`decision` per window (one JSON
     encoding, a non-blocking put per browser); the server's threads read the rest."""
 
-    def __init__(self, *, options: ServeOptions, task: str = "", classes: list[str] | tuple[str, ...] = ()) -> None:
+    def __init__(self, *, options: ServeOptions, task: str = "", classes: list[str] | tuple[str, ...] = (),
+                 readout: str = "") -> None:
         if not isinstance(options, ServeOptions):
             raise InputError(f"options must be a ServeOptions, got {type(options).__name__}")
         self.options = options
         self.task = str(task)
+        self.readout = str(readout)      # what leaves the sensor per window, in words (the page's caption)
         self.classes = [str(c) for c in classes]
         self._lock = threading.Lock()
         self._clients: set[queue.Queue] = set()
@@ -225,7 +227,8 @@ class LivePublisher:
     def state(self) -> dict:
         """/state.json: task, classes, the last decision and stats, the charts' history."""
         with self._lock:
-            return {"task": self.task, "classes": self.classes, "decision": self._decision, "stats": self._stats,
+            return {"task": self.task, "classes": self.classes, "readout": self.readout,
+                    "decision": self._decision, "stats": self._stats,
                     "end": self.end, "history_points": self.options.history,
                     "history": {name: list(values) for name, values in self._history.items()}}
 
@@ -413,13 +416,13 @@ class LiveServer:
     leaving the block ends the page's threads. Feed ``server.publisher`` from the loop."""
 
     def __init__(self, *, options: ServeOptions, task: str = "", classes: list[str] | tuple[str, ...] = (),
-                 on_note: Callable[[str], None] = lambda s: None) -> None:
+                 readout: str = "", on_note: Callable[[str], None] = lambda s: None) -> None:
         if not isinstance(options, ServeOptions):
             raise InputError(f"options must be a ServeOptions, got {type(options).__name__}")
         if not callable(on_note):
             raise InputError(f"on_note must be callable, got {type(on_note).__name__}")
         self.options = options
-        self.publisher = LivePublisher(options=options, task=task, classes=classes)
+        self.publisher = LivePublisher(options=options, task=task, classes=classes, readout=readout)
         self._on_note = on_note
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []

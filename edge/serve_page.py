@@ -34,8 +34,9 @@ PAGE = """<!doctype html>
   .bar { height: 8px; background: #2a3240; border-radius: 4px; overflow: hidden; margin: 6px 0; }
   #scorebar { height: 100%; width: 0; background: var(--accent); transition: width .2s; }
   .meta { color: var(--dim); font-variant-numeric: tabular-nums; }
-  #readout { width: 256px; height: 256px; image-rendering: pixelated; background: #000;
-             display: block; border-radius: 4px; }
+  #readout { width: auto; height: auto; max-width: 100%; max-height: 320px; image-rendering: pixelated;
+             background: #000; display: block; border-radius: 4px; }
+  #readout-what { margin-top: 6px; }
   .charts { display: grid; grid-template-rows: repeat(3, 1fr); gap: 12px; }
   canvas { width: 100%; height: 140px; display: block; }
   dl { display: grid; grid-template-columns: auto 1fr; gap: 2px 10px; margin: 8px 0 0; }
@@ -63,8 +64,9 @@ PAGE = """<!doctype html>
       </dl>
     </div>
     <div class="card" style="margin-top: 12px">
-      <h2>Last readout (64&times;64, in-pixel)</h2>
+      <h2>Last readout (in-pixel)</h2>
       <img id="readout" alt="the last readout">
+      <div class="meta" id="readout-what"></div>
     </div>
   </div>
   <div class="charts">
@@ -156,6 +158,7 @@ async function start() {
     const state = await (await fetch("state.json", { cache: "no-store" })).json();
     maxPoints = state.history_points || maxPoints;
     $("task").textContent = state.task + " (" + state.classes.length + " classes)";
+    $("readout-what").textContent = state.readout || "";
     for (const v of state.history.latency_ms) push("latency", v);
     for (const v of state.history.fps) push("fps", v);
     for (const v of state.history.link_kBps) push("link", v);

@@ -1,8 +1,8 @@
 """Shared fixtures. Real data is found through PIXELRNN_DATA (default ../shared/data from the repo).
 
 Markers (pytest.ini): ``device`` tests run on the base install and use only the torch-free fixtures
-(``bundled_models``, ``need``); ``authors_models`` and ``edge_models`` need torch (and TensorFlow/Larq
-for ``edge_models``' TFLite export) and skip cleanly without them."""
+(``bundled_models``, ``authors_bundle``, ``need``); ``authors_models`` and ``edge_models`` need torch
+(and TensorFlow/Larq for ``edge_models``' TFLite export) and skip cleanly without them."""
 from __future__ import annotations
 
 import os
@@ -19,6 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PIXELRNN_DATA", REPO.parent / "shared" / "data"))
 REF = DATA / "pixelrnn_ref"
 BUNDLED = REPO / "pixelrnn" / "models"          # the package's default models, <task>/ bundles
+# a bundle with the authors' readout (o_16, one 64x64 map, 8 bit): the gesture default until issue 12 replaced it,
+# kept for what only that layout has (1bit / prior / table payloads of 8-bit levels, TFLite files in the bundle)
+AUTHORS_BUNDLES = REPO / "tests" / "fixtures" / "authors_bundle"
 
 
 def need(path: Path) -> Path:
@@ -68,14 +71,27 @@ def edge_models(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_models(tmp_path_factory) -> Path:
-    """The package's bundled default models (pixelrnn/models/<task>/: manifest, ONNX, TFLite, sensor
-    program) copied to a session folder in the default-model layout: no torch or export needed, so the
+    """The package's bundled default models (pixelrnn/models/<task>/: manifest, ONNX, sensor program;
+    since issue 12 both read out 8 maps of 32x32 at 1 bit, ``authors_bundle`` has the authors' readout)
+    copied to a session folder in the default-model layout: no torch or export needed, so the
     ``device`` tests run on the base install. A copy, so no test can change the package's own files."""
     root = tmp_path_factory.getbasetemp() / "bundled_models"
     for task in ("lips", "gesture"):
         if not (root / task / "manifest.json").is_file():
             assert (BUNDLED / task / "manifest.json").is_file(), f"no bundled {task} model at {BUNDLED / task}"
             shutil.copytree(BUNDLED / task, root / task, dirs_exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def authors_bundle(tmp_path_factory) -> Path:
+    """tests/fixtures/authors_bundle/gesture/ (a trained gesture model with the authors' readout: one 64x64
+    8-bit map, ONNX + TFLite + sensor program) copied to a session folder in the default-model layout
+    (<root>/gesture/), as ``bundled_models``: torch-free, so ``device`` tests may use it."""
+    root = tmp_path_factory.getbasetemp() / "authors_bundle"
+    if not (root / "gesture" / "manifest.json").is_file():
+        assert (AUTHORS_BUNDLES / "gesture" / "manifest.json").is_file(), f"no fixture bundle at {AUTHORS_BUNDLES}"
+        shutil.copytree(AUTHORS_BUNDLES / "gesture", root / "gesture", dirs_exist_ok=True)
     return root
 
 

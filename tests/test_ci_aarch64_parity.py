@@ -75,7 +75,7 @@ def test_other_runtimes_may_differ_in_the_last_bits_only(parity, result, tmp_pat
     data = json.loads(result.read_text())
     loose = [i for i, c in enumerate(data["cases"]) if c["runtime"] not in parity.EXACT_RUNTIMES]
     if not loose:
-        pytest.skip("no bundled model with a tflite file")
+        pytest.skip("no model with a tflite file")
     for shift, expect in ((1e-6, 0), (1e-3, 1)):
         other = copy.deepcopy(data)
         d = other["cases"][loose[0]]["decisions"][0]

@@ -42,3 +42,50 @@ def test_lips_model_reproduces_its_card_on_the_grid_test_split():
     stated = float(re.search(r"\*\*([0-9.]+)%\*\*", card).group(1)) / 100
     assert acc == pytest.approx(stated, abs=1e-9)
     assert np.isfinite(acc) and acc > 0.5      # far above chance (0.1)
+
+
+def test_gesture_model_reproduces_its_card_on_all_cambridge_clips():
+    """The default gesture model is trained on every Cambridge clip (fold -1, no test split): its card states
+    its fit of those clips through firmware_sim, which must reproduce, and the readout it was trained for."""
+    from firmware_sim.simulate import simulate
+    from pixelrnn.checkpoint import load_model
+    from pixelrnn.data import load_dataset, split
+    need(DATA / "pixelrnn_ref" / "cambridge_test90.npz")
+    ds = load_dataset("cambridge", data_dir=DATA)
+    every = split(ds, fold=-1)
+    assert len(every["train"]) == len(ds.labels) == 90 and not len(every["val"]) and not len(every["test"])
+    model = load_model(MODELS / "gesture.pt")
+    readout = simulate(weights=model.sensor_weights(), frames=ds.frames, stages=()).readout
+    with torch.no_grad():
+        correct = int((model.decode(torch.from_numpy(readout)).argmax(1).numpy() == ds.labels).sum())
+    card = (MODELS / "gesture.md").read_text()
+    fit = re.search(r"fit of its own training clips[^:]*: ([0-9.]+)% \((\d+)/(\d+)\)", card)
+    assert fit and (int(fit.group(2)), int(fit.group(3))) == (correct, len(ds.labels))
+    assert float(fit.group(1)) == pytest.approx(100 * correct / len(ds.labels), abs=0.05)
+    assert model.config.layout.describe() in card                       # the readout it was trained for
+
+
+def test_gesture_card_states_the_cross_validated_accuracy_of_its_settings():
+    """The card's headline figure is the CV accuracy of the sweep folder it names, recomputed from its
+    reports (the sweep's runs are not in the repository: skipped where they are absent)."""
+    import json
+    import sys
+
+    card = (MODELS / "gesture.md").read_text()
+    found = re.search(r"Cross-validated accuracy of these settings \(`([^`]+)`.*?\*\*([0-9.]+)%\*\* ± ([0-9.]+)", card)
+    assert found, "the gesture card states no cross-validated accuracy"
+    cv_dir = REPO / found.group(1)
+    if not any(cv_dir.glob("seed*/fold*/report.json")):
+        pytest.skip(f"the sweep's reports are not here ({cv_dir})")
+    sys.path.insert(0, str(REPO))
+    from benchmarks.default_models import cv_figures
+    figures = cv_figures(cv_dir)
+    assert (float(found.group(2)), float(found.group(3))) == (round(figures["acc"][0], 1), round(figures["acc"][1], 1))
+    # the settings on the card are the sweep's: the model was trained with that folder's configuration
+    run = json.loads(next(cv_dir.glob("seed*/fold*/report.json")).read_text())["config"]
+    extra = torch.load(MODELS / "gesture.pt", map_location="cpu", weights_only=True)["extra"]
+    trained = extra["train_config"]
+    assert trained["fold"] == -1 and trained["dataset"] == run["dataset"] == "cambridge"
+    for key in ("readout_every", "readout_bits", "readout_pool", "out_channels", "decoder", "lr", "lr_binary",
+                "init_from", "batch_size", "schedule", "noise_conv", "noise_gate", "noise_out"):
+        assert trained[key] == run[key], key

@@ -26,15 +26,15 @@ def parse(argv):
 
 
 @pytest.mark.slow
-def test_bench_reports_every_stage_runtime_and_the_device(bundled_models, tmp_path):
+def test_bench_reports_every_stage_runtime_and_the_device(authors_bundle, tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     plot = ["--plot", str(png)] if importlib.util.find_spec("matplotlib") else []   # not in the base install
     code = ("import sys, argparse\n"
             "from edge.bench import add_bench_parser\n"
             "p = argparse.ArgumentParser(prog='pixelrnn'); add_bench_parser(p.add_subparsers(dest='command'))\n"
             "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n")
-    # the gesture bundle: the authors' readout, exported for every runtime (the lips one is ONNX-only)
-    proc = subprocess.run([sys.executable, "-c", code, "bench", "--model", str(bundled_models / "gesture"),
+    # a bundle with the authors' readout, exported for every runtime (the default bundles are ONNX-only)
+    proc = subprocess.run([sys.executable, "-c", code, "bench", "--model", str(authors_bundle / "gesture"),
                            "--runtime", "all", "--threads", "1", "--warmup", "2", "--runs", "12",
                            "--loop-frames", "48", "--json", str(out), *plot],
                           capture_output=True, text=True, cwd=REPO, timeout=300)

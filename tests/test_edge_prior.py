@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import AUTHORS_BUNDLES, REPO
 from core.arith import quantize_probs
 from core.prior_coder import FORMAT, PriorCoder, PriorMismatch, _binary_table, load_prior, prior_shapes, save_prior
 from edge.packet import (
@@ -30,9 +30,9 @@ from edge.packet import (
 )
 
 MODEL = "0123456789abcdef"
-# a bundled model with the authors' readout (o_16, 8 bit): the 1bit and prior payloads apply to it
-# (the default lips model reads out 1-bit levels of its own layout since issue 12)
-AUTHORS_BUNDLE = REPO / "pixelrnn" / "models" / "gesture"
+# a bundle with the authors' readout (o_16, 8 bit): the 1bit and prior payloads apply to it (the default
+# models read out 1-bit levels of their own layouts since issue 12): the fixture the old default gesture became
+AUTHORS_BUNDLE = AUTHORS_BUNDLES / "gesture"
 
 
 def random_prior(seed: int = 0, *, hidden: int = 4, layers: int = 2, kernel: int = 3, num_classes: int = 2,
@@ -318,8 +318,7 @@ def prior_file(tmp_path_factory):
 
 @pytest.mark.device
 def test_camera_loop_prior_payload_matches_1bit(prior_file, capsys, tmp_path):
-    if not (AUTHORS_BUNDLE / "manifest.json").is_file():
-        pytest.skip(f"no bundled model at {AUTHORS_BUNDLE}")
+    assert (AUTHORS_BUNDLE / "manifest.json").is_file(), f"no fixture bundle at {AUTHORS_BUNDLE}"
     common = ["--source", "test", "--headless", "--max-frames", 32, "--model", AUTHORS_BUNDLE]
     runs = {}
     for payload in ("1bit", "prior"):
@@ -355,8 +354,7 @@ def test_camera_loop_prior_payload_matches_1bit(prior_file, capsys, tmp_path):
 
 @pytest.mark.device
 def test_prior_flag_errors_are_one_line(prior_file, capsys, tmp_path):
-    if not (AUTHORS_BUNDLE / "manifest.json").is_file():
-        pytest.skip(f"no bundled model at {AUTHORS_BUNDLE}")
+    assert (AUTHORS_BUNDLE / "manifest.json").is_file(), f"no fixture bundle at {AUTHORS_BUNDLE}"
     (tmp_path / "junk.npz").write_bytes(b"junk")
     common = ["--source", "test", "--headless", "--max-frames", 16, "--model", AUTHORS_BUNDLE]
     for extra, message in ((["--payload", "prior"], "--payload prior needs --prior FILE.npz"),

@@ -34,6 +34,7 @@ from edge.payloads import (
     layout_image_shape,
     layout_payload_name,
 )
+from edge.sensor_stage import frames_per_row
 
 MODEL = "0123456789abcdef"
 VIDEO = DATA / "videos" / "grid_s1_bbaf2n.mpg"
@@ -149,8 +150,15 @@ def test_sensor_stage_sends_the_layout_in_its_own_payload(every, k, bits, pool):
         assert len(p) == OVERHEAD_BYTES + layout.payload_bytes and p[6] == stage.codec.wire_id
         assert struct.unpack_from("!HH", p, 32) == layout_image_shape(layout)
     assert stage.payload_bytes == 2 * layout.payload_bytes and stage.last_readout.shape == layout_image_shape(layout)
-    view = stage.last_view                             # a grid: a row per frame, a column per channel
-    assert view.shape == (len(layout.frames) * layout.side, k * layout.side) and view.dtype == np.uint8
+    view = stage.last_view                             # a grid of frame blocks, each a frame's K maps side by side
+    r, s = len(layout.frames), layout.side
+    per_row = frames_per_row(r, k)
+    assert view.shape == (r // per_row * s, per_row * k * s) and view.dtype == np.uint8
+    maps = stage.last_readout.reshape(r, k, s, s).astype(np.uint16) * 255 // layout.max_level
+    for f in range(r):                  # frame f, channel c: block (f // per_row, f % per_row * k + c)
+        for c in range(k):
+            y, x = f // per_row * s, (f % per_row * k + c) * s
+            np.testing.assert_array_equal(view[y:y + s, x:x + s], maps[f, c])
     info = stage.layout_summary()["readout_layout"]
     assert ReadoutLayout.from_dict({k_: info[k_] for k_ in ReadoutLayout().to_dict()}) == layout
     assert layout_of(8, 3, 2, 4).payload_bytes == 384 and layout_of(2, 1, 1, 2).payload_bytes == 1024
@@ -223,12 +231,16 @@ def test_the_overlay_keeps_a_grid_of_maps_in_proportion():
 
 # -- bundles: the manifest's layout -------------------------------------------------------------------------
 @pytest.mark.device
-def test_bundled_models_have_the_authors_layout_and_a_wrong_one_is_refused(bundled_models, tmp_path):
+def test_a_bundle_without_a_layout_has_the_authors_and_a_wrong_one_is_refused(authors_bundle, bundled_models,
+                                                                             tmp_path):
     from edge.models import load_bundle
 
-    src = bundled_models / "gesture"
+    src = authors_bundle / "gesture"
     assert "readout_layout" not in json.loads((src / "manifest.json").read_text())      # absent: the authors'
     assert load_bundle(src).layout.is_authors
+    for task in ("lips", "gesture"):            # the default models (issue 12) state their own layouts
+        stated = json.loads((bundled_models / task / "manifest.json").read_text())["readout_layout"]
+        assert load_bundle(bundled_models / task).layout == ReadoutLayout.from_dict(stated)
     for name, layout, ok in (("authors", ReadoutLayout(), True), ("other", layout_of(4, 2, 8, 1), False),
                              ("bad", {"bits": 5}, False)):
         dst = tmp_path / name

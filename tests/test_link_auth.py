@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import AUTHORS_BUNDLES, REPO
 from core.errors import InputError
 from edge.auth import KEY_BYTES, MAC_BYTES, RUN_NONCE_BYTES, LinkKey, load_link_key, new_run_nonce
 from edge.link import LinkSpec, parse_link
@@ -26,9 +26,9 @@ from benchmarks.link_attacks import AttackOptions, affected, forged_prior_packet
 pytestmark = pytest.mark.device
 
 MODEL = "0123456789abcdef"
-# a bundled model with the authors' readout (o_16, 8 bit): the 1bit and prior payloads apply to it
-# (the default lips model reads out 1-bit levels of its own layout since issue 12)
-AUTHORS_BUNDLE = REPO / "pixelrnn" / "models" / "gesture"
+# a bundle with the authors' readout (o_16, 8 bit): the 1bit and prior payloads apply to it (the default
+# models read out 1-bit levels of their own layouts since issue 12): the fixture the old default gesture became
+AUTHORS_BUNDLE = AUTHORS_BUNDLES / "gesture"
 WINDOWS, FPS = 4, 120.0                       # genuine windows per attacked run, test pattern pace
 
 

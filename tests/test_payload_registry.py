@@ -99,10 +99,11 @@ def zlib_codec(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    from edge.models import resolve_bundle
+def bundle(authors_bundle):
+    """A bundle with the authors' readout (one 64x64 8-bit map), which the 4bit, zlib and prior payloads carry."""
+    from edge.models import load_bundle
 
-    return resolve_bundle(model=None, task="gesture")
+    return load_bundle(authors_bundle / "gesture")
 
 
 def test_a_registered_codec_frames_and_decodes_packets(nibble):
@@ -249,7 +250,7 @@ def test_bench_reports_the_real_mean_of_the_prior_payload(bundle, prior_file):
     from edge.bench import BenchOptions, run_bench
     from edge.bench_report import format_table
 
-    options = BenchOptions(task="gesture", runtimes=("onnxruntime",), warmup=1, runs=3, loop_frames=16,
+    options = BenchOptions(model=str(bundle.path), runtimes=("onnxruntime",), warmup=1, runs=3, loop_frames=16,
                            payload="prior", prior=str(prior_file))
     results, _ = run_bench(options=options)
     p = results["packet"]

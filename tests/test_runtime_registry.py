@@ -51,15 +51,16 @@ def toy_runtimes():
 
 
 @pytest.fixture(scope="module")
-def toy_bundle(tmp_path_factory):
-    """The bundled gesture model, copied, with host_toy.npz (host.onnx's weights) added to its manifest."""
+def toy_bundle(tmp_path_factory, authors_bundle):
+    """The fixture bundle with the authors' readout (whose host math load_toy implements), copied, with
+    host_toy.npz (host.onnx's weights) added to its manifest."""
     onnx = pytest.importorskip("onnx")
     from onnx import numpy_helper
 
-    from edge.models import load_bundle, resolve_bundle
+    from edge.models import load_bundle
     from export.bundle import build_manifest, write_manifest
 
-    src = resolve_bundle(model=None, task="gesture")
+    src = load_bundle(authors_bundle / "gesture")
     dst = tmp_path_factory.mktemp("toy") / "gesture"
     shutil.copytree(src.path, dst)
     graph = onnx.load(str(dst / "host.onnx")).graph
@@ -179,19 +180,19 @@ def test_builtin_runtimes_and_the_tflite_alias():
     assert set(runtimes.runtime_names()) == set(runtimes.runtime_names(aliases=False)) | {"tflite"}
 
 
-def test_tflite_runtime_is_refused_after_tensorflow(monkeypatch):
+def test_tflite_runtime_is_refused_after_tensorflow(monkeypatch, authors_bundle):
     if "tensorflow" in sys.modules or "tflite_runtime.interpreter" in sys.modules:
         pytest.skip("the import order of this process is already fixed")
     if not runtimes.installed("tflite-runtime"):
         pytest.skip("tflite-runtime is not installed")
     from edge.decoder import HostDecoder
-    from edge.models import resolve_bundle
+    from edge.models import load_bundle
 
     assert runtimes.tflite_runtime_conflict() is None
     monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))   # "imported first"
     assert "TensorFlow" in runtimes.tflite_runtime_conflict()
     with pytest.raises(InputError, match="choose another runtime") as exc:
-        HostDecoder(bundle=resolve_bundle(model=None, task="gesture"), runtime="tflite-runtime")
+        HostDecoder(bundle=load_bundle(authors_bundle / "gesture"), runtime="tflite-runtime")   # has host.tflite
     assert "--" not in str(exc.value) and "tflite_runtime.interpreter" not in sys.modules
 
 

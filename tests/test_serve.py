@@ -61,6 +61,22 @@ class Live:
     outcome: dict = field(default_factory=dict)
 
 
+def readout_expectations(bundle: Path) -> tuple[int, tuple[int, int]]:
+    """Bytes per window (8-bit payload of the layout's levels + the 44-byte header) and the (height, width) of
+    /readout.png for a bundle: SensorStage.last_view's image (the authors' 64x64 map; a layout's maps in a grid,
+    a row per read-out frame, a column per channel), scaled ServeOptions.readout_scale times."""
+    from core.readout_layout import ReadoutLayout
+    from edge.packet import OVERHEAD_BYTES
+    from edge.sensor_stage import frames_per_row
+    from edge.serve import ServeOptions
+
+    layout = ReadoutLayout.from_dict(json.loads((bundle / "manifest.json").read_text()).get("readout_layout") or {})
+    r, per_row = len(layout.frames), frames_per_row(len(layout.frames), layout.channels)
+    h, w = (64, 64) if layout.is_authors else (r // per_row * layout.side, per_row * layout.channels * layout.side)
+    scale = ServeOptions().readout_scale
+    return layout.payload_bytes + OVERHEAD_BYTES, (h * scale, w * scale)
+
+
 @contextmanager
 def live_loop(models: Path, *, serve="0", source="test", **overrides):
     """A camera loop on ``source`` with the live page, running in a thread until the block ends."""
@@ -157,8 +173,11 @@ def test_publisher_never_blocks_and_keeps_bounded_history():
 
 # -- a real camera loop, read with urllib -----------------------------------------------------------------
 @pytest.mark.device
-def test_live_page_state_readout_and_events_from_a_real_loop(bundled_models):
-    with live_loop(bundled_models, realtime=True) as live:
+@pytest.mark.parametrize("models", ["bundled_models", "authors_bundle"])   # the default gesture model; a 64x64 one
+def test_live_page_state_readout_and_events_from_a_real_loop(models, request):
+    models = request.getfixturevalue(models)
+    per_window, png_shape = readout_expectations(models / "gesture")
+    with live_loop(models, realtime=True) as live:
         assert live.url.startswith("http://127.0.0.1:")                    # loopback by default
         assert not any("warning" in n for n in live.notes)
         page = get(live.url).read().decode()
@@ -177,12 +196,12 @@ def test_live_page_state_readout_and_events_from_a_real_loop(bundled_models):
     assert [d["window"] for d in decisions] == list(range(decisions[0]["window"], decisions[0]["window"] + 3))
     by_window = {d.window: d for d in live.decisions}
     for d in decisions:                         # the page's events are the loop's decisions
-        assert by_window[d["window"]].label == d["label"] and by_window[d["window"]].bytes == d["bytes"] == 4140
+        assert by_window[d["window"]].label == d["label"] and by_window[d["window"]].bytes == d["bytes"] == per_window
     assert stats and stats[0][1]["fps"] >= 0 and stats[0][1]["frames"] >= 47
     assert state["task"] == "gesture" and state["classes"] == classes and state["decision"]["label"] in classes
     assert state["history"]["latency_ms"] and state["history"]["fps"]
     image = __import__("cv2").imdecode(np.frombuffer(png, np.uint8), 0)
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and image.shape == (256, 256)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and image.shape == png_shape
     assert tail == [("end", {"end": "stopped"})]
     assert live.outcome["result"].end == "stopped"
     assert serve_threads() == []                # every server thread ended with the run
@@ -284,6 +303,7 @@ def test_headless_chromium_draws_the_live_page(bundled_models, tmp_path):
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1100,800", "--hide-scrollbars", "--no-first-run", "--disable-extensions"):
         options.add_argument(arg)
+    width = readout_expectations(bundled_models / "gesture")[1][1]           # /readout.png's, in pixels
     with live_loop(bundled_models, realtime=True) as live:
         driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
         try:
@@ -302,8 +322,8 @@ def test_headless_chromium_draws_the_live_page(bundled_models, tmp_path):
                       let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++;
                       return n > 200;
                     });
-                    return arguments[0].includes(label) && img.complete && img.naturalWidth === 256
-                      && charts.every(c => Number(c.dataset.points || 0) >= 8) && inked;""", classes)
+                    return arguments[0].includes(label) && img.complete && img.naturalWidth === arguments[1]
+                      && charts.every(c => Number(c.dataset.points || 0) >= 8) && inked;""", classes, width)
 
             WebDriverWait(driver, 60, poll_frequency=0.25).until(drawn)
             assert driver.find_element("id", "label").text in classes

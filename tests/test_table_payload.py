@@ -13,7 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import BUNDLED, DATA, need
+from conftest import AUTHORS_BUNDLES, BUNDLED, DATA, need
+
+# the sensor programs whose readouts the table coder carries: both default models (1-bit levels of their own
+# layouts, 8 maps of 32x32) and the fixture with the authors' readout (one 64x64 8-bit map, sent as its signs)
+BUNDLES = {"lips": BUNDLED / "lips", "gesture": BUNDLED / "gesture", "authors": AUTHORS_BUNDLES / "gesture"}
 from core.errors import InputError
 from core.table_coder import (
     HEADER_BYTES,
@@ -251,25 +255,25 @@ def test_levels1_table_packets_and_the_layout_choice(stacked_table):
 # --- real readouts, the command and the camera loop -----------------------------------------------
 @pytest.fixture(scope="module")
 def grid_readouts():
-    """Real GRID clips through both bundled sensor programs (torch-free): lips (8 maps of 32x32,
-    1 bit) and gesture (the authors' 64x64 8-bit readout)."""
+    """Real GRID clips through the sensor programs of BUNDLES (torch-free): lips and gesture (8 maps of
+    32x32, 1 bit) and authors (the authors' 64x64 8-bit readout)."""
     from edge.models import load_sensor_program
     from firmware_sim.simulate import simulate
 
     with np.load(need(DATA / "grid_s1_digits.npz"), allow_pickle=False) as d:
         frames, labels = d["frames"][:120], d["labels"][:120]
     out = {}
-    for task in ("lips", "gesture"):
-        weights = load_sensor_program(BUNDLED / task / "sensor_weights.npz")
-        out[task] = (simulate(weights=weights, frames=frames, stages=()).readout, weights.program_hash())
+    for name, bundle in BUNDLES.items():
+        weights = load_sensor_program(bundle / "sensor_weights.npz")
+        out[name] = (simulate(weights=weights, frames=frames, stages=()).readout, weights.program_hash())
     return out, labels
 
 
 def test_real_readouts_round_trip_and_compress(grid_readouts):
     out, _ = grid_readouts
-    lips = out["lips"][0].reshape(-1, 256, 32)
-    signs = (out["gesture"][0] >= 127).astype(np.uint8)
-    for bits, raw in ((lips, 1024), (signs, 512)):
+    lips, gesture = (out[name][0].reshape(-1, 256, 32) for name in ("lips", "gesture"))
+    signs = (out["authors"][0] >= 127).astype(np.uint8)
+    for bits, raw in ((lips, 1024), (gesture, 1024), (signs, 512)):
         t = fit_table(bits[:100])
         sizes = []
         for b in bits[100:]:
@@ -314,30 +318,32 @@ def test_fit_table_is_a_pixelrnn_subcommand(tmp_path, capsys):
 
 
 def test_camera_loop_sends_table_coded_readouts(grid_readouts, tmp_path):
-    """Both bundled models over the camera loop: --payload table (with its file as --prior) decides
-    exactly as the uncoded payload does; a table fitted on another layout is refused in one line."""
+    """Both bundled models and the authors' readout over the camera loop: --payload table (with its file as
+    --prior) decides exactly as the uncoded payload does; a table fitted on another layout is refused in one
+    line."""
     from edge import CameraLoop, CameraLoopOptions
 
     out, labels = grid_readouts
     files = {}
-    for task, (readouts, program) in out.items():
+    for name, (readouts, program) in out.items():
         bits = readouts.reshape(len(readouts), -1, readouts.shape[-1]) if readouts.ndim == 4 else readouts >= 127
-        files[task] = save_table(tmp_path / f"{task}.npz", table=fit_table(bits.astype(np.uint8), program_hash=program))
-    for task, plain_payload, used in (("lips", "8bit", "levels1-table"), ("gesture", "1bit", "table")):
+        files[name] = save_table(tmp_path / f"{name}.npz", table=fit_table(bits.astype(np.uint8), program_hash=program))
+    for name, plain_payload, used in (("lips", "8bit", "levels1-table"), ("gesture", "8bit", "levels1-table"),
+                                      ("authors", "1bit", "table")):
         runs = {}
-        for payload, prior in ((plain_payload, None), ("table", files[task])):
+        for payload, prior in ((plain_payload, None), ("table", files[name])):
             got = []
-            with CameraLoop.create_from_options(CameraLoopOptions(task=task, payload=payload, prior=prior,
-                                                                  roi="center", max_frames=48)) as loop:
+            with CameraLoop.create_from_options(CameraLoopOptions(bundle_path=BUNDLES[name], payload=payload,
+                                                                  prior=prior, roi="center", max_frames=48)) as loop:
                 result = loop.run("test", on_decision=got.append)
             runs[payload] = (result.summary, [d.logits for d in got])
         (plain, plain_logits), (coded, coded_logits) = runs[plain_payload], runs["table"]
         assert coded["payload"] == used and coded["malformed"] == {} and len(coded_logits) == 3
         assert coded_logits == plain_logits                  # the same levels reach the decoder
         assert coded["bytes"]["payload_per_window"] <= plain["bytes"]["payload_per_window"]   # never above raw
-        assert coded[used]["table_hash"] == load_table(files[task]).table_hash
+        assert coded[used]["table_hash"] == load_table(files[name]).table_hash
     with pytest.raises(InputError, match="fitted on 64x64 readouts, this sensor sends 256x32"):
-        with CameraLoop.create_from_options(CameraLoopOptions(task="lips", payload="table", prior=files["gesture"],
+        with CameraLoop.create_from_options(CameraLoopOptions(task="lips", payload="table", prior=files["authors"],
                                                               roi="center", max_frames=16)) as loop:
             loop.run("test", on_decision=lambda d: None)
 
