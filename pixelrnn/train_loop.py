@@ -156,7 +156,7 @@ def predict(model: PixelRNN, frames: np.ndarray, *, batch: int = 64) -> tuple[np
 def predict_simulated(model: PixelRNN, frames: np.ndarray, *, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """What :func:`predict` returns, with the sensor stage run by firmware_sim's packed path instead of
     the PyTorch forward: the same binary decisions and readout levels (bit-exact, noise off; tested),
-    so the same logits from the model's own decoder, about 10x faster on a CPU (docs/BENCHMARKS.md,
+    so the same logits from the model's own decoder, about 6x faster on a CPU (docs/BENCHMARKS.md,
     "Training speed"). Validation uses it after every epoch. A model whose decoder reads the
     analog o (``readout_8bit`` off: no sensor outputs it) runs :func:`predict`."""
     from firmware_sim.simulate import simulate
