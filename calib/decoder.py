@@ -316,7 +316,7 @@ def calibrate_decoder(*, weights: str | os.PathLike, readouts: str | os.PathLike
     if not out.absolute().parent.is_dir():
         raise InputError(f"output folder does not exist: {out.absolute().parent}")
     model = load_model(weights)
-    require_authors_readout(model.config.layout, "calib decoder")
+    require_authors_readout(model.config.layout, "calib decoder", hidden=model.config.hidden_channels)
     program = model.sensor_weights().program_hash()
     ref_model = None
     if reference is not None:

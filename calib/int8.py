@@ -237,7 +237,7 @@ def quantize_bundle(*, bundle: str | os.PathLike, readouts: str | os.PathLike,
     if ONNX_FLOAT not in manifest["files"]:
         raise InputError(f"bundle {bundle} has no {ONNX_FLOAT}: export it with --format onnx")
     sensor = _load_sensor(bundle)
-    require_authors_readout(sensor.layout, "calib int8")
+    require_authors_readout(sensor.layout, "calib int8", hidden=sensor.hidden)
     float_onnx = _runner(ONNX_RUNTIME)(bundle / ONNX_FLOAT)   # a corrupt host.onnx: one line, before any work
     num_classes = len(manifest.get("classes", [])) or None
     data = load_readouts(readouts, need_labels=True, num_classes=num_classes)

@@ -227,7 +227,7 @@ def calibrate_noise(*, weights: str | os.PathLike, readouts: str | os.PathLike, 
     if not out.absolute().parent.is_dir():
         raise InputError(f"output folder does not exist: {out.absolute().parent}")
     model = load_model(weights)
-    require_authors_readout(model.config.layout, "calib noise")
+    require_authors_readout(model.config.layout, "calib noise", hidden=model.config.hidden_channels)
     sensor = model.sensor_weights()
     model_id = sensor.program_hash()
     real = load_readouts(readouts)

@@ -37,7 +37,7 @@ from core.atomic import make_temp_dir
 from core.errors import InputError
 from core.npz import open_npz
 from export.bundle import MANIFEST, BundleError, build_manifest, save_sensor_weights, verify_bundle, write_manifest
-from export.layouts import LAYOUT_REASONS, layout_refusal, layout_what
+from export.layouts import HIDDEN_REASONS, LAYOUT_REASONS, hidden_refusal, layout_refusal, layout_what
 
 FORMATS = ("onnx", "tflite", "lce", "scamp5")
 ALL = "all"
@@ -61,21 +61,26 @@ def _asked_all(formats) -> bool:
     return formats == ALL or (not isinstance(formats, str) and ALL in list(formats))
 
 
-def layout_plan(layout, chosen: tuple[str, ...], *, asked_all: bool,
-                decoder: str = "authors") -> tuple[tuple[str, ...], dict[str, str]]:
-    """(formats to write, {format or file: why skipped}) for a model reading out ``layout``.
+def layout_plan(layout, chosen: tuple[str, ...], *, asked_all: bool, decoder: str = "authors",
+                hidden: int = 1) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(formats to write, {format or file: why skipped}) for a model reading out ``layout`` with
+    ``decoder`` and ``hidden`` hidden maps.
 
-    The authors' layout and head: everything chosen, nothing skipped. Any other: ``onnx``, ``tflite``
-    (with int8: host_int8.tflite too) and ``lce`` write all their files; scamp5 is skipped under
-    ``all`` and a one-line InputError when named (:func:`layout_refusal`)."""
-    if layout.is_authors and decoder == "authors":
+    The authors' network (layout, head, one hidden map): everything chosen, nothing skipped. Any
+    other: ``onnx``, ``tflite`` (with int8: host_int8.tflite too) and ``lce`` write all their files;
+    scamp5 is skipped under ``all`` and a one-line InputError when named (:func:`layout_refusal`,
+    :func:`hidden_refusal`)."""
+    authors_readout = layout.is_authors and decoder == "authors"
+    if authors_readout and hidden == 1:
         return chosen, {}
-    refused = [f for f in chosen if f in LAYOUT_REASONS]
+    reasons = HIDDEN_REASONS if authors_readout else LAYOUT_REASONS
+    refused = [f for f in chosen if f in reasons]
     if refused and not asked_all:
-        raise InputError(layout_refusal(refused[0], layout, decoder))
-    what = layout_what(layout, decoder)
-    skipped = {f: f"{LAYOUT_REASONS[f]}; cannot express {what}" for f in refused}
-    return tuple(f for f in chosen if f not in LAYOUT_REASONS), skipped
+        raise InputError(hidden_refusal(refused[0], hidden) if authors_readout
+                         else layout_refusal(refused[0], layout, decoder))
+    what = f"hidden_channels={hidden}" if authors_readout else layout_what(layout, decoder)
+    skipped = {f: f"{reasons[f]}; cannot express {what}" for f in refused}
+    return tuple(f for f in chosen if f not in reasons), skipped
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
@@ -128,7 +133,7 @@ def export_model(*, weights: str | os.PathLike, out: str | os.PathLike,
 
     model = load_model(weights)
     chosen, skipped = layout_plan(model.config.layout, chosen, asked_all=_asked_all(formats),
-                                  decoder=model.config.decoder)
+                                  decoder=model.config.decoder, hidden=model.config.hidden_channels)
     calib = load_representative(representative, model=model, weights=weights) if int8 else None
     staging = _make_staging(out)
     try:

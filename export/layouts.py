@@ -26,3 +26,16 @@ def layout_refusal(fmt: str, layout, decoder: str = "authors") -> str:
     what = layout_what(layout, decoder)
     return (f"format {fmt} cannot express {what} yet: {LAYOUT_REASONS[fmt]}; "
             "export with --format onnx, tflite or lce (sensor, host and full graphs)")
+
+
+# what a model with H > 1 hidden maps (``hidden_channels``) cannot be exported to yet, and why
+HIDDEN_REASONS = {
+    "scamp5": "the SCAMP-5 weight text holds one hidden map (one W_fi, W_fh and rnn_threshold)",
+}
+
+
+def hidden_refusal(fmt: str, hidden: int) -> str:
+    """The one-line reason why ``fmt`` (a key of :data:`HIDDEN_REASONS`) cannot express a model with
+    ``hidden`` > 1 hidden maps, and what to export instead."""
+    return (f"format {fmt} cannot express hidden_channels={hidden} yet: {HIDDEN_REASONS[fmt]}; "
+            "export with --format onnx (sensor, host and full graphs)")

@@ -41,6 +41,12 @@ readout, as ``ReadoutLayout.pool_maps`` then ``quantize``:
   ``floor(o / step)`` does on every such value, with no division in the graph.
 
 The graphs are noise-free (the simulator with ``NoiseModel.off()``).
+
+H > 1 hidden maps (``SensorWeights.hidden``): the hidden state is (1, H, 64, 64) and one Conv per
+step gives every chain's gate sum and every o: ``w_input`` is (H + K, 1, 5, 5) = (W_fi^0..H-1,
+W_oi^0..K-1); ``w_hidden`` (H + K, H, 5, 5) holds W_fh^j at [j, j] (zeros elsewhere in the gate
+rows: chain j's gate sees h^j only) and W_oh^{k,j} at [H + k, j]; ``gate_level`` is (1, H, 1, 1).
+The sums stay integers (zeros add nothing), |o| <= 25 (H + 1). H = 1 builds the graphs it always did.
 """
 from __future__ import annotations
 
@@ -70,6 +76,11 @@ POOL = 4
 FILES = ("sensor.onnx", "host.onnx", "pixelrnn.onnx")
 LEVEL_BOUND = 1_000_000  # |threshold| clamp: float32 holds it exactly, and every |sum| the graph compares is far below
 O_MAX = 2 * KERNEL * KERNEL  # |o| = |W_oi*x + W_oh*h| <= 25 + 25 (+-1 kernels on +-1 maps)
+
+
+def o_max(hidden: int = 1) -> int:
+    """The largest |o| of H hidden maps: 25 (H + 1) (one +-1 kernel on x, H on the h^j)."""
+    return KERNEL * KERNEL * (hidden + 1)
 
 _F = TensorProto.FLOAT
 
@@ -113,13 +124,15 @@ def threshold_level(value: float) -> float:
     return float(min(max(math.ceil(value), -LEVEL_BOUND), LEVEL_BOUND))
 
 
-def readout_thresholds(layout: ReadoutLayout) -> np.ndarray:
+def readout_thresholds(layout: ReadoutLayout, *, hidden: int = 1) -> np.ndarray:
     """The b < 8-bit readout's level thresholds, float32 (2**b - 1,): t_m is the least o the sensor can
-    read out (a multiple of 1 / pool**2 in [-50, 50], as ``pool_maps`` makes it) whose level
-    (``ReadoutLayout.quantize``) is >= m, or :data:`LEVEL_BOUND` if none is. Levels are monotone in o,
-    so for every such o the level is the number of m with ``o >= t_m``; each t_m is exact in float32."""
+    read out (a multiple of 1 / pool**2 in [-50, 50], as ``pool_maps`` makes it; [-25 (H + 1),
+    25 (H + 1)] for ``hidden`` H maps) whose level (``ReadoutLayout.quantize``) is >= m, or
+    :data:`LEVEL_BOUND` if none is. Levels are monotone in o, so for every such o the level is the
+    number of m with ``o >= t_m``; each t_m is exact in float32."""
     area = layout.pool * layout.pool
-    values = np.arange(-O_MAX * area, O_MAX * area + 1) / float(area)
+    bound = o_max(hidden)
+    values = np.arange(-bound * area, bound * area + 1) / float(area)
     first = np.searchsorted(layout.quantize(values), np.arange(1, layout.max_level + 1))
     return np.where(first < len(values), values[np.minimum(first, len(values) - 1)], LEVEL_BOUND).astype(np.float32)
 
@@ -163,7 +176,7 @@ def _function_layout(timesteps: int, layout: ReadoutLayout | None) -> ReadoutLay
     return layout
 
 
-def sensor_function(*, timesteps: int, layout: ReadoutLayout | None = None) -> onnx.FunctionProto:
+def sensor_function(*, timesteps: int, layout: ReadoutLayout | None = None, hidden: int = 1) -> onnx.FunctionProto:
     """The in-pixel program as the local function ``pixelrnn.ppa.PixelRNNSensor``.
 
     Inputs (:func:`sensor_inputs`): ``frames`` (1, T, 64, 64) uint8; ``conv1`` (16, 1, 5, 5) +-1;
@@ -172,22 +185,26 @@ def sensor_function(*, timesteps: int, layout: ReadoutLayout | None = None) -> o
     ``thresh1_level``, ``gate_level`` (ceil of the thresholds); for a b < 8-bit readout
     ``readout_thresholds`` (2**b - 1, 1, 1, 1, 1). Output: ``readout``, the levels of ``layout``
     (None: the authors', (1, 64, 64) uint8; any other (1, M, S, S) uint8). The recurrent steps are
-    unrolled up to the last read-out frame.
+    unrolled up to the last read-out frame. ``hidden``: H hidden maps (module docstring: ``w_input``
+    (H + K, 1, 5, 5), ``w_hidden`` (H + K, H, 5, 5), ``gate_level`` (1, H, 1, 1)).
     """
     layout = _function_layout(timesteps, layout)
-    recurrent, outs = _recurrent_nodes(layout)
-    nodes = _sensor_constants(layout) + _frontend_nodes() + _cnn_nodes(timesteps) + recurrent
+    if not (isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 1):
+        raise ValueError(f"hidden must be a positive integer (hidden maps), got {hidden!r}")
+    recurrent, outs = _recurrent_nodes(layout, hidden)
+    nodes = _sensor_constants(layout, hidden) + _frontend_nodes() + _cnn_nodes(timesteps) + recurrent
     nodes += _readout_nodes(layout, outs)
     readout = "8-bit readout of o_T" if layout.is_authors else f"readout {layout.describe()}, maps frame-major"
+    rnn = "binary RNN (h0=+1)" if hidden == 1 else f"binary RNN of {hidden} gated hidden maps (h0=+1)"
     return helper.make_function(
         DOMAIN, SENSOR_OP, sensor_inputs(layout), ["readout"], nodes,
         opset_imports=[helper.make_opsetid("", OPSET)],
         doc_string=(f"PixelRNN in-pixel program, {timesteps} frames: binarized front end, 16 binary 5x5 convs, "
-                    f"ReLU, 4x4 max-pool, threshold, 4x4 mosaic, binary RNN (h0=+1), {readout}. Binary "
+                    f"ReLU, 4x4 max-pool, threshold, 4x4 mosaic, {rnn}, {readout}. Binary "
                     "decisions: pre-activation >= ceil(threshold)."))
 
 
-def _sensor_constants(layout: ReadoutLayout) -> list[onnx.NodeProto]:
+def _sensor_constants(layout: ReadoutLayout, hidden: int = 1) -> list[onnx.NodeProto]:
     t, s, p = layout.timesteps, SIZE, SIZE // POOL
     nodes = [_const("one", 1.0), _const("minus_one", -1.0), _const("zero", 0.0), _const("c255", 255.0)]
     if layout.bits == 8:
@@ -195,11 +212,11 @@ def _sensor_constants(layout: ReadoutLayout) -> list[onnx.NodeProto]:
     nodes += [_const("shape_frames", [t, 1, s, s], np.int64), _const("shape_tiles", [t, 4, 4, p, p], np.int64)]
     if layout.is_authors:
         nodes.append(_const("shape_readout", [1, s, s], np.int64))
-    if layout.channels > 1:
-        nodes.append(_const("split_gate_out", [1, layout.channels], np.int64))
+    if layout.channels > 1 or hidden > 1:
+        nodes.append(_const("split_gate_out", [hidden, layout.channels], np.int64))
     if layout.bits < 8:
         nodes.append(_const("axis_levels", [0], np.int64))
-    return nodes + [_const("hidden_0", np.ones((1, 1, s, s)))]
+    return nodes + [_const("hidden_0", np.ones((1, hidden, s, s)))]
 
 
 def _frontend_nodes() -> list[onnx.NodeProto]:
@@ -231,21 +248,21 @@ def _cnn_nodes(timesteps: int) -> list[onnx.NodeProto]:
         helper.make_node("Split", ["x_in"], [f"x_in_{i}" for i in range(timesteps)], axis=0)]
 
 
-def _recurrent_nodes(layout: ReadoutLayout) -> tuple[list[onnx.NodeProto], list[str]]:
+def _recurrent_nodes(layout: ReadoutLayout, hidden: int = 1) -> tuple[list[onnx.NodeProto], list[str]]:
     """The binary RNN (h0 = +1), unrolled up to the last read-out frame: (nodes, the read-out frames'
-    o, each (1, K, 64, 64), in frame order). Step i splits its 1 + K sums into the gate's and o's."""
+    o, each (1, K, 64, 64), in frame order). Step i splits its H + K sums into the H gates' and o's."""
     last = layout.frames[-1]
-    split = ["split_gate_out"] if layout.channels > 1 else []
-    nodes, hidden = [], "hidden_0"
+    split = ["split_gate_out"] if layout.channels > 1 or hidden > 1 else []
+    nodes, state = [], "hidden_0"
     for i in range(last):
-        nodes += [helper.make_node("Conv", [hidden, "w_hidden"], [f"h_in_{i}"],
+        nodes += [helper.make_node("Conv", [state, "w_hidden"], [f"h_in_{i}"],
                                    kernel_shape=[KERNEL] * 2, pads=PADS),
                   helper.make_node("Add", [f"x_in_{i}", f"h_in_{i}"], [f"pre_{i}"]),
                   helper.make_node("Split", [f"pre_{i}"] + split, [f"gate_pre_{i}", f"out_{i}"], axis=1)]
         if i < last - 1:  # the last read-out step's gate is never used: nothing after it leaves the sensor
             nodes += _sign_nodes(f"gate_pre_{i}", "gate_level", f"gate_{i}")
-            nodes.append(helper.make_node("Mul", [f"gate_{i}", hidden], [f"hidden_{i + 1}"]))
-            hidden = f"hidden_{i + 1}"
+            nodes.append(helper.make_node("Mul", [f"gate_{i}", state], [f"hidden_{i + 1}"]))
+            state = f"hidden_{i + 1}"
     return nodes, [f"out_{f - 1}" for f in layout.frames]
 
 
@@ -280,22 +297,45 @@ def _adc_nodes(o: str) -> list[onnx.NodeProto]:
             helper.make_node("Clip", ["o_floor", "zero", "c255"], ["o_clipped"])]
 
 
+def _hidden_kernels(sensor: SensorWeights) -> np.ndarray:
+    """``w_hidden`` of H > 1 maps: (H + K, H, 5, 5), W_fh^j at [j, j] and W_oh^{k,j} at [H + k, j]."""
+    h, k = sensor.hidden, sensor.channels
+    out = np.zeros((h + k, h, KERNEL, KERNEL), np.int8)
+    for j in range(h):
+        out[j, j] = sensor.fh_kernels[j]
+    out[h:] = sensor.oh_kernels
+    return out
+
+
 def _sensor_initializers(sensor: SensorWeights) -> list[TensorProto]:
     fe, layout = sensor.frontend, sensor.layout
-    t1, tg = threshold_level(sensor.thresh1), threshold_level(sensor.rnn_threshold)
+    t1 = threshold_level(sensor.thresh1)
     out = "" if sensor.channels == 1 else f"[0..{sensor.channels - 1}]"
+    if sensor.hidden == 1:
+        w_hidden = _init("w_hidden", np.concatenate([sensor.w_fh[None], sensor.w_oh])[:, None], f"W_fh, W_oh{out}")
+        gate_level = _init("gate_level", threshold_level(sensor.rnn_threshold),
+                           f"ceil(rnn_threshold = {sensor.rnn_threshold!r}): gate sums are integers")
+    else:
+        last = sensor.hidden - 1
+        w_hidden = _init("w_hidden", _hidden_kernels(sensor),
+                         f"W_fh[j] at [j, j] (j = 0..{last}; zeros: chain j's gate sees h^j only), W_oh{out}[j] "
+                         f"at [{sensor.hidden} + k, j]")
+        levels = [threshold_level(t) for t in sensor.gate_thresholds]
+        gate_level = _init("gate_level", np.reshape(levels, (1, sensor.hidden, 1, 1)),
+                           f"ceil(rnn_threshold[j] = {list(sensor.gate_thresholds)!r}): gate sums are integers")
+    w_in = "W_fi" if sensor.hidden == 1 else f"W_fi[0..{sensor.hidden - 1}]"
     inits = [
         _init("conv1", sensor.conv1[:, None], "16 binary 5x5 kernels (cross-correlation)"),
-        _init("w_input", np.concatenate([sensor.w_fi[None], sensor.w_oi])[:, None], f"W_fi, W_oi{out}"),
-        _init("w_hidden", np.concatenate([sensor.w_fh[None], sensor.w_oh])[:, None], f"W_fh, W_oh{out}"),
+        _init("w_input", np.concatenate([sensor.fi_kernels, sensor.w_oi])[:, None], f"{w_in}, W_oi{out}"),
+        w_hidden,
         _init("input_mean", fe.mean, "front end mean (gray/255 scale)"),
         _init("input_std", fe.std, "front end std"),
         _init("theta0", fe.theta0, "input binarization threshold, sign(x - theta0)"),
         _init("thresh1_level", t1, f"ceil(thresh1 = {sensor.thresh1!r}): pooled sums are integers"),
-        _init("gate_level", tg, f"ceil(rnn_threshold = {sensor.rnn_threshold!r}): gate sums are integers"),
+        gate_level,
     ]
     if layout.bits < 8:
-        inits.append(_init(LEVELS_INPUT, readout_thresholds(layout).reshape(-1, 1, 1, 1, 1),
+        inits.append(_init(LEVELS_INPUT, readout_thresholds(layout, hidden=sensor.hidden).reshape(-1, 1, 1, 1, 1),
                            f"level = #(o >= t_m), t_m the least readable o at level >= m "
                            f"(bits {layout.bits}, step {layout.step!r})"))
     return inits
@@ -391,6 +431,8 @@ def model_metadata(*, sensor: SensorWeights, classes: list[str] | None = None,
         "sensor_program_hash": sensor.program_hash(),
         "pixelrnn_version": __version__, "producer": PRODUCER,
     }
+    if sensor.hidden > 1:
+        meta["hidden_channels"] = str(sensor.hidden)
     if classes is not None:
         meta["classes"] = json.dumps(list(classes))
     if task is not None:
@@ -408,7 +450,8 @@ def sensor_model(*, sensor: SensorWeights, metadata: dict[str, str] | None = Non
     if not metadata:
         metadata = model_metadata(sensor=sensor) if layout.is_authors else layout_metadata(sensor=sensor, frames=True)
     what = "8-bit readout" if layout.is_authors else f"readout levels ({layout.describe()})"
-    return _make_model(graph, functions=[sensor_function(timesteps=sensor.timesteps, layout=layout)],
+    return _make_model(graph, functions=[sensor_function(timesteps=sensor.timesteps, layout=layout,
+                                                         hidden=sensor.hidden)],
                        metadata=metadata, doc=f"PixelRNN sensor (pixel-processor array): frames -> {what}")
 
 
@@ -434,7 +477,8 @@ def full_model(*, sensor: SensorWeights, decoder: DecoderParams | LayoutDecoderP
     logits = helper.make_tensor_value_info("logits", _F, [1, decoder.num_classes])
     graph = helper.make_graph([_sensor_node(layout)] + nodes, "pixelrnn", [_frames_info(sensor.timesteps)],
                               [logits, _readout_info(layout)], initializer=_sensor_initializers(sensor) + inits)
-    return _make_model(graph, functions=[sensor_function(timesteps=sensor.timesteps, layout=layout)],
+    return _make_model(graph, functions=[sensor_function(timesteps=sensor.timesteps, layout=layout,
+                                                         hidden=sensor.hidden)],
                        metadata=metadata, doc="PixelRNN: frames -> sensor readout -> host decoder -> class logits")
 
 

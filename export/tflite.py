@@ -137,11 +137,17 @@ def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False
         if not int8:
             raise InputError("representative readouts are used only with int8=True")
         representative = check_representative(representative, model.config.layout)
-    layout_model = not (model.config.layout.is_authors and model.config.decoder == "authors")
+    # the Keras/Larq twin is the authors' network (readout, head, one hidden map); any other is built
+    # from its numpy parameters (export.tflite_layout)
+    layout_model = not (model.config.layout.is_authors and model.config.decoder == "authors"
+                        and model.config.hidden_channels == 1)
     if layout_model and int8 and representative is None:
         from export.layouts import layout_what
 
-        raise InputError(f"int8 of {layout_what(model.config.layout, model.config.decoder)} needs representative "
+        authors_readout = model.config.layout.is_authors and model.config.decoder == "authors"
+        what = (f"a model with hidden_channels={model.config.hidden_channels}" if authors_readout
+                else layout_what(model.config.layout, model.config.decoder))
+        raise InputError(f"int8 of {what} needs representative "
                          "readouts of its sensor program (uniform random levels calibrate it badly): pass "
                          "representative=, e.g. the readout of pixelrnn simulate --readout-only")
     if not isinstance(out_dir, (str, os.PathLike)):

@@ -143,8 +143,9 @@ def _float_conv(x, kernels: np.ndarray):
 
 
 def _inputs_of_rnn(sensor: SensorWeights, frames, conv):
-    """frames (N, T, 64, 64) uint8 -> the recurrent convolutions' input halves (N, T, 64, 64, 1 + K):
-    binarize, 16 binary 5x5 convs, ReLU, 4x4 max-pool, threshold, 4x4 mosaic, then (W_fi, W_oi...)."""
+    """frames (N, T, 64, 64) uint8 -> the recurrent convolutions' input halves (N, T, 64, 64, H + K):
+    binarize, 16 binary 5x5 convs, ReLU, 4x4 max-pool, threshold, 4x4 mosaic, then (W_fi^0..H-1,
+    W_oi...) (H = 1: W_fi, as always)."""
     from pixelrnn.larq_twin import mosaic
 
     tf = _tf()
@@ -153,8 +154,8 @@ def _inputs_of_rnn(sensor: SensorWeights, frames, conv):
     pooled = tf.nn.max_pool2d(tf.nn.relu(conv(x, _kernels(*sensor.conv1))), POOL, POOL, "VALID")
     bits = _sign(pooled, threshold_level(sensor.thresh1))
     x_t = tf.reshape(mosaic(bits), (-1, SIZE, SIZE, 1))
-    x_in = conv(x_t, _kernels(sensor.w_fi, *sensor.w_oi))
-    return tf.reshape(x_in, (-1, t, SIZE, SIZE, 1 + sensor.channels))
+    x_in = conv(x_t, _kernels(*sensor.fi_kernels, *sensor.w_oi))
+    return tf.reshape(x_in, (-1, t, SIZE, SIZE, sensor.hidden + sensor.channels))
 
 
 def _levels(layout, o):
@@ -173,10 +174,14 @@ def _levels(layout, o):
 def sense(sensor: SensorWeights, frames, conv=_float_conv):
     """frames (N, T, 64, 64) uint8 -> readout levels (N, M, S, S) float32, exactly firmware_sim's
     (noise off): the binary RNN (h0 = +1) unrolled up to the last read-out frame. ``conv(x, kernels)``
-    runs each binary convolution (a float Conv2D; LCE's bit-packed one for :func:`lce_keras_model`)."""
+    runs each binary convolution (a float Conv2D; LCE's bit-packed one for :func:`lce_keras_model`).
+    H > 1 hidden maps: one convolution per chain j of h^j with (W_fh^j, W_oh^{0..K-1,j}) (no zero
+    taps, which a bit-packed convolution cannot hold), o = W_oi x + the chains' sums."""
     tf = _tf()
     layout, k = sensor.layout, sensor.channels
     x_in = _inputs_of_rnn(sensor, frames, conv)
+    if sensor.hidden > 1:
+        return _levels(layout, _sense_chains(sensor, x_in, conv))
     w_hidden, gate = _kernels(sensor.w_fh, *sensor.w_oh), threshold_level(sensor.rnn_threshold)
     hidden, outs = tf.ones_like(x_in[:, 0, :, :, :1]), []
     for i in range(layout.frames[-1]):
@@ -186,6 +191,22 @@ def sense(sensor: SensorWeights, frames, conv=_float_conv):
         if i + 1 < layout.frames[-1]:
             hidden = _sign(pre[..., :1], gate) * hidden
     return _levels(layout, tf.concat(outs, axis=-1) if len(outs) > 1 else outs[0])
+
+
+def _sense_chains(sensor: SensorWeights, x_in, conv):
+    """The RNN of H > 1 hidden maps on ``x_in`` (N, T, 64, 64, H + K) -> the read-out o (N, 64, 64, M)."""
+    tf = _tf()
+    layout, k, hc = sensor.layout, sensor.channels, sensor.hidden
+    w_hidden = [_kernels(sensor.fh_kernels[j], *sensor.oh_kernels[:, j]) for j in range(hc)]
+    gates = [threshold_level(t) for t in sensor.gate_thresholds]
+    hidden, outs = [tf.ones_like(x_in[:, 0, :, :, :1]) for _ in range(hc)], []
+    for i in range(layout.frames[-1]):
+        sums = [conv(hidden[j], w_hidden[j]) for j in range(hc)]          # (N, 64, 64, 1 + K) each
+        if i + 1 in layout.frames:
+            outs.append(tf.add_n([x_in[:, i, :, :, hc:hc + k]] + [s[..., 1:1 + k] for s in sums]))
+        if i + 1 < layout.frames[-1]:
+            hidden = [_sign(x_in[:, i, :, :, j:j + 1] + sums[j][..., :1], gates[j]) * hidden[j] for j in range(hc)]
+    return tf.concat(outs, axis=-1) if len(outs) > 1 else outs[0]
 
 
 # -- conversion -------------------------------------------------------------------------------------

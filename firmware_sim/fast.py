@@ -13,6 +13,11 @@ layout's ``pool_maps`` and ``quantize``. Maps are frame-major (index ``i*K + k``
 in this order, per chunk of clips: conv (16, B, h/4, w/4) for all frames, then for every step its
 gate (n, h, w) and, in a read-out step, right after it the output (n, K, h, w). For the authors'
 layout (o at the last frame, K = 1) that is the order, and so the numbers, of before layouts.
+
+H > 1 hidden maps (:attr:`SensorWeights.hidden`): H gated chains, each with its own W_fi^j, W_fh^j
+and threshold, h^j_0 = +1, and ``o^k = W_oi^k*x + sum_j W_oh^{k,j}*h^j``. A step's gate noise is
+then H draws (n, h, w), chain 0 first, so H = 1 draws what it always drew. The hidden and gate
+stages (``4_hidden``, ``7_forget_gate_x``) gain a chain axis: (N, T, H, h, w); H = 1 keeps (N, T, h, w).
 """
 from __future__ import annotations
 
@@ -213,35 +218,45 @@ def _run_chunk(binary, weights, noise, rng, stages, read_steps):
     x = x.reshape(n, t, h, w)
     if "3_thresholded_quantized" in stages:
         out["3_thresholded_quantized"] = encode_binary(x)
-    # Input-driven halves of the recurrent convolutions do not depend on h: fi for all frames at
-    # once, oi (K kernels) for the read-out frames.
-    fi = binary_conv_f32(x.reshape(n * t, h, w), weights.w_fi[None])[0].reshape(n, t, h, w)
+    # Input-driven halves of the recurrent convolutions do not depend on h: fi (H kernels) for all
+    # frames at once, oi (K kernels) for the read-out frames.
+    chains = weights.hidden
+    fi = binary_conv_f32(x.reshape(n * t, h, w), weights.fi_kernels).reshape(chains, n, t, h, w)
     r = len(read_steps)
     oi = binary_conv_f32(x[:, list(read_steps)].reshape(n * r, h, w), weights.w_oi)
     oi = np.moveaxis(oi.reshape(k_out, n, r, h, w), 0, 2)            # (n, R, K, h, w)
-    w_h = weights.w_fh[None]
-    w_h_read = np.concatenate([weights.w_fh[None], weights.w_oh])
-    hidden = np.ones((n, h, w), dtype=np.int8)
-    hid_seq = np.empty((n, t, h, w), np.int8) if "4_hidden" in stages else None
-    gate_seq = np.empty((n, t, h, w), np.int8) if "7_forget_gate_x" in stages else None
+    # chain j's hidden kernels: W_fh^j, and in a read-out step also W_oh^{k,j} for every k
+    w_h = [weights.fh_kernels[j][None] for j in range(chains)]
+    w_h_read = [np.concatenate([weights.fh_kernels[j][None], weights.oh_kernels[:, j]]) for j in range(chains)]
+    thresholds = weights.gate_thresholds
+    hidden = [np.ones((n, h, w), dtype=np.int8) for _ in range(chains)]
+    seq_shape = (n, t, h, w) if chains == 1 else (n, t, chains, h, w)
+    hid_seq = np.empty(seq_shape, np.int8) if "4_hidden" in stages else None
+    gate_seq = np.empty(seq_shape, np.int8) if "7_forget_gate_x" in stages else None
+    hid_at = None if hid_seq is None else hid_seq.reshape(n, t, chains, h, w)      # views with a chain axis
+    gate_at = None if gate_seq is None else gate_seq.reshape(n, t, chains, h, w)
     levels = np.empty((n, r, k_out, h // layout.pool, w // layout.pool), np.uint8)
     output = np.empty(levels.shape, np.float32)
     index = {step: i for i, step in enumerate(read_steps)}
     for step in range(t):
         i = index.get(step)
-        hh = binary_conv_f32(hidden, w_h if i is None else w_h_read)
-        if hid_seq is not None:
-            hid_seq[:, step] = hidden
-        pre = (fi[:, step] + hh[0]).astype(np.float64)
-        if noise.gate_sigma:
-            pre = pre + noise.gate_sigma * _normal(rng, pre.shape)
-        gate = sign_ge(pre - weights.rnn_threshold)
-        if gate_seq is not None:
-            gate_seq[:, step] = gate
+        gates, o = [], None
+        for j in range(chains):
+            hh = binary_conv_f32(hidden[j], w_h[j] if i is None else w_h_read[j])
+            if hid_at is not None:
+                hid_at[:, step, j] = hidden[j]
+            pre = (fi[j, :, step] + hh[0]).astype(np.float64)
+            if noise.gate_sigma:
+                pre = pre + noise.gate_sigma * _normal(rng, pre.shape)
+            gates.append(sign_ge(pre - thresholds[j]))
+            if gate_at is not None:
+                gate_at[:, step, j] = gates[j]
+            if i is not None:                                            # sum_j W_oh^{k,j} * h^j, exact
+                o = np.moveaxis(hh[1:], 0, 1) if o is None else o + np.moveaxis(hh[1:], 0, 1)
         if i is not None:
-            o = oi[:, i] + np.moveaxis(hh[1:], 0, 1)                     # (n, K, h, w), exact
+            o = oi[:, i] + o                                             # (n, K, h, w), exact
             levels[:, i], output[:, i] = readout_maps(o, weights, noise, rng)
-        hidden = gate * hidden
+        hidden = [g * hj for g, hj in zip(gates, hidden)]
     if hid_seq is not None:
         out["4_hidden"] = encode_binary(hid_seq)
     if gate_seq is not None:
@@ -252,9 +267,9 @@ def _run_chunk(binary, weights, noise, rng, stages, read_steps):
 class SensorStream:
     """Frame-by-frame sensor stage for a live loop: push one binary frame, get a readout every T frames.
 
-    The hidden state starts at +1 for each window of ``weights.timesteps`` frames, as in training.
-    The layout's read-out frames are quantized as they pass; the window's levels come back at its
-    last frame: (H, W) for the authors' layout, (M, S, S) for any other.
+    The hidden states (one per hidden map) start at +1 for each window of ``weights.timesteps``
+    frames, as in training. The layout's read-out frames are quantized as they pass; the window's
+    levels come back at its last frame: (H, W) for the authors' layout, (M, S, S) for any other.
     """
 
     def __init__(self, weights: SensorWeights, *, noise: NoiseModel | None = None,
@@ -263,8 +278,11 @@ class SensorStream:
         self.noise = noise or NoiseModel.off()
         self.rng = rng
         self._frames = weights.readout_frames(weights.timesteps)
-        self._w_i = np.concatenate([weights.w_fi[None], weights.w_oi])
-        self._w_h = np.concatenate([weights.w_fh[None], weights.w_oh])
+        self._chains = weights.hidden
+        self._w_i = np.concatenate([weights.fi_kernels, weights.w_oi])     # (H + K, 5, 5)
+        # per chain j: (W_fh^j, W_oh^{0..K-1, j})
+        self._w_h = [np.concatenate([weights.fh_kernels[j][None], weights.oh_kernels[:, j]])
+                     for j in range(self._chains)]
         self.reset()
 
     def reset(self) -> None:
@@ -275,22 +293,27 @@ class SensorStream:
     def push(self, binary_frame: np.ndarray) -> np.ndarray | None:
         """Process one (H, W) +-1 frame; return the window's uint8 levels at its last frame, else None."""
         frame = np.asarray(binary_frame)[None]
+        chains = self._chains
         if self.hidden is None:
-            self.hidden = np.ones_like(frame, dtype=np.int8)
+            self.hidden = [np.ones_like(frame, dtype=np.int8) for _ in range(chains)]
         read = self.step + 1 in self._frames
         _, _, x = cnn_stage(frame, self.weights, self.noise, self.rng)
-        xi = binary_conv_f32(x, self._w_i if read else self._w_i[:1])
-        hh = binary_conv_f32(self.hidden, self._w_h if read else self._w_h[:1])
-        pre = (xi[0] + hh[0]).astype(np.float64)
-        if self.noise.gate_sigma:
-            pre = pre + self.noise.gate_sigma * _normal(self.rng, pre.shape)
-        gate = sign_ge(pre - self.weights.rnn_threshold)
+        xi = binary_conv_f32(x, self._w_i if read else self._w_i[:chains])
+        gates, oh = [], None
+        for j in range(chains):
+            hh = binary_conv_f32(self.hidden[j], self._w_h[j] if read else self._w_h[j][:1])
+            pre = (xi[j] + hh[0]).astype(np.float64)
+            if self.noise.gate_sigma:
+                pre = pre + self.noise.gate_sigma * _normal(self.rng, pre.shape)
+            gates.append(sign_ge(pre - self.weights.gate_thresholds[j]))
+            if read:
+                oh = hh[1:] if oh is None else oh + hh[1:]
         self.step += 1
         if read:
-            o = np.moveaxis(xi[1:] + hh[1:], 0, 1)                      # (1, K, H, W), exact
+            o = np.moveaxis(xi[chains:] + oh, 0, 1)                    # (1, K, H, W), exact
             self._levels.append(readout_maps(o, self.weights, self.noise, self.rng)[0][0])
         if self.step < self.weights.timesteps:
-            self.hidden = gate * self.hidden
+            self.hidden = [g * hj for g, hj in zip(gates, self.hidden)]
             return None
         levels = np.concatenate(self._levels)
         self.reset()

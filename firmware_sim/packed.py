@@ -29,6 +29,10 @@ The RNN (one kernel per convolution): 17 shifted int8 adds
     kernels) for the read-out frames only; then per frame, for all clips of the batch together, fh
     (and the K oh in a read-out frame), the gate (``fh >= ceil(thr) - fi``: one int8 comparison)
     and h *= sign(gate), on whole padded planes (h's zero border absorbs the border's values).
+Hidden maps (H > 1, :attr:`SensorWeights.hidden`)
+    Every chain j has its own fi, fh (17 int8 adds each), gate and h^j (its own padded plane); a
+    read-out frame adds each chain's K oh into o. The loops over chains are Python loops over the
+    same whole-batch passes, so H = 1 runs exactly the passes it always ran.
 The readout (the weights' ReadoutLayout)
     o = oi + oh is an exact integer. Without an output perturbation the authors' 8-bit, unpooled
     readout is one table look-up; otherwise the fast path's float64 output stage, ``pool_maps`` and
@@ -238,9 +242,13 @@ class PackedProgram:
 
     def __init__(self, weights: SensorWeights) -> None:
         self.weights = weights
-        self.w_fi, self.w_fh = _DirectConv(weights.w_fi), _DirectConv(weights.w_fh)
+        self.chains = weights.hidden
+        self.fi = [_DirectConv(k) for k in weights.fi_kernels]   # one per hidden map (chain)
+        self.fh = [_DirectConv(k) for k in weights.fh_kernels]
+        self.w_fi, self.w_fh = self.fi[0], self.fh[0]           # chain 0 (H = 1: the only gate)
         self.w_oi = [_DirectConv(k) for k in weights.w_oi]     # one per output kernel pair
-        self.w_oh = [_DirectConv(k) for k in weights.w_oh]
+        # w_oh[k][j]: W_oh^{k,j}, output kernel pair k's kernel on hidden map j
+        self.w_oh = [[_DirectConv(kj) for kj in row] for row in weights.oh_kernels]
         layout = weights.layout
         self.plain_readout = layout.bits == 8 and layout.pool == 1     # the ADC level of o itself
         # x = [max(conv, 0) >= thresh1] over a 4x4 block. Without noise that is always (thresh1 <=
@@ -252,8 +260,11 @@ class PackedProgram:
         self._conv1: _Conv | None = None            # exact sums + 25 (conv noise: the float path)
         self._conv1_thr: _Conv | None = None        # sums + 25 + the threshold offset
         # gate: fi + fh >= thr  <=>  fh >= ceil(thr) - fi, an int8 compare (|fi + fh| <= 50)
-        self.gate_thr = int(min(max(math.ceil(weights.rnn_threshold), -51), 51))
-        self.readout_lut = encode_analog(np.arange(-50, 51, dtype=np.float64))     # o + 50 -> level
+        self.gate_thrs = [int(min(max(math.ceil(t), -51), 51)) for t in weights.gate_thresholds]
+        self.gate_thr = self.gate_thrs[0]
+        # |o| <= 25 (H + 1): o + o_max -> level
+        self.o_max = KERNEL * KERNEL * (self.chains + 1)
+        self.readout_lut = encode_analog(np.arange(-self.o_max, self.o_max + 1, dtype=np.float64))
         self.buffers = _Buffers()
         self._masks: dict = {}
 
@@ -274,7 +285,7 @@ class PackedProgram:
         layout: one table look-up for the authors' 8-bit unpooled readout, else the fast path's
         ``pool_maps`` and ``quantize``."""
         if self.plain_readout:
-            return self.readout_lut[o_int + 50], o_int
+            return self.readout_lut[o_int + self.o_max], o_int
         layout = self.weights.layout
         o = layout.pool_maps(o_int.astype(np.float64))
         return layout.quantize(o), o
@@ -457,13 +468,15 @@ def run_clips(binary: np.ndarray, weights: SensorWeights, *, noise: NoiseModel |
                        {name: np.concatenate(v) for name, v in collected.items()} if n else {})
 
 
-def _draw(rng, noise: NoiseModel, n: int, t: int, h: int, w: int, read_steps: tuple[int, ...], k: int):
+def _draw(rng, noise: NoiseModel, n: int, t: int, h: int, w: int, read_steps: tuple[int, ...], k: int,
+          chains: int = 1):
     """The fast path's draws for n clips, clip by clip in its order: conv (16, T, h/4, w/4), then
-    for each frame its gate (h, w) and, in a read-out frame, right after it the output (K, h, w).
-    One call: a Generator's normals are a stream. Returns conv, a list of T gate views (n, h, w)
-    and a list of one output view (n, K, h, w) per read-out frame (None where that noise is off)."""
+    for each frame its gate (H, h, w) (chain 0 first) and, in a read-out frame, right after it the
+    output (K, h, w). One call: a Generator's normals are a stream. Returns conv, a list of T gate
+    views (n, H, h, w) and a list of one output view (n, K, h, w) per read-out frame (None where
+    that noise is off)."""
     conv_size = N_MAPS * t * (h // POOL) * (w // POOL) if noise.conv_sigma else 0
-    gate_size = h * w if noise.gate_sigma else 0
+    gate_size = chains * h * w if noise.gate_sigma else 0
     out_size = k * h * w if noise.out_sigma else 0
     total = conv_size + t * gate_size + len(read_steps) * out_size
     if not total:
@@ -473,7 +486,7 @@ def _draw(rng, noise: NoiseModel, n: int, t: int, h: int, w: int, read_steps: tu
     gate, out = [], []
     at = conv_size
     for step in range(t):
-        gate.append(z[:, at:at + gate_size].reshape(n, h, w) if gate_size else None)
+        gate.append(z[:, at:at + gate_size].reshape(n, chains, h, w) if gate_size else None)
         at += gate_size
         if step in read_steps:
             out.append(z[:, at:at + out_size].reshape(n, k, h, w) if out_size else None)
@@ -487,7 +500,8 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
     weights = prog.weights
     layout = weights.layout
     k_out = weights.channels
-    z_conv, z_gate, z_out = _draw(rng, noise, n, t, h, w, read_steps, k_out)
+    chains = prog.chains
+    z_conv, z_gate, z_out = _draw(rng, noise, n, t, h, w, read_steps, k_out, chains)
     out: dict[str, np.ndarray] = {}
     if "0_binarized_x" in stages:
         out["0_binarized_x"] = encode_binary(binary)
@@ -516,16 +530,19 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
     if "3_thresholded_quantized" in stages:
         out["3_thresholded_quantized"] = np.where(x_in > 0, 255, 0).astype(np.uint8).reshape(n, t, h, w)
 
-    # input halves of the recurrent convolutions (fi: every frame, all at once; oi: read-out frames)
-    fi_all = buf("fi", xs.shape, np.int8)
+    # input halves of the recurrent convolutions (fi: every frame, all at once, per hidden map;
+    # oi: read-out frames)
     group = 64                                          # frames per pass: stays in cache
-    for g in range(0, n * t, group):
-        prog.w_fi(xs, fi_all, g, min(g + group, n * t))
-    fi = fi_all.reshape(n, t, hp, wp)[:, :, PAD:PAD + h, PAD:PAD + w]
-    if z_gate is None:
-        # the gate fh >= ceil(thr) - fi: the right side for every frame at once, on whole padded
-        # planes (contiguous passes; what lands on the border is multiplied by h's zero border)
-        gate_rhs = np.subtract(np.int8(prog.gate_thr), fi_all, out=fi_all).reshape(n, t, hp, wp)
+    fis, gate_rhss = [], []
+    for j in range(chains):
+        fi_all = buf("fi" if j == 0 else f"fi{j}", xs.shape, np.int8)
+        for g in range(0, n * t, group):
+            prog.fi[j](xs, fi_all, g, min(g + group, n * t))
+        fis.append(fi_all.reshape(n, t, hp, wp)[:, :, PAD:PAD + h, PAD:PAD + w])
+        if z_gate is None:
+            # the gate fh >= ceil(thr) - fi: the right side for every frame at once, on whole padded
+            # planes (contiguous passes; what lands on the border is multiplied by h's zero border)
+            gate_rhss.append(np.subtract(np.int8(prog.gate_thrs[j]), fi_all, out=fi_all).reshape(n, t, hp, wp))
     r = len(read_steps)
     x_read = np.ascontiguousarray(xs.reshape(n, t, hp, wp)[:, list(read_steps)]).reshape(n * r, hp, wp)
     oi = []                                             # per output kernel: (n, R, hp, wp)
@@ -534,40 +551,50 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
         conv(x_read, oi[-1])
         oi[-1] = oi[-1].reshape(n, r, hp, wp)
 
-    hs = np.zeros((n, hp, wp), np.int8)                 # h as +-1 int8, zero border
-    h_in = hs[inner]
-    h_in[...] = 1                                       # h_0 = +1
-    fh_buf = np.empty_like(hs)
+    hss = [np.zeros((n, hp, wp), np.int8) for _ in range(chains)]     # h^j as +-1 int8, zero border
+    for hs in hss:
+        hs[inner] = 1                                   # h_0 = +1
+    fh_buf = np.empty_like(hss[0])
     fh = fh_buf[inner]
-    gate_buf = np.empty((n, hp, wp), bool)              # whole padded planes: contiguous passes
+    gate_bufs = [np.empty((n, hp, wp), bool) for _ in range(chains)]  # whole padded planes: contiguous
     sign_buf = np.empty((n, hp, wp), np.int8)
-    hid_seq = np.empty((n, t, h, w), np.uint8) if "4_hidden" in stages else None
-    gate_seq = np.empty((n, t, h, w), np.uint8) if "7_forget_gate_x" in stages else None
+    seq_shape = (n, t, h, w) if chains == 1 else (n, t, chains, h, w)
+    hid_seq = np.empty(seq_shape, np.uint8) if "4_hidden" in stages else None
+    gate_seq = np.empty(seq_shape, np.uint8) if "7_forget_gate_x" in stages else None
+    hid_at = None if hid_seq is None else hid_seq.reshape(n, t, chains, h, w)      # views with a chain axis
+    gate_at = None if gate_seq is None else gate_seq.reshape(n, t, chains, h, w)
     side_h, side_w = h // layout.pool, w // layout.pool
     levels = np.empty((n, r, k_out, side_h, side_w), np.uint8)
     output = np.empty(levels.shape, np.float32)
     perturbed = noise.out_gain != 1.0 or noise.out_sigma or noise.has_offset
-    oh = np.empty_like(hs) if r else None
+    oh = np.empty_like(hss[0]) if r else None
+    thresholds = weights.gate_thresholds
     i = 0
     for step in range(t):
-        if hid_seq is not None:
-            hid_seq[:, step] = h_in > 0
-        gate = gate_buf[inner]
-        if step < t - 1 or gate_seq is not None:       # the last gate is used only when dumped
-            prog.w_fh(hs, fh_buf)
-            if z_gate is None:
-                np.greater_equal(fh_buf, gate_rhs[:, step], out=gate_buf)     # exact integers
-            else:
-                pre = fi[:, step].astype(np.float64) + fh                      # exact integer fi + fh
-                pre = pre + noise.gate_sigma * z_gate[step]
-                np.greater_equal(pre - weights.rnn_threshold, 0, out=gate)
-        if gate_seq is not None:
-            gate_seq[:, step] = gate
+        for j in range(chains):
+            hs, gate_buf = hss[j], gate_bufs[j]
+            if hid_at is not None:
+                hid_at[:, step, j] = hs[inner] > 0
+            gate = gate_buf[inner]
+            if step < t - 1 or gate_at is not None:    # the last gate is used only when dumped
+                prog.fh[j](hs, fh_buf)
+                if z_gate is None:
+                    np.greater_equal(fh_buf, gate_rhss[j][:, step], out=gate_buf)     # exact integers
+                else:
+                    pre = fis[j][:, step].astype(np.float64) + fh                      # exact integer fi + fh
+                    pre = pre + noise.gate_sigma * z_gate[step][:, j]
+                    np.greater_equal(pre - thresholds[j], 0, out=gate)
+            if gate_at is not None:
+                gate_at[:, step, j] = gate
         if i < r and step == read_steps[i]:
             o_int = np.empty((n, k_out, h, w), np.int16)
             for k in range(k_out):
-                prog.w_oh[k](hs, oh)
-                np.add(oi[k][:, i][inner], oh[inner], out=o_int[:, k], dtype=np.int16)   # exact oi + oh
+                for j in range(chains):                 # o = oi + sum_j oh^j: exact integers
+                    prog.w_oh[k][j](hss[j], oh)
+                    if j == 0:
+                        np.add(oi[k][:, i][inner], oh[inner], out=o_int[:, k], dtype=np.int16)
+                    else:
+                        np.add(o_int[:, k], oh[inner], out=o_int[:, k], dtype=np.int16)
             if perturbed:
                 o = o_int.astype(np.float64)
                 if noise.out_gain != 1.0:
@@ -583,9 +610,10 @@ def _run_chunk(prog: PackedProgram, binary: np.ndarray, noise: NoiseModel, rng, 
                 levels[:, i], output[:, i] = prog.readout(o_int)
             i += 1
         if step < t - 1:
-            sign = np.add(gate_buf.view(np.int8), gate_buf.view(np.int8), out=sign_buf)
-            sign -= np.int8(1)
-            hs *= sign                                   # keep (gate +1) or flip (gate -1); border stays 0
+            for hs, gate_buf in zip(hss, gate_bufs):
+                sign = np.add(gate_buf.view(np.int8), gate_buf.view(np.int8), out=sign_buf)
+                sign -= np.int8(1)
+                hs *= sign                               # keep (gate +1) or flip (gate -1); border stays 0
     if hid_seq is not None:
         out["4_hidden"] = np.where(hid_seq > 0, 255, 0).astype(np.uint8)
     if gate_seq is not None:
@@ -601,8 +629,8 @@ class PackedStream:
     itself (its draws are per frame, in its order). Frame sides must be multiples of 4.
 
     Per frame: conv1 by table look-ups, the x_t mosaic, fi and fh (17 int8 adds each), the gate as
-    one int8 comparison, h *= sign(gate); in a read-out frame also the K oi / oh and the readout.
-    Buffers are allocated once per frame size and reused.
+    one int8 comparison, h *= sign(gate) (each of these once per hidden map); in a read-out frame
+    also the K oi, the K x H oh and the readout. Buffers are allocated once per frame size and reused.
     """
 
     def __init__(self, weights: SensorWeights, *, noise: NoiseModel | None = None,
@@ -623,17 +651,20 @@ class PackedStream:
         if self._fallback is not None:
             self._fallback.reset()
         elif self._size is not None:
-            self._h[self._inner] = 1                      # h_0 = +1
+            for hs in self._hs:
+                hs[self._inner] = 1                       # h_0 = +1
 
     def _buffers(self, h: int, w: int) -> None:
         hp, wp = h + 2 * PAD, w + 2 * PAD
         self._inner = (slice(None), slice(PAD, PAD + h), slice(PAD, PAD + w))
         self._x = np.zeros((1, hp, wp), np.int8)          # x_t as +-1, zero border
-        self._h = np.zeros((1, hp, wp), np.int8)          # h as +-1, zero border
+        self._hs = [np.zeros((1, hp, wp), np.int8) for _ in range(self._prog.chains)]   # h^j, zero border
+        self._h, self._one = self._hs[0], len(self._hs) == 1
         self._fi, self._fh, self._o = (np.empty((1, hp, wp), np.int8) for _ in range(3))
         self._oh = np.empty((1, hp, wp), np.int8)
         self._size = (h, w)
-        self._h[self._inner] = 1
+        for hs in self._hs:
+            hs[self._inner] = 1
 
     def push(self, binary_frame: np.ndarray) -> np.ndarray | None:
         """Process one (H, W) +-1 frame; return the window's uint8 levels at its last frame, else None."""
@@ -650,28 +681,40 @@ class PackedStream:
         prog, inner = self._prog, self._inner
         prog.x_bytes(frame[None], self._x[inner].view(np.uint8))
         prog.signs(self._x)                                          # x_t as +-1, (1, H, W)
-        prog.w_fi(self._x, self._fi)
-        prog.w_fh(self._h, self._fh)
-        gate = np.add(self._fi[inner], self._fh[inner]) >= prog.gate_thr
+        if self._one:                                                # one hidden map: no loop
+            prog.w_fi(self._x, self._fi)
+            prog.w_fh(self._h, self._fh)
+            gates = (np.add(self._fi[inner], self._fh[inner]) >= prog.gate_thr,)
+        else:
+            gates = []
+            for fi, fh, hs, thr in zip(prog.fi, prog.fh, self._hs, prog.gate_thrs):
+                fi(self._x, self._fi)
+                fh(hs, self._fh)
+                gates.append(np.add(self._fi[inner], self._fh[inner]) >= thr)
         self.step += 1
         if self.step in self._read:
             self._levels.append(self._readout())
         if self.step < self.weights.timesteps:
-            sign = gate.view(np.int8) * np.int8(2)
-            sign -= np.int8(1)
-            self._h[inner] *= sign                                    # keep (gate +1) or flip (-1)
+            for gate, hs in zip(gates, self._hs):
+                sign = gate.view(np.int8) * np.int8(2)
+                sign -= np.int8(1)
+                hs[inner] *= sign                                     # keep (gate +1) or flip (-1)
             return None
         levels = np.concatenate(self._levels)
         self.reset()
         return levels[0] if self.weights.layout.is_authors else levels
 
     def _readout(self) -> np.ndarray:
-        """The read-out frame's (K, S, S) levels from o = oi + oh (exact integers)."""
+        """The read-out frame's (K, S, S) levels from o = oi + sum_j oh^j (exact integers)."""
         prog, inner = self._prog, self._inner
         h, w = self._size
         o_int = np.empty((prog.weights.channels, h, w), np.int16)
         for k in range(prog.weights.channels):
             prog.w_oi[k](self._x, self._o)
-            prog.w_oh[k](self._h, self._oh)
-            np.add(self._o[inner][0], self._oh[inner][0], out=o_int[k], dtype=np.int16)
+            for j, hs in enumerate(self._hs):
+                prog.w_oh[k][j](hs, self._oh)
+                if j == 0:
+                    np.add(self._o[inner][0], self._oh[inner][0], out=o_int[k], dtype=np.int16)
+                else:
+                    np.add(o_int[k], self._oh[inner][0], out=o_int[k], dtype=np.int16)
         return prog.readout(o_int[None])[0][0]

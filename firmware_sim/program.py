@@ -6,18 +6,43 @@ time and energy. The instruction stream has no data-dependent branches (SIMD), s
 dummy frame is the count for every frame.
 
 Registers (names as on SCAMP-5: six analog A-F, digital R0-R12; roles never live at the same time
-share a register; 6 analog and 10 digital are used, for every readout layout)::
+share a register; 6 analog and 10 digital are used, for every readout layout, with one hidden map;
+each further hidden map adds one digital register, see "Hidden maps" below)::
 
     analog   A unit (1.0, one MAC)   B conv acc | fi      C pool temp, constants | fh, comparand
              D pooled (interleaved) | oi | o, o/2      E oh | readout scratch, level thresholds
              F threshold chunk
     digital  R0 all ones   R1 hidden h   R2 x_t (mosaic)   R3 input frame
              R4-R9 scratch (walks; in a readout: a comparison and the level's bit planes)
+             R10, R11, ... hidden h^1, h^2, ... (H > 1 hidden maps)
 
 A SCAMP-5 element has about 7 analog and 14 digital registers (shared/docs/DESIGN.md);
 :func:`check_registers` refuses a program that needs more, naming the bank ("needs 8 analog
 registers, a SCAMP-5 element has 7"). Channels are read out one after another in the same
 registers, so every :class:`~core.readout_layout.ReadoutLayout` (K <= 4) fits.
+
+Hidden maps (H > 1, ``SensorWeights.hidden``): chain j's h^j lives in its own digital register
+(R1 for chain 0, then R10, R11, ...: :func:`hidden_registers`); everything else is shared, one
+chain after another: its walk (x_t, h^j and the validity plane, in the scratch R4-R9), fi and fh
+in B and C, its comparand chunks in F, its gate in R4. So H costs one digital register per chain
+and no analog one: 9 + H digital registers, which is at most 14 for H <= 5 whatever the layout
+(:func:`max_hidden`; K = 1 and K = 4 alike). The order keeps every readout on h_{t-1}:
+
+- channels k = 1 .. K-1 first (read-out frames only): clear oi/oh, one walk per chain adding
+  W_oh^{k,j} * h^j into oh (and W_oi^k * x_t into oi in chain 0's walk), read channel k out;
+- then chain by chain the walk of (e) for chain j (fi, fh, and channel 0's oi in chain 0's walk,
+  its oh += W_oh^{0,j} * h^j), and, for j < H - 1, chain j's gate and h^j's update at once (no
+  later readout needs h^j_{t-1}); after the last chain's walk channel 0 is read out, then the last
+  gate and update, as for H = 1.
+
+Each chain's oh is halved s times (2**s >= H + 1) and added into OI, which so holds o / 2**s
+(|o| <= 25 (H + 1): every partial sum stays within 25, exact, never saturating); the readout of
+(f) then works at scale 2**-s instead of 1/2 (output stage, pooling, thresholds t_m / 2**s; the
+8-bit ADC reads o doubled back s times, saturating only beyond its range).
+
+H = 1 is the program above instruction for instruction. The stage probes ``4_hidden`` and
+``7_forget_gate_x`` gain a chain axis for H > 1, as in :mod:`firmware_sim.fast`; with noise the
+instruction path's draws are its own (per chain, in the order above).
 
 One frame (all B clips of a batch at once):
 
@@ -115,6 +140,12 @@ ONE, HID, XT, INP = "R0", "R1", "R2", "R3"
 S1, S2, S3, S4, S5, S6 = "R4", "R5", "R6", "R7", "R8", "R9"
 DIGITAL = tuple(f"R{i}" for i in range(10))
 
+
+def hidden_registers(hidden: int) -> tuple[str, ...]:
+    """The digital registers of h^0 .. h^{H-1}: R1 (as for H = 1), then R10, R11, ... (names past
+    R12 only count against the bank: :func:`check_registers` refuses them)."""
+    return (HID,) + tuple(f"R{9 + j}" for j in range(1, hidden))
+
 # The 5x5 walk: (offset, shift direction, shift from the unshifted plane?) along one axis.
 # An offset d means the plane holds x[r + d] at row r: contents move north (west) for d > 0.
 _ROW_WALK = ((0, None, False), (1, "north", True), (2, "north", False), (-1, "south", True),
@@ -132,21 +163,53 @@ SCAMP5_ANALOG = 7
 SCAMP5_DIGITAL = 14
 
 
-def check_registers(analog: int, digital: int) -> None:
-    """Refuse a program that needs more registers than a SCAMP-5 element has, naming the bank."""
+def _check_hidden(hidden) -> int:
+    if not (isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool) and hidden >= 1):
+        raise ValueError(f"hidden must be a positive integer (hidden maps), got {hidden!r}")
+    return int(hidden)
+
+
+def check_registers(analog: int, digital: int, *, hidden: int = 1, layout=None) -> None:
+    """Refuse a program that needs more registers than a SCAMP-5 element has, in one line naming
+    the bank it lacks (and, for H > 1 hidden maps, how many fit: :func:`max_hidden` of ``layout``)."""
+    hidden = _check_hidden(hidden)
+    what = "this readout layout's sensor program" if hidden == 1 else f"the sensor program with {hidden} hidden maps"
     for bank, need, have in (("analog", analog, SCAMP5_ANALOG), ("digital", digital, SCAMP5_DIGITAL)):
         if need > have:
-            raise ValueError(f"this readout layout's sensor program needs {need} {bank} registers, "
-                             f"a SCAMP-5 element has {have}")
+            fit = ""
+            if hidden > 1 and layout is not None:
+                fit = f": use at most {max_hidden(layout)} hidden channels"
+            raise ValueError(f"{what} needs {need} {bank} registers, a SCAMP-5 element has {have}{fit}")
 
 
-def registers_needed(layout) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The analog and digital registers the program uses for ``layout`` (checked against SCAMP-5)."""
-    digital = set(DIGITAL)
+def registers_needed(layout, *, hidden: int = 1) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The analog and digital registers the program uses for ``layout`` and ``hidden`` maps
+    (checked against SCAMP-5 by :func:`check_registers`)."""
+    hidden = _check_hidden(hidden)
+    digital = set(DIGITAL) | set(hidden_registers(hidden))
     if layout.bits < 8:
         digital |= {CMP, *PLANES[:layout.bits]}
     analog = set(ANALOG) | {V, VTMP}
     return (tuple(sorted(analog)), tuple(sorted(digital, key=lambda r: int(r[1:]))))
+
+
+def max_hidden(layout) -> int:
+    """The largest number of hidden maps whose program fits a SCAMP-5 element with ``layout``
+    (each map adds one digital register; 0 if not even one fits)."""
+    best = 0
+    while True:
+        analog, digital = registers_needed(layout, hidden=best + 1)
+        if len(analog) > SCAMP5_ANALOG or len(digital) > SCAMP5_DIGITAL:
+            return best
+        best += 1
+
+
+def check_hidden_fits(layout, hidden: int) -> None:
+    """Refuse ``hidden`` maps with ``layout`` when their program does not fit a SCAMP-5 element:
+    a one-line ValueError naming the register bank it lacks and the most hidden maps that fit."""
+    hidden = _check_hidden(hidden)
+    analog, digital = registers_needed(layout, hidden=hidden)
+    check_registers(len(analog), len(digital), hidden=hidden, layout=layout)
 
 
 def level_thresholds(layout) -> list[float]:
@@ -248,12 +311,18 @@ class _Program:
         self.noise = noise
         self.rng = rng
         self.stages = tuple(stages)
-        self.gate_chunks = _comparand_chunks(weights.rnn_threshold, integer=not noise.gate_sigma)
+        self.chains = weights.hidden
+        self.chain_chunks = [_comparand_chunks(t, integer=not noise.gate_sigma) for t in weights.gate_thresholds]
+        self.gate_chunks = self.chain_chunks[0]
+        self.hid = hidden_registers(self.chains)
         self.layout = weights.layout
-        analog, digital = registers_needed(self.layout)
-        check_registers(len(analog), len(digital))
+        analog, digital = registers_needed(self.layout, hidden=self.chains)
+        check_registers(len(analog), len(digital), hidden=self.chains, layout=self.layout)
         self.analog, self.digital = analog, digital
-        self.thresholds = [t / 2 for t in level_thresholds(self.layout)] if self.layout.bits < 8 else []
+        # H > 1 carries o at scale 2**-s, 2**s >= H + 1 (|o| <= 25 (H + 1)); H = 1 at o / 2 as always
+        self.scale = max(1, math.ceil(math.log2(self.chains + 1)))
+        self.thresholds = ([t / 2 ** self.scale for t in level_thresholds(self.layout)]
+                           if self.layout.bits < 8 else [])
 
     def _normal(self, shape) -> np.ndarray:
         if self.rng is None:
@@ -261,10 +330,11 @@ class _Program:
         return self.rng.standard_normal(shape)
 
     def prologue(self, ppa: PPA) -> None:
-        """Once per window: constants and h_0 = +1."""
+        """Once per window: constants and h^j_0 = +1."""
         ppa.load(UNIT, 1.0)
         ppa.d_set(ONE)
-        ppa.d_set(HID)
+        for reg in self.hid:
+            ppa.d_set(reg)
 
     def frame(self, ppa: PPA, bits: np.ndarray, *, read: bool) -> dict:
         """One frame; returns the probes asked for in ``stages`` (and, in a read-out frame,
@@ -314,6 +384,9 @@ class _Program:
             probes["3_thresholded_quantized"] = ppa.peek_bits(XT)
 
     def _rnn(self, ppa: PPA, probes: dict, want: set, *, read: bool) -> None:
+        if self.chains > 1:
+            self._rnn_chains(ppa, probes, want, read=read)
+            return
         accs = [(FI, self.w.w_fi, 0), (FH, self.w.w_fh, 1)]
         if read:
             accs += [(OI, self.w.w_oi[0], 0), (OH, self.w.w_oh[0], 1)]
@@ -328,37 +401,94 @@ class _Program:
                 outputs.append(output)
             probes["readout"] = np.stack(levels, axis=-3)
             probes["output"] = np.stack(outputs, axis=-3)
+        self._gate(ppa, probes, want)
+
+    def _gate(self, ppa: PPA, probes: dict, want: set, chain: int = 0, gates: list | None = None) -> None:
+        """Chain ``chain``'s gate from fi in FI and fh in FH, then h^j = f XNOR h^j (its register)."""
+        hid = self.hid[chain]
         if self.noise.gate_sigma:
             ppa.inject(FI, self.noise.gate_sigma * self._normal(ppa.shape))
         ppa.neg(FH, FH)                                   # comparand: thr - fh
         loaded = None
-        for chunk in self.gate_chunks:
+        for chunk in self.chain_chunks[chain]:
             if chunk != loaded:
                 ppa.load(CHUNK, chunk)
                 loaded = chunk
             ppa.add(FH, FH, CHUNK)
         ppa.compare(S1, FI, FH)                           # f = (fi + fh >= thr), sign(0) = +1
-        if "4_hidden" in want:
-            probes["4_hidden"] = ppa.peek_bits(HID)
-        if "7_forget_gate_x" in want:
-            probes["7_forget_gate_x"] = ppa.peek_bits(S1)
-        ppa.d_xor(HID, S1, HID)                           # h = f XNOR h: keep or flip
-        ppa.d_not(HID, HID)
+        if gates is not None:                             # H > 1: the caller stacks the chains
+            if "7_forget_gate_x" in want:
+                gates.append(ppa.peek_bits(S1))
+        else:
+            if "4_hidden" in want:
+                probes["4_hidden"] = ppa.peek_bits(hid)
+            if "7_forget_gate_x" in want:
+                probes["7_forget_gate_x"] = ppa.peek_bits(S1)
+        ppa.d_xor(hid, S1, hid)                           # h = f XNOR h: keep or flip
+        ppa.d_not(hid, hid)
 
-    def _walk_macs(self, ppa: PPA, accs) -> None:
-        """Clear the accumulators and add each (register, 5x5 kernel, 0: x_t / 1: h) over one walk."""
+    def _rnn_chains(self, ppa: PPA, probes: dict, want: set, *, read: bool) -> None:
+        """The RNN of H > 1 hidden maps (module docstring): channels 1..K-1, then chain by chain."""
+        w, last = self.w, self.chains - 1
+        if "4_hidden" in want:                            # h^j_{t-1} of every chain, before any update
+            probes["4_hidden"] = np.stack([ppa.peek_bits(reg) for reg in self.hid], axis=-3)
+        levels, outputs = [None] * w.channels, [None] * w.channels
+        if read:
+            for k in range(1, w.channels):
+                for j in range(self.chains):
+                    accs = ([(OI, w.w_oi[k], 0)] if j == 0 else []) + [(OH, w.oh_kernels[k, j], 1)]
+                    self._walk_macs(ppa, accs, chain=j)
+                    self._fold(ppa, first=j == 0)
+                levels[k], outputs[k] = self._read_channel(ppa)
+        gates: list = []
+        for j in range(self.chains):
+            accs = [(FI, w.fi_kernels[j], 0), (FH, w.fh_kernels[j], 1)]
+            if read:
+                accs += ([(OI, w.w_oi[0], 0)] if j == 0 else []) + [(OH, w.oh_kernels[0, j], 1)]
+            self._walk_macs(ppa, accs, chain=j)
+            if read:
+                self._fold(ppa, first=j == 0)
+            if read and j == last:
+                levels[0], outputs[0] = self._read_channel(ppa)
+            self._gate(ppa, probes, want, chain=j, gates=gates)
+        if read:
+            probes["readout"] = np.stack(levels, axis=-3)
+            probes["output"] = np.stack(outputs, axis=-3)
+        if "7_forget_gate_x" in want:
+            probes["7_forget_gate_x"] = np.stack(gates, axis=-3)
+
+    def _walk_macs(self, ppa: PPA, accs, *, chain: int = 0) -> None:
+        """Clear the accumulators and add each (register, 5x5 kernel, 0: x_t / 1: h^chain) over one
+        walk, which moves only the planes some accumulator reads (and the validity plane)."""
         for reg, _, _ in accs:
             ppa.load(reg, 0.0)
-        for dy, dx, planes in _walk(ppa, [(XT, S1, S2), (HID, S3, S4), (ONE, S5, S6)]):
-            ppa.where(planes[2])
+        srcs = {src for _, _, src in accs}
+        walked = [(XT, S1, S2)] if 0 in srcs else []
+        walked += [(self.hid[chain], S3, S4)] if 1 in srcs else []
+        where = {src: i for i, src in enumerate(sorted(srcs))}
+        for dy, dx, planes in _walk(ppa, walked + [(ONE, S5, S6)]):
+            ppa.where(planes[-1])
             for reg, kernel, src in accs:
-                ppa.add_or_sub(reg, UNIT, planes[src], sign=int(kernel[dy + PAD, dx + PAD]))
+                ppa.add_or_sub(reg, UNIT, planes[where[src]], sign=int(kernel[dy + PAD, dx + PAD]))
         ppa.all()
 
+    def _fold(self, ppa: PPA, *, first: bool) -> None:
+        """H > 1: add chain j's oh (in OH) into the running o / 2**s in OI at scale 2**-s
+        (``first``: OI still holds oi, scaled here too). Halving is exact, and every partial sum
+        stays within |o| / 2**s <= 25, so the register never saturates on the way."""
+        for _ in range(self.scale):
+            if first:
+                ppa.half(OI, OI)
+            ppa.half(OH, OH)
+        ppa.add(OI, OI, OH)
+
     def _read_channel(self, ppa: PPA) -> tuple[np.ndarray, np.ndarray]:
-        """oi in OI, oh in OH -> (levels, output) of one channel, each (B, S, S); see (f) above."""
+        """oi in OI, oh in OH (H > 1: o / 2**s in OI, :meth:`_fold`) -> (levels, output) of one
+        channel, each (B, S, S); see (f) above."""
         layout, noise = self.layout, self.noise
         p = layout.pool
+        if self.chains > 1:
+            return self._read_scaled(ppa)
         if layout.bits == 8 and p == 1:
             ppa.add(OI, OI, OH)
             if noise.out_gain != 1.0:                    # analog scale error of the o register
@@ -371,12 +501,20 @@ class _Program:
         ppa.half(OI, OI)
         ppa.half(OH, OH)
         ppa.add(V, OI, OH)                               # v = o / 2, |v| <= 25: exact
-        if noise.out_gain != 1.0:                        # the output stage at half scale
+        return self._read_scaled(ppa)
+
+    def _read_scaled(self, ppa: PPA) -> tuple[np.ndarray, np.ndarray]:
+        """v = o / 2**s in V (s = :attr:`scale`, |v| <= 25: exact) -> (levels, output): the output
+        stage at that scale, pooling, then the ADC on o (doubled back s times, saturating only
+        beyond the ADC's range) or the b < 8-bit level's comparisons with t_m / 2**s."""
+        layout, noise = self.layout, self.noise
+        p, unit = layout.pool, 0.5 ** self.scale
+        if noise.out_gain != 1.0:                        # the output stage at scale 2**-s
             ppa.inject(V, (noise.out_gain - 1.0) * ppa.peek(V))
         if noise.out_sigma:
-            ppa.inject(V, 0.5 * noise.out_sigma * self._normal(ppa.shape))
+            ppa.inject(V, unit * noise.out_sigma * self._normal(ppa.shape))
         if noise.has_offset:
-            ppa.inject(V, 0.5 * noise.output_offset(ppa.shape[-2:]))
+            ppa.inject(V, unit * noise.output_offset(ppa.shape[-2:]))
         for forward in ("west", "north"):                # columns, then rows
             d = 1
             while d < p:                                 # v <- mean of v and v d elements on
@@ -388,6 +526,8 @@ class _Program:
                 d *= 2
         if layout.bits == 8:
             ppa.add(VTMP, V, V)                          # o (saturates beyond the ADC's range only)
+            for _ in range(self.scale - 1):
+                ppa.add(VTMP, VTMP, VTMP)
             return ppa.readout(VTMP, every=p), ppa.peek(VTMP)[..., ::p, ::p]
         planes = PLANES[:layout.bits]
         for m, threshold in enumerate(self.thresholds, start=1):
@@ -404,7 +544,7 @@ class _Program:
         level = np.zeros(ppa.shape[:-2] + (ppa.height // p, ppa.width // p), np.uint8)
         for j, plane in enumerate(planes):
             level |= ppa.readout_bits(plane, every=p).astype(np.uint8) << np.uint8(j)
-        return level, 2.0 * ppa.peek(V)[..., ::p, ::p]
+        return level, ppa.peek(V)[..., ::p, ::p] / unit
 
 
 def _new_array(program: _Program, height: int, width: int, batch: int | None,

@@ -203,6 +203,9 @@ def make_keras_model(config: ModelConfig, *, include_sensor: bool = True, quanti
     """
     if not isinstance(config, ModelConfig):
         raise InputError(f"config must be a pixelrnn.model.ModelConfig, got {type(config).__name__}")
+    if config.hidden_channels != 1:
+        raise InputError(f"the Keras/Larq twin has one hidden map, this model has hidden_channels="
+                         f"{config.hidden_channels}: train it with --backend torch and export it with --format onnx")
     qname = quantizer or config.quantizer
     m = config.quantizer_m
     q = lambda: make_quantizer(qname, m=m)  # noqa: E731

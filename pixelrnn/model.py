@@ -16,6 +16,17 @@ output kernel pairs (``out_channels``), maps averaged over blocks on the array (
 and 8, 4, 2 or 1-bit levels (``readout_bits``, trained through a straight-through quantizer); the
 decoder then sees M = frames x K maps, with the authors' head or a small MLP (``decoder``).
 
+``hidden_channels`` (H) gives H independent gated chains j, each with its own kernels and
+threshold, mixed only by the outputs (docs/MODEL.md)::
+
+    f^j_t = sign(W_fi^j * x_t + W_fh^j * h^j_{t-1} - thr_j)     h^j_0 = +1
+    h^j_t = f^j_t . h^j_{t-1}
+    o^k_t = W_oi^k * x_t + sum_j W_oh^{k,j} * h^j_{t-1}
+
+Parameters: ``w_fi``/``w_fh`` (H, 1, 5, 5), ``w_oi`` (K, 1, 5, 5), ``w_oh`` (K, H, 5, 5),
+``rnn_threshold`` (H,): H = 1 is the authors' RNN with the shapes, names and draws it always had.
+H is capped by the registers of a SCAMP-5 element (:func:`firmware_sim.program.max_hidden`).
+
 Weights are latent reals (clipped to [-1, 1] by :meth:`PixelRNN.clip_latent_`), binarized in the
 forward pass by a straight-through estimator chosen by name. In eval mode with noise off the
 forward is bit-exact with ``firmware_sim`` (tested): integer sums of +-1 products are exact in
@@ -34,6 +45,7 @@ from core.readout_layout import ReadoutLayout
 from firmware_sim.encoding import IW, ZERO_LEVEL
 from firmware_sim.frontend import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, FrontEnd
 from firmware_sim.noise import NoiseModel
+from firmware_sim.program import check_hidden_fits
 from firmware_sim.weights import SensorWeights
 from pixelrnn.quantizers import get_quantizer, get_surrogate, sign
 
@@ -72,6 +84,7 @@ class ModelConfig:
     readout_8bit: bool = True            # decoder sees the quantized readout, as on the real sensor
     readout_every: int = 0               # read o out at frames every, 2*every, ..., T (0: the last only)
     out_channels: int = 1                # K output kernel pairs (W_oi, W_oh): K maps per readout frame
+    hidden_channels: int = 1             # H binary hidden maps, each a gated chain (W_fi, W_fh, threshold)
     readout_bits: int = 8                # 8 (the ADC), 4, 2 or 1; trained for (STE), not applied after
     readout_pool: int = 1                # maps averaged over pool x pool blocks on the array
     readout_step: float = 0.0            # MAC units per level for bits < 8 (0: the layout's default)
@@ -92,6 +105,10 @@ class ModelConfig:
         NoiseModel(self.noise_conv, self.noise_gate, self.noise_out)  # validates sigmas
         FrontEnd(mean=self.input_mean, std=self.input_std)
         _ = self.layout  # validates the readout fields
+        h = self.hidden_channels
+        if not (isinstance(h, int) and not isinstance(h, bool) and h >= 1):
+            raise ValueError(f"hidden_channels must be a positive integer, got {h!r}")
+        check_hidden_fits(self.layout, h)   # one line naming the register bank it lacks
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got {self.decoder!r}")
         if not (isinstance(self.decoder_hidden, int) and self.decoder_hidden >= 1):
@@ -327,30 +344,35 @@ class _Recurrence(torch.autograd.Function):
         return gz, dw, dthr, None, None, None
 
 
-def noise_sizes(noise: NoiseModel, timesteps: int, size: int = SIZE, out_maps: int = 1) -> dict[str, int]:
+def noise_sizes(noise: NoiseModel, timesteps: int, size: int = SIZE, out_maps: int = 1,
+                hidden: int = 1) -> dict[str, int]:
     """Standard normals one clip consumes, per noise site in stream order (conv, gate, out).
 
     ``out_maps``: the analog maps read out per window (readout frames x output channels).
+    ``hidden``: H hidden maps; the gate site holds chain 0's T frames, then chain 1's, ... (so
+    H = 1 draws what it always drew).
     """
     sizes = {}
     if noise.conv_sigma:
         sizes["conv"] = timesteps * N_MAPS * (size // POOL) ** 2
     if noise.gate_sigma:
-        sizes["gate"] = timesteps * size * size
+        sizes["gate"] = hidden * timesteps * size * size
     if noise.out_sigma:
         sizes["out"] = out_maps * size * size
     return sizes
 
 
 def draw_noise(noise: NoiseModel, batch: int, timesteps: int, generators: list[torch.Generator] | None,
-               size: int = SIZE, out_maps: int = 1) -> dict[str, torch.Tensor]:
+               size: int = SIZE, out_maps: int = 1, hidden: int = 1) -> dict[str, torch.Tensor]:
     """The standard normals of a batch, (B, n) per noise site: one draw per clip from its generator.
+
+    ``hidden``: the model's hidden maps (:attr:`ModelConfig.hidden_channels`), see :func:`noise_sizes`.
 
     One ``randn`` per clip gives the same numbers as the former per-site draws in stream order
     (torch's CPU normal sampler transforms blocks of 16 uniforms, and every block size here is a
     multiple of 16), so a clip's noise does not depend on its batch, rank or device.
     """
-    sizes = noise_sizes(noise, timesteps, size, out_maps)
+    sizes = noise_sizes(noise, timesteps, size, out_maps, hidden)
     total = sum(sizes.values())
     if not total:
         return {}
@@ -373,15 +395,16 @@ class PixelRNN(nn.Module):
         # in-pixel CNN
         self.conv1 = u(N_MAPS, 1, KERNEL, KERNEL)
         self.thresh1 = nn.Parameter(torch.ones(1))
-        # in-pixel RNN
-        self.w_fi = u(1, 1, KERNEL, KERNEL)
-        self.w_fh = u(1, 1, KERNEL, KERNEL)
+        # in-pixel RNN: H gated chains (their kernels stacked on dim 0), K output kernel pairs
+        hc = config.hidden_channels
+        self.w_fi = u(hc, 1, KERNEL, KERNEL)
+        self.w_fh = u(hc, 1, KERNEL, KERNEL)
         self.w_oi = u(config.out_channels, 1, KERNEL, KERNEL)
-        self.w_oh = u(config.out_channels, 1, KERNEL, KERNEL)
+        self.w_oh = u(config.out_channels, hc, KERNEL, KERNEL)
         if config.gate_threshold:
-            self.rnn_threshold = nn.Parameter(torch.ones(1))
+            self.rnn_threshold = nn.Parameter(torch.ones(hc))
         else:
-            self.register_buffer("rnn_threshold", torch.zeros(1))
+            self.register_buffer("rnn_threshold", torch.zeros(hc))
         if config.learn_theta0:
             self.theta0 = nn.Parameter(torch.zeros(1))
         else:
@@ -442,6 +465,8 @@ class PixelRNN(nn.Module):
 
         The maps are (B, M, S, S) for the config's :attr:`ModelConfig.layout` (M = readout frames x
         output channels, frame-major; S = 64 / pool); the authors' layout gives o_T as (B, 1, 64, 64).
+        ``record=True`` also returns the states; ``hidden`` and ``gate`` are (B, T, 64, 64) for one
+        hidden map and (B, T, H, 64, 64) for H > 1 (chain axis 2), as firmware_sim's stage dumps.
 
         ``generators`` (one per clip) make the noise of each clip independent of the batch it is
         in, so training is reproducible across batch splits and DistributedDataParallel ranks;
@@ -451,9 +476,13 @@ class PixelRNN(nn.Module):
         b, t, h, w = binary.shape
         if generators is not None and len(generators) != b:
             raise ValueError(f"{len(generators)} noise generators for a batch of {b} clips")
+        hc = self.config.hidden_channels
         if draws is None:
-            draws = draw_noise(noise, b, t, generators, h, self.config.layout_for(t).maps)
+            draws = draw_noise(noise, b, t, generators, h, self.config.layout_for(t).maps, hc)
         draws = {k: v.to(binary.device) for k, v in draws.items()}
+        if noise.gate_sigma and draws["gate"].shape[1] != hc * t * h * w:
+            raise ValueError(f"the noise draws hold {draws['gate'].shape[1] // (t * h * w)} hidden maps' gate "
+                             f"normals, the model has {hc}: draw them with draw_noise(..., hidden={hc})")
         # in-pixel CNN: conv + relu + 4x4 max-pool in one GEMM per chunk of frames
         wc = s2d_weight(self.binarize(self.conv1))
         s, theta0 = _theta if _theta is not None else (None, None)
@@ -472,30 +501,41 @@ class PixelRNN(nn.Module):
         w_fi, w_oi = self.binarize(self.w_fi), self.binarize(self.w_oi)
         w_fh, w_oh = self.binarize(self.w_fh), self.binarize(self.w_oh)
         gates = t if record else keep[-1]
-        xf = bconv(x[:, :gates].reshape(b * gates, 1, h, w), s2d_weight(w_fi)).reshape(b, gates, h, w) \
+        # W_fi^j * x_t for every chain j: one GEMM of H kernels, (B, G, H, 64, 64)
+        xf = bconv(x[:, :gates].reshape(b * gates, 1, h, w), s2d_weight(w_fi)).reshape(b, gates, hc, h, w) \
             if gates else None
-        wfh = s2d_weight(w_fh)
-        gate_noise = draws["gate"].reshape(b, t, h, w) * noise.gate_sigma if noise.gate_sigma else None
-        hidden = torch.ones(b, 1, h, w, dtype=binary.dtype, device=binary.device)
+        # chain j's gate kernel and threshold (H = 1: the whole tensors, as always)
+        w_fh_j = [w_fh] if hc == 1 else [w_fh[j:j + 1] for j in range(hc)]
+        thr_j = [self.rnn_threshold] if hc == 1 else [self.rnn_threshold[j:j + 1] for j in range(hc)]
+        # gate normals, chain-major per clip (draw_noise): (B, H, T, 64, 64)
+        gate_noise = draws["gate"].reshape(b, hc, t, h, w) * noise.gate_sigma if noise.gate_sigma else None
         states: dict[str, list] = {"hidden": [], "gate": []}
         if record:
+            wfh = [s2d_weight(wj) for wj in w_fh_j]
+            hidden = [torch.ones(b, 1, h, w, dtype=binary.dtype, device=binary.device) for _ in range(hc)]
             for step in range(gates):
-                ft = xf[:, step] + bconv(hidden, wfh)[:, 0]
-                if gate_noise is not None:
-                    ft = ft + gate_noise[:, step]
-                gate = self.binarize(ft - self.rnn_threshold)[:, None]
-                states["hidden"].append(hidden)
-                states["gate"].append(gate)
-                hidden = gate * hidden
-            kept = torch.cat([states["hidden"][i] for i in keep], 1)
+                step_gates = []
+                for j in range(hc):
+                    ft = xf[:, step, j] + bconv(hidden[j], wfh[j])[:, 0]
+                    if gate_noise is not None:
+                        ft = ft + gate_noise[:, j, step]
+                    step_gates.append(self.binarize(ft - thr_j[j])[:, None])
+                states["hidden"].append(torch.cat(hidden, 1))
+                states["gate"].append(torch.cat(step_gates, 1))
+                hidden = [g * hj for g, hj in zip(step_gates, hidden)]
+            kept = torch.stack([states["hidden"][i] for i in keep], 1)                   # (B, R, H, 64, 64)
         elif keep[-1] == 0:
-            kept = hidden
-        else:
-            noise_g = gate_noise[:, :gates] if gate_noise is not None else None
-            kept = _Recurrence.apply(xf, w_fh, self.rnn_threshold, noise_g, self.surrogate, tuple(keep))
-        # o^{f,k} = W_oi[k] * x_{f-1} + W_oh[k] * h_{f-1}: (B, R*K, H, W), frame-major
+            kept = torch.ones(b, 1, hc, h, w, dtype=binary.dtype, device=binary.device)
+        else:   # the fused recurrence, once per chain (H = 1: on views, no copies, as always)
+            chains = [_Recurrence.apply(xf.view(b, gates, h, w) if hc == 1 else xf[:, :, j].contiguous(),
+                                        w_fh_j[j], thr_j[j],
+                                        gate_noise[:, j, :gates] if gate_noise is not None else None,
+                                        self.surrogate, tuple(keep))
+                      for j in range(hc)]
+            kept = chains[0].unsqueeze(2) if hc == 1 else torch.stack(chains, 2)       # (B, R, H, 64, 64)
+        # o^{f,k} = W_oi[k] * x_{f-1} + sum_j W_oh[k, j] * h^j_{f-1}: (B, R*K, H, W), frame-major
         xo = bconv(x[:, keep].reshape(b * r, 1, h, w), s2d_weight(w_oi))
-        out = (xo + bconv(kept.reshape(b * r, 1, h, w), s2d_weight(w_oh))).reshape(b, r * k_out, h, w)
+        out = (xo + bconv(kept.reshape(b * r, hc, h, w), s2d_weight(w_oh))).reshape(b, r * k_out, h, w)
         if noise.out_gain != 1.0:   # calibrated analog gain of the output (firmware_sim.noise)
             out = out * noise.out_gain
         if noise.out_sigma:
@@ -508,10 +548,11 @@ class PixelRNN(nn.Module):
         if record:
             with torch.no_grad():
                 conv = F.conv2d(binary.reshape(b * t, 1, h, w), self.binarize(self.conv1), padding=KERNEL // 2)
+            hid, gat = torch.stack(states["hidden"], 1), torch.stack(states["gate"], 1)   # (B, T, H, 64, 64)
             recorded = {"binary": binary, "conv": conv.reshape(b, t, N_MAPS, h, w),
                         "pooled": pooled.reshape(b, t, N_MAPS, h // POOL, w // POOL),
-                        "x": x[:, :, 0], "hidden": torch.stack(states["hidden"], 1)[:, :, 0],
-                        "gate": torch.stack(states["gate"], 1)[:, :, 0]}
+                        "x": x[:, :, 0], "hidden": hid[:, :, 0] if hc == 1 else hid,
+                        "gate": gat[:, :, 0] if hc == 1 else gat}
         return out, recorded
 
     def readout(self, out: torch.Tensor) -> torch.Tensor:
@@ -586,13 +627,17 @@ class PixelRNN(nn.Module):
     # -- hand-over to the simulator ---------------------------------------------------------------
     @torch.no_grad()
     def sensor_weights(self) -> SensorWeights:
-        """The binary kernels and thresholds the sensor runs (numpy, for firmware_sim)."""
+        """The binary kernels and thresholds the sensor runs (numpy, for firmware_sim); H > 1 hidden
+        maps give (H, 5, 5) gate kernels, (K, H, 5, 5) ``w_oh`` and H thresholds."""
         s = lambda p: self.binarize(p).detach().cpu().numpy().astype("int8")  # noqa: E731
+        one = self.config.hidden_channels == 1
         return SensorWeights(
-            conv1=s(self.conv1)[:, 0], thresh1=float(self.thresh1), w_fi=s(self.w_fi)[0, 0],
-            w_fh=s(self.w_fh)[0, 0], w_oi=s(self.w_oi)[:, 0], w_oh=s(self.w_oh)[:, 0],
+            conv1=s(self.conv1)[:, 0], thresh1=float(self.thresh1),
+            w_fi=s(self.w_fi)[0, 0] if one else s(self.w_fi)[:, 0],
+            w_fh=s(self.w_fh)[0, 0] if one else s(self.w_fh)[:, 0],
+            w_oi=s(self.w_oi)[:, 0], w_oh=s(self.w_oh)[:, 0] if one else s(self.w_oh),
             layout=self.config.layout,
-            rnn_threshold=float(self.rnn_threshold),
+            rnn_threshold=float(self.rnn_threshold) if one else tuple(float(v) for v in self.rnn_threshold),
             frontend=FrontEnd(mean=self.config.input_mean, std=self.config.input_std,
                               theta0=float(self.theta0)),
             timesteps=self.config.timesteps)

@@ -26,7 +26,7 @@ NORMALIZATIONS = ("dataset", "imagenet")
 DEVICES = ("auto", "cpu", "cuda")
 
 _INTS = ("fold", "limit", "batch_size", "epochs", "seed", "max_shift", "max_time_shift", "threads", "patience",
-         "readout_every", "out_channels", "readout_bits", "readout_pool", "decoder_hidden")
+         "readout_every", "out_channels", "hidden_channels", "readout_bits", "readout_pool", "decoder_hidden")
 _NUMBERS = ("quantizer_m", "noise_conv", "noise_gate", "noise_out", "lr", "lr_binary", "weight_decay",
             "readout_step")
 _BOOLS = ("freeze_binary", "learn_theta0", "gate_threshold", "augment", "init_decoder")
@@ -73,6 +73,7 @@ class TrainConfig:
     # the readout (core.readout_layout): the defaults are the authors' (o at the last frame, 8 bit)
     readout_every: int = 0             # read o out every N frames (0: the last frame only)
     out_channels: int = 1              # K output kernel pairs: K maps per readout frame
+    hidden_channels: int = 1           # H binary hidden maps, each with its own gate (as a SCAMP-5 element fits)
     readout_bits: int = 8              # 8, 4, 2 or 1 (trained for, straight-through)
     readout_pool: int = 1              # maps averaged over pool x pool blocks on the array (1, 2, 4, 8)
     readout_step: float = 0.0          # MAC units per level below 8 bits (0: the default for the bits)
@@ -114,6 +115,8 @@ class TrainConfig:
             self.layout(16)
         except ValueError as exc:
             raise InputError(str(exc)) from None
+        _check(self.hidden_channels >= 1, f"hidden_channels must be >= 1, got {self.hidden_channels}")
+        self.check_hidden(16)
         _check(self.decoder in ("authors", "mlp", "cnn"), f"decoder must be authors, mlp or cnn, got {self.decoder!r}")
         _check(self.decoder_hidden >= 1, f"decoder_hidden must be >= 1, got {self.decoder_hidden}")
         _check(not self.init_from or Path(self.init_from).is_file(), f"init_from: no such file {self.init_from!r}")
@@ -123,6 +126,16 @@ class TrainConfig:
                    f"data sets ({', '.join(CV_DATASETS)}), not {self.dataset}")
             _check(not self.patience and self.schedule != "plateau", f"fold {ALL_CLIPS} has no validation clips: "
                    f"set patience 0 and a schedule other than plateau (the last epoch is the model)")
+
+    def check_hidden(self, timesteps: int) -> None:
+        """``hidden_channels`` must fit a SCAMP-5 element's registers with this readout (one line
+        naming the bank it lacks, :func:`firmware_sim.program.check_hidden_fits`)."""
+        from firmware_sim.program import check_hidden_fits
+
+        try:
+            check_hidden_fits(self.layout(timesteps), self.hidden_channels)
+        except ValueError as exc:
+            raise InputError(f"hidden_channels={self.hidden_channels}: {exc}") from None
 
     def layout(self, timesteps: int) -> ReadoutLayout:
         """The readout these settings ask for, for clips of ``timesteps`` frames."""

@@ -64,7 +64,7 @@ def build_model(cfg: TrainConfig, train_set: Dataset) -> PixelRNN:
                      input_mean=mean, input_std=std, noise_conv=cfg.noise_conv,
                      noise_gate=cfg.noise_gate, noise_out=cfg.noise_out, timesteps=train_set.frames.shape[1],
                      readout_every=cfg.readout_every, out_channels=cfg.out_channels,
-                     readout_bits=cfg.readout_bits, readout_pool=cfg.readout_pool,
+                     hidden_channels=cfg.hidden_channels, readout_bits=cfg.readout_bits, readout_pool=cfg.readout_pool,
                      readout_step=cfg.readout_step, decoder=cfg.decoder, decoder_hidden=cfg.decoder_hidden)
     torch.manual_seed(cfg.seed)
     model = PixelRNN(mc)
@@ -139,7 +139,7 @@ def prepare_batch(ds: Dataset, idx: np.ndarray, *, epoch: int, cfg: TrainConfig,
     from each clip's own generator, so they do not depend on the batch, rank or device)."""
     frames, labels, gens = batch_tensors(ds, idx, epoch=epoch, cfg=cfg, train=True)
     return frames, labels, draw_noise(noise, len(idx), frames.shape[1], gens, frames.shape[-1],
-                                      cfg.layout(frames.shape[1]).maps)
+                                      cfg.layout(frames.shape[1]).maps, cfg.hidden_channels)
 
 
 @torch.no_grad()
