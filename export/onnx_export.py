@@ -591,6 +591,18 @@ def _check_layout_decoder(decoder: LayoutDecoderParams) -> None:
         width = weight.shape[0]
 
 
+def authors_feature_table(decoder: LayoutDecoderParams) -> np.ndarray:
+    """(M, 2**bits) float32: the authors head's feature of each map at each readout level,
+    ``tanh(BatchNorm(fin_sign * dequantize(level))) - thresh3``, evaluated in float64 and rounded once."""
+    layout = decoder.layout
+    o = layout.dequantize(np.arange(2 ** layout.bits, dtype=np.uint8)).astype(np.float64)       # (L,)
+    y = decoder.fin_sign.astype(np.float64)[:, None] * o[None, :]                                # (M, L)
+    mean, var = decoder.bn_mean.astype(np.float64)[:, None], decoder.bn_var.astype(np.float64)[:, None]
+    bn = (y - mean) / np.sqrt(var + decoder.bn_eps) * decoder.bn_weight.astype(np.float64)[:, None] \
+        + decoder.bn_bias.astype(np.float64)[:, None]
+    return (np.tanh(bn) - float(decoder.thresh3.reshape(-1)[0])).astype(np.float32)
+
+
 def _layout_host_nodes(decoder: LayoutDecoderParams) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """readout (1, M, S, S) uint8 levels -> logits, as ``PixelRNN.decode``: dequantize (the layout's
     ``dequantize``: (r - 127) / 10 for 8 bit, (r - zero + 0.5) * step otherwise), then the head."""
@@ -616,7 +628,21 @@ def _layout_host_nodes(decoder: LayoutDecoderParams) -> tuple[list[onnx.NodeProt
     inits += [_init("bn_weight", decoder.bn_weight), _init("bn_bias", decoder.bn_bias),
               _init("bn_mean", decoder.bn_mean), _init("bn_var", decoder.bn_var),
               _init("host_shape_flat", [1, m * s * s], dtype=np.int64)]
-    if decoder.head == "authors":
+    if decoder.head == "authors" and layout.bits == 1:
+        # A 1-bit level is 0 or 1, so a map's feature tanh(BatchNorm(sign * dequantize(level))) -
+        # thresh3 takes two values, T0 and T0 + D (computed here in float64, rounded once): the graph
+        # computes T0 + D * level, which every machine rounds alike (D * 0 and D * 1 are exact, then
+        # one addition). ONNX Runtime's tanh/BatchNorm kernels round differently on x86 and ARM: the
+        # 1-bit gesture default's logits moved by a few ulps on aarch64 with them.
+        table = authors_feature_table(decoder)
+        nodes += [helper.make_node("Mul", ["readout_f", "host_feature_step"], ["feature_step"]),
+                  helper.make_node("Add", ["feature_step", "host_feature_zero"], ["y_feat"])]
+        inits = [i for i in inits if i.name not in {"host_zero_level", "host_half", "host_step", *bn}]
+        nodes = [n for n in nodes if n.output[0] not in {"readout_c", "readout_mid", "o"}]
+        inits += [_init("host_feature_zero", table[:, 0].reshape(1, m, 1, 1), "the feature at level 0, per map"),
+                  _init("host_feature_step", (table[:, 1].astype(np.float64) - table[:, 0]).astype(np.float32)
+                        .reshape(1, m, 1, 1), "level 1's feature minus level 0's, per map")]
+    elif decoder.head == "authors":
         nodes += [helper.make_node("Mul", ["o", "fin_sign"], ["y"]),
                   helper.make_node("BatchNormalization", ["y"] + bn, ["y_bn"], epsilon=decoder.bn_eps),
                   helper.make_node("Tanh", ["y_bn"], ["y_tanh"]),
