@@ -86,7 +86,6 @@ def check_map_shape(shape, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     return h, w
 
 
-
 def _check_rows(map_rows, height: int) -> int:
     if map_rows is None:
         return height

@@ -62,7 +62,7 @@ from onnx import TensorProto, helper, numpy_helper
 from core.errors import InputError
 from core.readout_layout import ReadoutLayout
 from firmware_sim.encoding import IW, ZERO_LEVEL
-from firmware_sim.weights import KERNEL, SensorWeights
+from firmware_sim.weights import KERNEL, SensorWeights, o_max
 from pixelrnn import __version__
 
 OPSET = 17              # ONNX Runtime >= 1.13 (a Pi's pip wheel) runs it
@@ -75,13 +75,6 @@ SIZE = 64
 POOL = 4
 FILES = ("sensor.onnx", "host.onnx", "pixelrnn.onnx")
 LEVEL_BOUND = 1_000_000  # |threshold| clamp: float32 holds it exactly, and every |sum| the graph compares is far below
-O_MAX = 2 * KERNEL * KERNEL  # |o| = |W_oi*x + W_oh*h| <= 25 + 25 (+-1 kernels on +-1 maps)
-
-
-def o_max(hidden: int = 1) -> int:
-    """The largest |o| of H hidden maps: 25 (H + 1) (one +-1 kernel on x, H on the h^j)."""
-    return KERNEL * KERNEL * (hidden + 1)
-
 _F = TensorProto.FLOAT
 
 
@@ -603,6 +596,37 @@ def authors_feature_table(decoder: LayoutDecoderParams) -> np.ndarray:
     return (np.tanh(bn) - float(decoder.thresh3.reshape(-1)[0])).astype(np.float32)
 
 
+def _feature_nodes(decoder: LayoutDecoderParams) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """``readout_f`` (levels, float) -> ``y_feat``: the layout's dequantize, then the head's per-map
+    BatchNorm (and for the authors' head the sign, tanh and thresh3), evaluated at run time."""
+    layout, m = decoder.layout, decoder.layout.maps
+    bn = ["bn_weight", "bn_bias", "bn_mean", "bn_var"]
+    nodes: list[onnx.NodeProto] = []
+    inits: list[TensorProto] = []
+    if layout.bits == 8:
+        nodes += [helper.make_node("Sub", ["readout_f", "host_zero_level"], ["readout_c"]),
+                  helper.make_node("Div", ["readout_c", "host_iw"], ["o"])]
+        inits += [_init("host_zero_level", ZERO_LEVEL), _init("host_iw", IW)]
+    else:
+        nodes += [helper.make_node("Sub", ["readout_f", "host_zero_level"], ["readout_c"]),
+                  helper.make_node("Add", ["readout_c", "host_half"], ["readout_mid"]),
+                  helper.make_node("Mul", ["readout_mid", "host_step"], ["o"])]
+        inits += [_init("host_zero_level", layout.zero), _init("host_half", 0.5),
+                 _init("host_step", layout.step, f"MAC units per {layout.bits}-bit level")]
+    inits += [_init("bn_weight", decoder.bn_weight), _init("bn_bias", decoder.bn_bias),
+              _init("bn_mean", decoder.bn_mean), _init("bn_var", decoder.bn_var)]
+    if decoder.head == "authors":
+        nodes += [helper.make_node("Mul", ["o", "fin_sign"], ["y"]),
+                  helper.make_node("BatchNormalization", ["y"] + bn, ["y_bn"], epsilon=decoder.bn_eps),
+                  helper.make_node("Tanh", ["y_bn"], ["y_tanh"]),
+                  helper.make_node("Sub", ["y_tanh", "thresh3"], ["y_feat"])]
+        inits += [_init("fin_sign", decoder.fin_sign.reshape(1, m, 1, 1), "sign of the 1x1 conv weight, per map"),
+                  _init("thresh3", decoder.thresh3.reshape(()))]
+    else:
+        nodes.append(helper.make_node("BatchNormalization", ["o"] + bn, ["y_feat"], epsilon=decoder.bn_eps))
+    return nodes, inits
+
+
 def _layout_host_nodes(decoder: LayoutDecoderParams) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """readout (1, M, S, S) uint8 levels -> logits, as ``PixelRNN.decode``: dequantize (the layout's
     ``dequantize``: (r - 127) / 10 for 8 bit, (r - zero + 0.5) * step otherwise), then the head."""
@@ -614,20 +638,7 @@ def _layout_host_nodes(decoder: LayoutDecoderParams) -> tuple[list[onnx.NodeProt
         nodes = [helper.make_node("Cast", ["readout"], ["readout_u"], to=_F),
                  helper.make_node("Reshape", ["readout_u", "host_shape_maps"], ["readout_f"])]
         inits = [_init("host_shape_maps", [1, m, s, s], dtype=np.int64)]
-    if layout.bits == 8:
-        nodes += [helper.make_node("Sub", ["readout_f", "host_zero_level"], ["readout_c"]),
-                  helper.make_node("Div", ["readout_c", "host_iw"], ["o"])]
-        inits += [_init("host_zero_level", ZERO_LEVEL), _init("host_iw", IW)]
-    else:
-        nodes += [helper.make_node("Sub", ["readout_f", "host_zero_level"], ["readout_c"]),
-                  helper.make_node("Add", ["readout_c", "host_half"], ["readout_mid"]),
-                  helper.make_node("Mul", ["readout_mid", "host_step"], ["o"])]
-        inits += [_init("host_zero_level", layout.zero), _init("host_half", 0.5),
-                 _init("host_step", layout.step, f"MAC units per {layout.bits}-bit level")]
-    bn = ["bn_weight", "bn_bias", "bn_mean", "bn_var"]
-    inits += [_init("bn_weight", decoder.bn_weight), _init("bn_bias", decoder.bn_bias),
-              _init("bn_mean", decoder.bn_mean), _init("bn_var", decoder.bn_var),
-              _init("host_shape_flat", [1, m * s * s], dtype=np.int64)]
+    inits.append(_init("host_shape_flat", [1, m * s * s], dtype=np.int64))
     if decoder.head == "authors" and layout.bits == 1:
         # A 1-bit level is 0 or 1, so a map's feature tanh(BatchNorm(sign * dequantize(level))) -
         # thresh3 takes two values, T0 and T0 + D (computed here in float64, rounded once): the graph
@@ -637,20 +648,12 @@ def _layout_host_nodes(decoder: LayoutDecoderParams) -> tuple[list[onnx.NodeProt
         table = authors_feature_table(decoder)
         nodes += [helper.make_node("Mul", ["readout_f", "host_feature_step"], ["feature_step"]),
                   helper.make_node("Add", ["feature_step", "host_feature_zero"], ["y_feat"])]
-        inits = [i for i in inits if i.name not in {"host_zero_level", "host_half", "host_step", *bn}]
-        nodes = [n for n in nodes if n.output[0] not in {"readout_c", "readout_mid", "o"}]
         inits += [_init("host_feature_zero", table[:, 0].reshape(1, m, 1, 1), "the feature at level 0, per map"),
                   _init("host_feature_step", (table[:, 1].astype(np.float64) - table[:, 0]).astype(np.float32)
                         .reshape(1, m, 1, 1), "level 1's feature minus level 0's, per map")]
-    elif decoder.head == "authors":
-        nodes += [helper.make_node("Mul", ["o", "fin_sign"], ["y"]),
-                  helper.make_node("BatchNormalization", ["y"] + bn, ["y_bn"], epsilon=decoder.bn_eps),
-                  helper.make_node("Tanh", ["y_bn"], ["y_tanh"]),
-                  helper.make_node("Sub", ["y_tanh", "thresh3"], ["y_feat"])]
-        inits += [_init("fin_sign", decoder.fin_sign.reshape(1, m, 1, 1), "sign of the 1x1 conv weight, per map"),
-                  _init("thresh3", decoder.thresh3.reshape(()))]
     else:
-        nodes.append(helper.make_node("BatchNormalization", ["o"] + bn, ["y_feat"], epsilon=decoder.bn_eps))
+        more, more_inits = _feature_nodes(decoder)
+        nodes, inits = nodes + more, inits + more_inits
     if decoder.head == "cnn":      # conv layers on the (1, M, S, S) maps, then flatten to the Linear
         cur = "y_feat"
         for j, layer in enumerate(decoder.convs):

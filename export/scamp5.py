@@ -104,15 +104,14 @@ def format_scamp5_text(entries: dict[str, np.ndarray]) -> str:
 
 def write_scamp5_text(*, model, path: str | os.PathLike) -> Path:
     """Write a :class:`pixelrnn.model.PixelRNN`'s weights as SCAMP-5 text, atomically. A model with
-    another readout layout or more than one hidden map is a one-line InputError (nothing written)."""
-    from export.layouts import hidden_refusal, layout_refusal
+    another readout layout, or more than one hidden map (:func:`scamp5_entries`), is a one-line
+    InputError (nothing written)."""
+    from export.layouts import layout_refusal
     from export.onnx_export import decoder_params
 
     layout = model.config.layout
     if not layout.is_authors:
         raise InputError(layout_refusal("scamp5", layout))
-    if model.config.hidden_channels > 1:
-        raise InputError(hidden_refusal("scamp5", model.config.hidden_channels))
     path = Path(path)
     text = format_scamp5_text(scamp5_entries(sensor=model.sensor_weights(), decoder=decoder_params(model),
                                              gate_threshold=bool(model.config.gate_threshold)))

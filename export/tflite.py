@@ -139,12 +139,11 @@ def export_tflite(*, model, out_dir: Path, formats: set[str], int8: bool = False
         representative = check_representative(representative, model.config.layout)
     # the Keras/Larq twin is the authors' network (readout, head, one hidden map); any other is built
     # from its numpy parameters (export.tflite_layout)
-    layout_model = not (model.config.layout.is_authors and model.config.decoder == "authors"
-                        and model.config.hidden_channels == 1)
+    authors_readout = model.config.layout.is_authors and model.config.decoder == "authors"
+    layout_model = not (authors_readout and model.config.hidden_channels == 1)
     if layout_model and int8 and representative is None:
         from export.layouts import layout_what
 
-        authors_readout = model.config.layout.is_authors and model.config.decoder == "authors"
         what = (f"a model with hidden_channels={model.config.hidden_channels}" if authors_readout
                 else layout_what(model.config.layout, model.config.decoder))
         raise InputError(f"int8 of {what} needs representative "

@@ -51,7 +51,7 @@ import numpy as np
 from firmware_sim.encoding import encode_analog, encode_binary
 from firmware_sim.fast import SensorResult, check_readout, check_run_args, make_result
 from firmware_sim.noise import NoiseModel
-from firmware_sim.weights import KERNEL, N_MAPS, SensorWeights
+from firmware_sim.weights import KERNEL, N_MAPS, SensorWeights, o_max
 
 PAD = KERNEL // 2
 POOL = 4
@@ -263,7 +263,7 @@ class PackedProgram:
         self.gate_thrs = [int(min(max(math.ceil(t), -51), 51)) for t in weights.gate_thresholds]
         self.gate_thr = self.gate_thrs[0]
         # |o| <= 25 (H + 1): o + o_max -> level
-        self.o_max = KERNEL * KERNEL * (self.chains + 1)
+        self.o_max = o_max(self.chains)
         self.readout_lut = encode_analog(np.arange(-self.o_max, self.o_max + 1, dtype=np.float64))
         self.buffers = _Buffers()
         self._masks: dict = {}

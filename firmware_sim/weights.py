@@ -30,6 +30,12 @@ KERNEL = 5
 N_MAPS = 16
 
 
+def o_max(hidden: int = 1) -> int:
+    """The largest |o| of a program with ``hidden`` maps: 25 (H + 1) (one +-1 5x5 kernel on x_t, one on
+    each h^j; every term a sum of 25 products of +-1)."""
+    return KERNEL * KERNEL * (hidden + 1)
+
+
 def _signs(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     array = np.asarray(array)
     if array.shape != shape:
