@@ -2,9 +2,19 @@
 
 Why Optuna: its studies live in an RDB (SQLite on one machine; PostgreSQL or MySQL shared by many),
 so several ``pixelrnn sweep`` processes on any number of machines pointed at one ``--storage`` URL
-share the work; its :class:`optuna.samplers.GridSampler` hands out each (configuration, seed) point
-of a fixed grid, and a resumed sweep only runs the points that have not completed. Ray Tune would
+share the work, and a resumed sweep only runs the points that have not completed. Ray Tune would
 also do it, but brings a cluster runtime we do not need for a grid of CPU jobs.
+
+How a point is claimed (no two processes train the same point): a process picks the first point that
+is neither complete nor running and records it in its own new trial (its params), under an exclusive
+lock on ``OUT/.sweep.lock`` (one machine: the pick and the record are one step). It then looks for
+another running trial of the same point (several machines on one server storage, whose OUT folders
+are not shared) and gives its own up if there is one (PRUNED, ``duplicate_of``): each process records
+its point before it looks, so the later of two always sees the earlier (both may give up; the point
+is picked again on the next pass). A killed process stops its trial's heartbeat (``--heartbeat``
+seconds); after three missed beats another process fails that trial and the point is free again.
+Optuna's own queue (``enqueue_trial``) is not enough here: on SQLite two processes can take the same
+queued trial, and its GridSampler hands concurrent processes the same point.
 
 A spec file (YAML) names the grid::
 
@@ -26,8 +36,11 @@ cross-validation accuracy) and the spread is over seeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,13 +138,31 @@ def _optuna():
     return optuna
 
 
-def _study(spec: SweepSpec, storage: str):
+def _study(spec: SweepSpec, storage: str, *, heartbeat: int = 60, sampler=None):
+    """The spec's study in ``storage`` (created if new), with a trial heartbeat every ``heartbeat`` s."""
     optuna = _optuna()
     try:
-        return optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
-                                   direction="maximize", sampler=optuna.samplers.GridSampler(spec.grid(), seed=0))
-    except (ValueError, ImportError, RuntimeError) as exc:     # bad URL, missing driver
+        rdb = _rdb(optuna, storage, heartbeat)
+        return optuna.create_study(study_name=spec.study, storage=rdb, load_if_exists=True, direction="maximize",
+                                   sampler=sampler or optuna.samplers.RandomSampler(seed=0))
+    except (ValueError, ImportError, RuntimeError, ModuleNotFoundError) as exc:     # bad URL, missing driver
         raise InputError(f"--storage {storage!r}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _rdb(optuna, storage: str, heartbeat: int):
+    """Optuna's RDB storage at ``storage``. Processes started together on a new database race to
+    create its tables (one of them hits the other's rows): the loser waits and opens it again."""
+    import sqlalchemy.exc
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():        # the heartbeat arguments are "experimental" since 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(storage, heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + attempt)
 
 
 def _record(trial_or_attrs, report: dict) -> dict:
@@ -194,22 +225,79 @@ def _run_point(cfg: TrainConfig, *, progress: bool) -> tuple[dict, bool]:
     return result, True
 
 
-def run_sweep(*, spec: SweepSpec, storage: str, out: Path, n_trials: int | None = None,
-              progress: bool = True) -> int:
-    """Run the grid points not yet completed in ``storage``; returns how many trained in this call.
+def _by_point(spec: SweepSpec, study, state) -> dict[tuple, list]:
+    """The study's trials in ``state`` that have a point, by point."""
+    found: dict[tuple, list] = {}
+    for t in study.get_trials(deepcopy=False, states=(state,)):
+        if t.params:
+            found.setdefault(spec.point_of(t.params), []).append(t)
+    return found
 
-    Optuna's GridSampler does not know the points :func:`adopt_finished` recorded (they carry no
-    grid id), so it may hand one out again: that trial reuses the folder's report at once and does
-    not count; the loop asks for trials until every point is complete (or ``n_trials`` trained)."""
-    study = _study(spec, storage)
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path`` (released by the kernel if the process dies)."""
+    import fcntl
+
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _point_sampler():
+    """An Optuna sampler that returns the point the sweep picked: the sweep chooses, Optuna records.
+    (Built on call: Optuna is an optional dependency.)"""
+    import optuna
+
+    class PointSampler(optuna.samplers.BaseSampler):
+        point: dict = {}
+
+        def infer_relative_search_space(self, study, trial):
+            return {}
+
+        def sample_relative(self, study, trial, search_space):
+            return {}
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.point[param_name]
+
+    return PointSampler()
+
+
+def run_sweep(*, spec: SweepSpec, storage: str, out: Path, n_trials: int | None = None,
+              progress: bool = True, heartbeat: int = 60) -> int:
+    """Run the points not yet completed in ``storage`` (claimed as the module docstring says);
+    returns how many trained in this call. Stops when every point is complete, when ``n_trials``
+    trained, or when every point left is running in another process."""
+    optuna = _optuna()
+    if not (isinstance(heartbeat, int) and heartbeat >= 1):
+        raise InputError(f"--heartbeat must be a whole number of seconds >= 1, got {heartbeat!r}")
+    sampler = _point_sampler()
+    study = _study(spec, storage, heartbeat=heartbeat, sampler=sampler)
     adopt_finished(spec, study, out)
+    running = optuna.trial.TrialState.RUNNING
     ran = 0
 
     def objective(trial) -> float:
         nonlocal ran
-        point = tuple(trial.suggest_categorical(key, values) for key, values in spec.grid().items())
-        cfg = spec.point_config(point, out)
+        with _locked(out / ".sweep.lock"):
+            taken = set(_by_point(spec, study, running)) | set(_completed(spec, study))
+            free = [p for p in spec.points() if p not in taken]
+            if not free:
+                raise optuna.TrialPruned("every point is complete or running")
+            sampler.point = dict(zip(spec.grid(), free[0]))
+            point = tuple(trial.suggest_categorical(key, values) for key, values in spec.grid().items())
         where = f" fold {point[2]}" if spec.folds else ""
+        rivals = [t.number for t in _by_point(spec, study, running).get(point, []) if t.number != trial.number]
+        if rivals:                       # another machine picked it at the same moment
+            trial.set_user_attr("duplicate_of", rivals[0])
+            print(f"sweep {spec.study}: {point[0]} seed {point[1]}{where} is taken by trial {rivals[0]} "
+                  f"(another process); skipped", flush=True)
+            raise optuna.TrialPruned("taken by another process")
+        cfg = spec.point_config(point, out)
         done = (Path(cfg.out_dir) / "report.json").is_file()
         print(f"sweep {spec.study}: {point[0]} seed {point[1]}{where} -> {cfg.out_dir}"
               + (" (finished before: its report is reused)" if done else ""), flush=True)
@@ -218,13 +306,17 @@ def run_sweep(*, spec: SweepSpec, storage: str, out: Path, n_trials: int | None 
         ran += trained
         return float(report["val_accuracy"])
 
-    for _ in range(2 * len(spec.points()) + 1):     # each point is handed out at most twice (once adopted)
-        todo = len(set(spec.points()) - set(_completed(spec, study)))
-        if n_trials is not None:
-            todo = min(todo, n_trials - ran)
-        if todo <= 0:
+    for _ in range(4 * len(spec.points()) + 4):     # each pass trains a point (or gives one up)
+        with warnings.catch_warnings():              # Optuna marks it experimental since 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)     # a killed process's trial: failed, its point free
+        todo = set(spec.points()) - set(_completed(spec, study))
+        if not todo or (n_trials is not None and ran >= n_trials):
             break
-        study.optimize(objective, n_trials=todo, catch=())
+        if todo <= set(_by_point(spec, study, running)):
+            print(f"sweep {spec.study}: the {len(todo)} point(s) left are running in other processes", flush=True)
+            break
+        study.optimize(objective, n_trials=1, catch=())
     return ran
 
 
@@ -275,6 +367,9 @@ def add_sweep_parser(subparsers) -> None:
                    help="Optuna RDB URL (default sqlite:///OUT/sweep.db); e.g. postgresql://host/db for many machines")
     p.add_argument("--out-dir", default=None, help="where runs go (default runs/sweep/<study>)")
     p.add_argument("--n-trials", type=int, default=None, help="run at most this many points in this process")
+    p.add_argument("--heartbeat", type=int, default=60,
+                   help="seconds between a running point's heartbeats; after 3 missed ones (a killed process) "
+                        "another process takes the point again (default 60)")
     p.add_argument("--summary", action="store_true", help="print the per-configuration table and exit")
     p.add_argument("--json-out", default=None, help="with --summary: also write the rows as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -300,6 +395,7 @@ def main(args: argparse.Namespace) -> int:
         if args.json_out:
             write_json_atomic(Path(args.json_out), {"study": spec.study, "rows": rows})
         return 0
-    ran = run_sweep(spec=spec, storage=storage, out=out, n_trials=args.n_trials, progress=not args.no_progress)
+    ran = run_sweep(spec=spec, storage=storage, out=out, n_trials=args.n_trials, progress=not args.no_progress,
+                    heartbeat=args.heartbeat)
     print(f"sweep {spec.study}: ran {ran} point(s); storage {storage}")
     return 0

@@ -83,18 +83,33 @@ def init_sensor_from(model: PixelRNN, src: PixelRNN | str) -> None:
 
     The input CNN, the gate and theta0 are copied; the checkpoint's output kernel pair fills every
     output channel (a latent copy with signs flipped at random for the extra channels, so they
-    differ). The decoder starts fresh (its input is the new readout) unless :func:`init_decoder_from`
+    differ). With H hidden maps the checkpoint's gate fills every chain the same way: chain 0 is an
+    exact copy, the others flip 30% of the latent signs of W_fi, W_fh and their W_oh column. Identical
+    chains would get identical gradients and stay identical (a second map that only copies the first).
+    The decoder starts fresh (its input is the new readout) unless :func:`init_decoder_from`
     copies it too.
     """
     src = load_model(src) if isinstance(src, str) else src
+
+    def spread(w: torch.Tensor, n: int) -> torch.Tensor:
+        """``n`` copies of ``w`` along dim 0 (dim 1 for w_oh's chains): the first exact, the others
+        with 30% of the signs flipped (torch's seeded generator)."""
+        return torch.cat([w] + [w * torch.where(torch.rand(w.shape) < 0.3, -1.0, 1.0) for _ in range(n - 1)])
+
     with torch.no_grad():
-        for name in ("conv1", "thresh1", "w_fi", "w_fh", "rnn_threshold", "theta0"):
+        for name in ("conv1", "thresh1", "rnn_threshold", "theta0"):
             getattr(model, name).copy_(getattr(src, name).detach())
+        hc = model.w_fi.shape[0]
+        for name in ("w_fi", "w_fh"):        # H = 1: a plain copy, no random draws (the authors' run as before)
+            getattr(model, name).copy_(spread(getattr(src, name).detach()[:1], hc))
         for name in ("w_oi", "w_oh"):
             dst, w = getattr(model, name), getattr(src, name).detach()[:1]
             for k in range(dst.shape[0]):
                 flip = 1.0 if k == 0 else torch.where(torch.rand(w.shape) < 0.3, -1.0, 1.0)
-                dst[k:k + 1].copy_(w * flip)
+                wk = w * flip
+                if name == "w_oh":           # (1, 1, 5, 5) -> (1, H, 5, 5): chain j >= 1 gets its own flips
+                    wk = spread(wk[:, :1].transpose(0, 1), hc).transpose(0, 1)
+                dst[k:k + 1].copy_(wk)
 
 
 def init_decoder_from(model: PixelRNN, src: PixelRNN, *, source: str) -> None:

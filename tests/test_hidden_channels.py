@@ -202,6 +202,46 @@ def test_gradients_reach_every_chain_and_equal_the_step_by_step_graph():
             assert float(g.abs().max()) > 0, (name, j)
 
 
+def test_a_warm_start_from_one_map_starts_the_chains_apart():
+    """init_from a one-map checkpoint: chain 0 is the checkpoint's gate, the other chains flip ~30% of
+    its latent signs (identical chains would get identical gradients and never part); the output
+    kernels' chain columns differ the same way; H = 1 is an exact copy with no random draws."""
+    from pixelrnn.train_loop import init_sensor_from
+
+    src = make_model(11, hidden=1, t=6)
+    one = make_model(12, hidden=1, t=6)
+    torch.manual_seed(3)
+    init_sensor_from(one, src)
+    after_one = torch.rand(1)
+    torch.manual_seed(3)
+    assert torch.equal(after_one, torch.rand(1))          # H = 1 drew nothing
+    for name in ("conv1", "thresh1", "w_fi", "w_fh", "w_oi", "w_oh", "rnn_threshold", "theta0"):
+        assert torch.equal(getattr(one, name), getattr(src, name)), name
+    three = make_model(13, hidden=3, t=6, k=2)
+    torch.manual_seed(3)
+    init_sensor_from(three, src)
+    sign = lambda w: torch.sign(w.detach())  # noqa: E731
+    for name in ("w_fi", "w_fh"):
+        w = getattr(three, name).detach()
+        assert torch.equal(w[0], src.state_dict()[name][0]), name
+        for j in (1, 2):
+            assert torch.equal(w[j].abs(), w[0].abs()), (name, j)          # the same magnitudes
+            flipped = float((sign(w[j]) != sign(w[0])).float().mean())
+            assert 0.08 <= flipped <= 0.6, (name, j, flipped)              # 30% of 25 signs, drawn
+        assert not torch.equal(w[1], w[2]), name
+    assert torch.equal(three.rnn_threshold.detach(), src.rnn_threshold.detach().expand(3))
+    w_oh = three.w_oh.detach()
+    assert torch.equal(w_oh[0, 0], src.w_oh.detach()[0, 0])
+    assert not torch.equal(w_oh[0, 1], w_oh[0, 0]) and not torch.equal(w_oh[1, 0], w_oh[0, 0])
+    # apart in what they compute: the chains' hidden states differ on the same clips
+    x = binary_clips(np.random.default_rng(1), 1, 6)
+    with torch.no_grad():
+        three.thresh1.fill_(1.5)
+        _, rec = three.sensor(x, record=True)
+    hid = rec["hidden"][0]                                                 # (T, H, 64, 64)
+    assert not torch.equal(hid[:, 1], hid[:, 0]) and not torch.equal(hid[:, 2], hid[:, 0])
+
+
 @pytest.fixture(scope="module")
 def grid_clips():
     with np.load(need(DATA / "grid_s1_digits.npz"), allow_pickle=False) as data:

@@ -1,11 +1,16 @@
 """``pixelrnn sweep`` (Optuna, SQLite storage): a grid of configurations x seeds runs once, a resumed
-sweep does not redo finished points, the summary reads them back, and bad specs are one-line errors."""
+sweep does not redo finished points, the summary reads them back, two processes on one storage never
+train the same point, a killed process's point is taken again after its heartbeats stop, and bad
+specs are one-line errors."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -90,6 +95,102 @@ def test_sweep_with_folds_runs_every_fold_and_reports_the_cv_mean(tmp_path):
     assert row["test_mean"] == pytest.approx(cv) and row["test_std"] == 0.0
 
 
+SPEC4 = """study: four
+base: {{dataset: grid, data_dir: "{data}", epochs: {epochs}, limit: 24, batch_size: 8, threads: 1,
+        noise_conv: 0.0, noise_gate: 0.0, noise_out: 0.0, augment: false}}
+configs:
+  authors: {{}}
+  f4-1bit-pool2: {{readout_every: 4, readout_bits: 1, readout_pool: 2}}
+seeds: {seeds}
+"""
+POINT = re.compile(r"^sweep \S+: (\S+) seed (\d+) -> ", re.M)
+
+
+def _popen(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "core.cli", "sweep", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("machines", [1, 2])
+def test_two_processes_on_one_storage_train_each_point_once(tmp_path, machines):
+    """Two processes started together on a new study (when Optuna's GridSampler handed both the same
+    point) split the four points: each trains in exactly one. machines=2: each process has its own
+    --out-dir (two machines sharing only the storage: no common lock file, the rival check decides)."""
+    need(DATA / "grid_s1_digits.npz")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC4.format(data=DATA, epochs=1, seeds="[0, 1]"))
+    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    outs = [tmp_path / f"runs{i if machines == 2 else 0}" for i in range(2)]
+    procs = [_popen("--spec", str(spec), "--out-dir", str(o), "--storage", storage, "--no-progress") for o in outs]
+    results = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [r[1][-2000:] for r in results]
+    trained = [(m, o) for (stdout, _), o in zip(results, outs) for m in POINT.findall(stdout)]
+    points = sorted(m for m, _ in trained)
+    assert points == sorted((c, s) for c in ("authors", "f4-1bit-pool2") for s in ("0", "1")), trained
+    ran = [int(re.search(r"ran (\d+) point", stdout).group(1)) for stdout, _ in results]
+    assert sum(ran) == 4, ran
+    assert all((o / c / f"seed{s}" / "report.json").is_file() for (c, s), o in trained)
+
+
+def test_a_point_taken_elsewhere_is_left_alone_and_a_killed_process_frees_it(tmp_path):
+    """While one process trains the only point, a second one stops at once and says so; when the first
+    is killed (SIGKILL: no clean-up), its heartbeats stop, and a process started three beats later
+    fails the stale trial and trains the point itself."""
+    need(DATA / "grid_s1_digits.npz")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC4.format(data=DATA, epochs=20, seeds="[0]").replace("  f4-1bit-pool2: {readout_every: 4, "
+                                                                              "readout_bits: 1, readout_pool: 2}\n",
+                                                                              ""))
+    out = tmp_path / "runs"
+    args = ("--spec", str(spec), "--out-dir", str(out), "--no-progress", "--heartbeat", "1")
+    first = _popen(*args)
+    try:
+        line = ""
+        deadline = time.monotonic() + 300
+        while "-> " not in line and time.monotonic() < deadline and first.poll() is None:
+            line = first.stdout.readline()
+        assert "authors seed 0 -> " in line, line
+        second = _sweep(*args)
+        assert second.returncode == 0, second.stderr[-2000:]
+        assert "the 1 point(s) left are running in other processes" in second.stdout and \
+            "ran 0 point(s)" in second.stdout, second.stdout
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    time.sleep(4)                                  # three missed 1-second beats
+    third = _sweep(*args)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "authors seed 0 -> " in third.stdout and "ran 1 point(s)" in third.stdout, third.stdout[-2000:]
+    assert (out / "authors" / "seed0" / "report.json").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")     # ask() outside optimize: this test's stand-in
+def test_a_point_running_elsewhere_is_not_picked(tmp_path):
+    """A point that another process runs (a RUNNING trial with its params) is left to it: the sweep
+    trains the other point and says the one left is running elsewhere."""
+    optuna = pytest.importorskip("optuna")
+    need(DATA / "grid_s1_digits.npz")
+    from pixelrnn.sweep import _study, load_spec, run_sweep
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC4.format(data=DATA, epochs=1, seeds="[0]"))
+    spec, out = load_spec(spec_path), tmp_path / "runs"
+    out.mkdir()
+    storage = f"sqlite:///{tmp_path / 'db'}"
+    study = _study(spec, storage)
+    study.enqueue_trial({"config": "authors", "seed": 0})
+    held = study.ask()                                    # "another process" runs authors / 0
+    held.suggest_categorical("config", list(spec.configs))
+    held.suggest_categorical("seed", spec.seeds)
+    assert held.params == {"config": "authors", "seed": 0}
+    assert run_sweep(spec=spec, storage=storage, out=out, progress=False) == 1
+    trials = study.get_trials(deepcopy=False)
+    done = [t.params for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done == [{"config": "f4-1bit-pool2", "seed": 0}]
+    assert [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING] == [held.number]
+    assert not (out / "authors").exists()
+
+
 @pytest.mark.parametrize("text, message", [
     ("study: x\nconfigs: {a: {}}\nseeds: []\n", "seeds must be a list"),
     ("study: x\nconfigs: {a: {readout_bits: 3}}\nseeds: [0]\n", "readout bits must be one of"),
@@ -106,4 +207,12 @@ def test_bad_specs_are_one_line_errors(tmp_path, text, message):
     result = _sweep("--spec", str(spec), "--out-dir", str(tmp_path / "o"))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_heartbeat_is_a_one_line_error(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("study: x\nconfigs: {a: {}}\nseeds: [0]\n")
+    result = _sweep("--spec", str(spec), "--out-dir", str(tmp_path / "o"), "--heartbeat", "0")
+    assert result.returncode == 2 and "--heartbeat must be" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
