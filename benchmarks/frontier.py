@@ -31,7 +31,7 @@ RAW_WINDOW_256 = 16 * 256 * 256
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sweep", action="append", default=[], metavar="DATASET=SUMMARY.json",
-                   help="a sweep summary per dataset (repeatable)")
+                   help="a sweep summary (repeatable; several for one data set are drawn together)")
     p.add_argument("--references", default=None, help="reference points JSON (benchmarks/reference_points.py)")
     p.add_argument("--png", default=None, help="write the plot here")
     p.add_argument("--write", default=None, help="update the frontier section of this markdown file")
@@ -52,7 +52,7 @@ def load_sweeps(items: list[str]) -> dict[str, list[dict]]:
         if not Path(path).is_file():
             raise InputError(f"--sweep {name}: no such file {path}")
         rows = json.loads(Path(path).read_text())["rows"]
-        out[name] = [r for r in rows if r.get("seeds")]
+        out.setdefault(name, []).extend(r for r in rows if r.get("seeds"))     # several sweeps of one data set
     return out
 
 

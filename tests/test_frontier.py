@@ -1,0 +1,39 @@
+"""benchmarks/frontier.py: sweep summaries (several per data set are drawn together), the table rows and
+the smallest readout that beats the raw-frame linear baseline."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))
+from benchmarks.frontier import load_sweeps, smallest_beating, table  # noqa: E402
+from core.errors import InputError  # noqa: E402
+
+
+def _row(config: str, nbytes: int, test: float, seeds: int = 3) -> dict:
+    return {"config": config, "seeds": seeds, "readout_bytes": nbytes, "val_mean": test + 1, "val_std": 0.5,
+            "test_mean": test, "test_std": 1.0}
+
+
+def test_two_sweeps_of_one_data_set_are_drawn_together(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"rows": [_row("f4-2bit", 4096, 95.0), {"config": "unfinished", "seeds": 0}]}))
+    b.write_text(json.dumps({"rows": [_row("f2-1bit-pool2", 1024, 93.0)]}))
+    sweeps = load_sweeps([f"grid={a}", f"grid={b}"])
+    assert [r["config"] for r in sweeps["grid"]] == ["f4-2bit", "f2-1bit-pool2"]     # the unfinished one left out
+    text = table(sweeps, {})
+    assert text.index("f2-1bit-pool2 | 1024") < text.index("f4-2bit | 4096")          # by bytes
+    assert smallest_beating(sweeps["grid"], 89.0)["config"] == "f2-1bit-pool2"
+    assert smallest_beating(sweeps["grid"], 94.0)["config"] == "f4-2bit"
+    assert smallest_beating(sweeps["grid"], 96.0) is None
+
+
+def test_a_bad_sweep_argument_is_a_one_line_error(tmp_path):
+    with pytest.raises(InputError, match="DATASET=SUMMARY.json"):
+        load_sweeps(["grid"])
+    with pytest.raises(InputError, match="no such file"):
+        load_sweeps([f"grid={tmp_path / 'missing.json'}"])
