@@ -275,6 +275,7 @@ def run_sweep(*, spec: SweepSpec, storage: str, out: Path, n_trials: int | None 
     optuna = _optuna()
     if not (isinstance(heartbeat, int) and heartbeat >= 1):
         raise InputError(f"--heartbeat must be a whole number of seconds >= 1, got {heartbeat!r}")
+    out.mkdir(parents=True, exist_ok=True)          # runs and the claim lock live here
     sampler = _point_sampler()
     study = _study(spec, storage, heartbeat=heartbeat, sampler=sampler)
     adopt_finished(spec, study, out)
