@@ -145,12 +145,22 @@ def install(task: str, run: Path, chosen_by: str = "", cv_dir: Path | None = Non
         shutil.rmtree(bundle)
     authors = not report.get("readout_layout") or ReadoutLayout.from_dict(report["readout_layout"]).is_authors
     authors = authors and report["config"].get("decoder", "authors") == "authors"
-    result = export_model(weights=pt, out=bundle, formats=["onnx", "tflite"] if authors else ["onnx"])
+    formats = ["onnx", "tflite"] if authors else ["onnx"]
+    result = export_model(weights=pt, out=bundle, formats=formats)
     files = {f"{task}.pt": pt.stat().st_size, **{f"{task}/{n}": s for n, s in result.files.items()}}
+    if sum(files.values()) > LIMIT:      # the full graph repeats the decoder: leave it out, the card says so
+        result = export_model(weights=pt, out=bundle, formats=formats, full_graph=False)
+        files = {f"{task}.pt": pt.stat().st_size, **{f"{task}/{n}": s for n, s in result.files.items()}}
     if sum(files.values()) > LIMIT:
         raise SystemExit(f"{task}: checkpoint + bundle are {sum(files.values()) / 1024:.0f} KB, over 1 MB: {files}")
     cv = cv_figures(cv_dir) if cv_dir else None
-    (MODELS / f"{task}.md").write_text(card(task, run, report, files, chosen_by, cv), encoding="utf-8")
+    text = card(task, run, report, files, chosen_by, cv)
+    if "pixelrnn.onnx" in result.skipped:
+        text += (f"\nThe bundle leaves out `pixelrnn.onnx` (frames -> logits in one graph) to stay under 1 MB "
+                 f"with the checkpoint: it repeats host.onnx's decoder weights; `sensor.onnx` then `host.onnx` "
+                 f"compute the same, and `pixelrnn export --weights pixelrnn/models/{task}.pt --format onnx "
+                 f"--out DIR` writes it.\n")
+    (MODELS / f"{task}.md").write_text(text, encoding="utf-8")
     print(f"{task}: {pt} + {bundle}/ ({sum(files.values()) / 1024:.0f} KB)")
 
 

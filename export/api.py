@@ -43,6 +43,7 @@ FORMATS = ("onnx", "tflite", "lce", "scamp5")
 ALL = "all"
 SCAMP5_FILE = "weights_scamp5.txt"
 SENSOR_FILE = "sensor_weights.npz"
+FULL_GRAPH = "pixelrnn.onnx"              # frames -> logits in one ONNX graph (sensor.onnx + host.onnx)
 LARQ_HINT = "pip install -c constraints.txt -e '.[larq]'"
 READOUT_KEYS = ("readouts", "readout")     # real readouts; what pixelrnn simulate writes
 
@@ -102,11 +103,14 @@ def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
 
 def export_model(*, weights: str | os.PathLike, out: str | os.PathLike,
                  formats: str | Sequence[str] = "onnx", int8: bool = False,
-                 representative: str | os.PathLike | None = None) -> ExportResult:
+                 representative: str | os.PathLike | None = None, full_graph: bool = True) -> ExportResult:
     """Export a checkpoint (ours or the authors') into the bundle folder ``out``.
 
     ``int8`` quantizes the TFLite decoder (only with the ``tflite`` format), calibrated on the
-    ``representative`` readouts (see :func:`load_representative`; required with ``int8``). ``out`` is created
+    ``representative`` readouts (see :func:`load_representative`; required with ``int8``).
+    ``full_graph=False`` leaves ``pixelrnn.onnx`` out of an ONNX export (recorded under ``skipped``):
+    sensor.onnx then host.onnx compute the same, and the full graph repeats the decoder's weights,
+    which for a large decoder is most of a bundle that must stay small. ``out`` is created
     (its parent must exist); an existing ``out`` must be empty or hold a previous bundle, whose
     files are replaced. Bad arguments, an unusable checkpoint or an unwritable folder raise a
     one-line :class:`InputError`.
@@ -124,6 +128,11 @@ def export_model(*, weights: str | os.PathLike, out: str | os.PathLike,
                          "cambridge810.npz, or pixelrnn simulate --readout-only output; or clips)")
     if representative is not None and not int8:
         raise InputError("--representative is used only with --int8")
+    if not isinstance(full_graph, bool):
+        raise InputError(f"full_graph must be True or False, got {full_graph!r}")
+    if not full_graph and "onnx" not in chosen:
+        raise InputError(f"leaving out the full graph (pixelrnn.onnx) applies only to the onnx format, not to "
+                         f"{', '.join(chosen)}: add onnx to the formats or keep the full graph")
     for name, value in (("weights", weights), ("out", out)):
         if not isinstance(value, (str, os.PathLike)) or not str(value):
             raise InputError(f"{name} must be a file or folder path, got {value!r}")
@@ -139,6 +148,10 @@ def export_model(*, weights: str | os.PathLike, out: str | os.PathLike,
     try:
         try:
             _write_formats(model, staging, chosen, calib)
+            if not full_graph:
+                (staging / FULL_GRAPH).unlink()
+                skipped = {**skipped, FULL_GRAPH: "left out on request (no full graph): sensor.onnx then "
+                                                  "host.onnx compute the same"}
             files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
             sensor = model.sensor_weights()
             manifest = build_manifest(directory=staging, files=files, classes=model.config.class_names,

@@ -29,6 +29,9 @@ def add_export_parser(subparsers) -> None:
                         "'readout' (N,64,64) or SCAMP-5 (N,256,256) for the authors' readout, the layout's "
                         "levels (N,M,S,S) for another (pixelrnn simulate --readout-only writes them), "
                         "or clips frames (N,16,64,64) run through the simulator")
+    p.add_argument("--no-full-graph", dest="full_graph", action="store_false",
+                   help="onnx: leave out pixelrnn.onnx (frames -> logits in one graph; sensor.onnx then host.onnx "
+                        "compute the same): a smaller bundle when the decoder is large")
     p.set_defaults(func=run_export)
 
 
@@ -41,7 +44,7 @@ def split_formats(values: list[str] | None) -> list[str]:
 
 def run_export(args: argparse.Namespace) -> int:
     result = export_model(weights=args.weights, out=args.out, formats=split_formats(args.formats),
-                          int8=args.int8, representative=args.representative)
+                          int8=args.int8, representative=args.representative, full_graph=args.full_graph)
     for name, size in result.files.items():
         print(f"  {name:<28s} {size / 1024:10.1f} KB")
     for name, why in result.skipped.items():

@@ -89,3 +89,38 @@ def test_gesture_card_states_the_cross_validated_accuracy_of_its_settings():
     for key in ("readout_every", "readout_bits", "readout_pool", "out_channels", "decoder", "lr", "lr_binary",
                 "init_from", "batch_size", "schedule", "noise_conv", "noise_gate", "noise_out"):
         assert trained[key] == run[key], key
+
+
+def test_an_export_without_the_full_graph_keeps_what_computes_the_same(tmp_path):
+    """``full_graph=False`` (``--no-full-graph``): pixelrnn.onnx is left out and recorded as skipped;
+    sensor.onnx then host.onnx give pixelrnn.onnx's logits; asked for without onnx, a one-line error."""
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    from core.errors import InputError
+    from export.api import export_model
+    from export.bundle import verify_bundle
+
+    weights = MODELS / "lips.pt"
+    full = export_model(weights=weights, out=tmp_path / "full")
+    lean = export_model(weights=weights, out=tmp_path / "lean", full_graph=False)
+    assert "pixelrnn.onnx" in full.files and "pixelrnn.onnx" not in lean.files
+    assert set(full.files) - set(lean.files) == {"pixelrnn.onnx"}
+    assert "pixelrnn.onnx" in verify_bundle(tmp_path / "lean")["skipped"]
+    frames = np.random.default_rng(0).integers(0, 256, (1, 16, 64, 64), dtype=np.uint8)
+
+    def run(path, x):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sess.run(None, {sess.get_inputs()[0].name: x})
+
+    whole = run(tmp_path / "full" / "pixelrnn.onnx", frames)[0]
+    readout = run(tmp_path / "lean" / "sensor.onnx", frames)[0]
+    np.testing.assert_array_equal(run(tmp_path / "lean" / "host.onnx", readout)[0], whole)
+    with pytest.raises(InputError, match="applies only to the onnx format"):
+        export_model(weights=weights, out=tmp_path / "t", formats="scamp5", full_graph=False)
+    res = subprocess.run([sys.executable, "-m", "pixelrnn.cli", "export", "--weights", str(weights), "--format",
+                          "scamp5", "--no-full-graph", "--out", str(tmp_path / "cli")], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
