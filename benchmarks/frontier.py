@@ -112,12 +112,15 @@ def plot(sweeps: dict[str, list[dict]], refs: dict[str, dict], path: Path) -> No
 
     fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4.2), squeeze=False)
     for ax, (ds, rows) in zip(axes[0], sweeps.items()):
+        placed: dict[tuple, int] = {}          # labels of points that coincide go one under another
         for r in rows:
             authors = r["config"].startswith("authors")     # the authors' readout (any decoder start)
             ax.errorbar(r["readout_bytes"], r["test_mean"], yerr=r["test_std"], fmt="s" if authors else "o",
                         color="tab:red" if authors else "tab:blue", capsize=3)
+            at = (r["readout_bytes"], round(r["test_mean"], 1))
+            placed[at] = placed.get(at, 0) + 1
             ax.annotate(r["config"], (r["readout_bytes"], r["test_mean"]), fontsize=7,
-                        xytext=(4, -10), textcoords="offset points")
+                        xytext=(4, -10 * placed[at]), textcoords="offset points")
         ref = refs.get(ds)
         if ref:
             ax.axhline(100 * ref["linear"]["test_accuracy"], color="gray", ls="--", label="linear, raw averaged frame")
