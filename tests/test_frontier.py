@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from conftest import REPO
+pytest.importorskip("torch")        # frontier.py reads sweep summaries with pixelrnn.sweep (the training package)
+
+from conftest import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from benchmarks.frontier import load_sweeps, smallest_beating, table  # noqa: E402
