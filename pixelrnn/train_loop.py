@@ -78,37 +78,43 @@ def build_model(cfg: TrainConfig, train_set: Dataset) -> PixelRNN:
     return model
 
 
+def _flipped(w: torch.Tensor) -> torch.Tensor:
+    """``w`` with 30% of its signs flipped (torch's seeded generator): a latent copy that differs."""
+    return w * torch.where(torch.rand(w.shape) < 0.3, -1.0, 1.0)
+
+
+def _chains(w: torch.Tensor, n: int, *, flip: bool = True) -> torch.Tensor:
+    """``n`` hidden chains along dim 0 from a checkpoint's: the chains it has, copied; each extra one
+    its chain 0, with 30% of the signs flipped (``flip``; thresholds are copied as they are)."""
+    have = w[:n]
+    return torch.cat([have] + [_flipped(w[:1]) if flip else w[:1] for _ in range(n - have.shape[0])])
+
+
 def init_sensor_from(model: PixelRNN, src: PixelRNN | str) -> None:
     """Start ``model``'s in-pixel weights and thresholds from ``src`` (a model or a checkpoint path).
 
     The input CNN, the gate and theta0 are copied; the checkpoint's output kernel pair fills every
     output channel (a latent copy with signs flipped at random for the extra channels, so they
-    differ). With H hidden maps the checkpoint's gate fills every chain the same way: chain 0 is an
-    exact copy, the others flip 30% of the latent signs of W_fi, W_fh and their W_oh column. Identical
-    chains would get identical gradients and stay identical (a second map that only copies the first).
-    The decoder starts fresh (its input is the new readout) unless :func:`init_decoder_from`
-    copies it too.
+    differ). The gate's chains are copied as far as the checkpoint has them; each extra hidden map
+    starts from its chain 0 with 30% of the latent signs of W_fi, W_fh and its W_oh column flipped
+    (the threshold copied). Identical chains would get identical gradients and stay identical (a
+    second map that only copies the first). The decoder starts fresh (its input is the new readout)
+    unless :func:`init_decoder_from` copies it too.
     """
     src = load_model(src) if isinstance(src, str) else src
-
-    def spread(w: torch.Tensor, n: int) -> torch.Tensor:
-        """``n`` copies of ``w`` along dim 0 (dim 1 for w_oh's chains): the first exact, the others
-        with 30% of the signs flipped (torch's seeded generator)."""
-        return torch.cat([w] + [w * torch.where(torch.rand(w.shape) < 0.3, -1.0, 1.0) for _ in range(n - 1)])
-
     with torch.no_grad():
-        for name in ("conv1", "thresh1", "rnn_threshold", "theta0"):
+        for name in ("conv1", "thresh1", "theta0"):
             getattr(model, name).copy_(getattr(src, name).detach())
         hc = model.w_fi.shape[0]
-        for name in ("w_fi", "w_fh"):        # H = 1: a plain copy, no random draws (the authors' run as before)
-            getattr(model, name).copy_(spread(getattr(src, name).detach()[:1], hc))
+        model.rnn_threshold.copy_(_chains(src.rnn_threshold.detach(), hc, flip=False))
+        for name in ("w_fi", "w_fh"):        # as many chains as the checkpoint: a plain copy, no random draws
+            getattr(model, name).copy_(_chains(getattr(src, name).detach(), hc))
         for name in ("w_oi", "w_oh"):
             dst, w = getattr(model, name), getattr(src, name).detach()[:1]
             for k in range(dst.shape[0]):
-                flip = 1.0 if k == 0 else torch.where(torch.rand(w.shape) < 0.3, -1.0, 1.0)
-                wk = w * flip
-                if name == "w_oh":           # (1, 1, 5, 5) -> (1, H, 5, 5): chain j >= 1 gets its own flips
-                    wk = spread(wk[:, :1].transpose(0, 1), hc).transpose(0, 1)
+                wk = w if k == 0 else _flipped(w)
+                if name == "w_oh":           # (1, H_src, 5, 5) -> (1, H, 5, 5): an extra chain gets its own flips
+                    wk = _chains(wk.transpose(0, 1), hc).transpose(0, 1)
                 dst[k:k + 1].copy_(wk)
 
 

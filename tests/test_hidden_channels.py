@@ -240,6 +240,21 @@ def test_a_warm_start_from_one_map_starts_the_chains_apart():
         _, rec = three.sensor(x, record=True)
     hid = rec["hidden"][0]                                                 # (T, H, 64, 64)
     assert not torch.equal(hid[:, 1], hid[:, 0]) and not torch.equal(hid[:, 2], hid[:, 0])
+    # from a checkpoint with two maps: both are copied as they are, and only a third one is spread
+    two = make_model(14, hidden=2, t=6)
+    again = make_model(15, hidden=2, t=6)
+    torch.manual_seed(3)
+    init_sensor_from(again, two)
+    assert torch.equal(torch.rand(1), after_one)                            # no draws
+    for name in ("w_fi", "w_fh", "w_oh", "rnn_threshold"):
+        assert torch.equal(getattr(again, name), getattr(two, name)), name
+    more = make_model(16, hidden=3, t=6)
+    init_sensor_from(more, two)
+    for name in ("w_fi", "w_fh"):
+        assert torch.equal(getattr(more, name).detach()[:2], getattr(two, name).detach()), name
+        assert torch.equal(getattr(more, name).detach()[2].abs(), getattr(two, name).detach()[0].abs()), name
+    assert torch.equal(more.w_oh.detach()[:, :2], two.w_oh.detach())
+    assert more.rnn_threshold.tolist() == two.rnn_threshold.tolist() + two.rnn_threshold.tolist()[:1]
 
 
 @pytest.fixture(scope="module")
