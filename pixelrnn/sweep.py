@@ -145,7 +145,7 @@ def _study(spec: SweepSpec, storage: str, *, heartbeat: int = 60, sampler=None):
         rdb = _rdb(optuna, storage, heartbeat)
         return optuna.create_study(study_name=spec.study, storage=rdb, load_if_exists=True, direction="maximize",
                                    sampler=sampler or optuna.samplers.RandomSampler(seed=0))
-    except (ValueError, ImportError, RuntimeError, ModuleNotFoundError) as exc:     # bad URL, missing driver
+    except (ValueError, ImportError, RuntimeError) as exc:     # bad URL, missing driver
         raise InputError(f"--storage {storage!r}: {str(exc).splitlines()[0][:200]}") from None
 
 
@@ -200,11 +200,20 @@ def adopt_finished(spec: SweepSpec, study, out: Path) -> int:
     return adopted
 
 
+def _by_point(spec: SweepSpec, study, state) -> dict[tuple, list]:
+    """The study's trials in ``state`` that have a point, by point."""
+    found: dict[tuple, list] = {}
+    for t in study.get_trials(deepcopy=False, states=(state,)):
+        if t.params:
+            found.setdefault(spec.point_of(t.params), []).append(t)
+    return found
+
+
 def _completed(spec: SweepSpec, study) -> dict[tuple, object]:
-    """The study's completed trials by point."""
+    """The study's completed trials by point (the last one of a point done twice)."""
     import optuna
 
-    return {spec.point_of(t.params): t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    return {point: trials[-1] for point, trials in _by_point(spec, study, optuna.trial.TrialState.COMPLETE).items()}
 
 
 def _run_point(cfg: TrainConfig, *, progress: bool) -> tuple[dict, bool]:
@@ -223,15 +232,6 @@ def _run_point(cfg: TrainConfig, *, progress: bool) -> tuple[dict, bool]:
     if not result:
         raise RuntimeError(f"{out}: training stopped before its last epoch")
     return result, True
-
-
-def _by_point(spec: SweepSpec, study, state) -> dict[tuple, list]:
-    """The study's trials in ``state`` that have a point, by point."""
-    found: dict[tuple, list] = {}
-    for t in study.get_trials(deepcopy=False, states=(state,)):
-        if t.params:
-            found.setdefault(spec.point_of(t.params), []).append(t)
-    return found
 
 
 @contextlib.contextmanager
