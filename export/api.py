@@ -147,9 +147,8 @@ def export_model(*, weights: str | os.PathLike, out: str | os.PathLike,
     staging = _make_staging(out)
     try:
         try:
-            _write_formats(model, staging, chosen, calib)
+            _write_formats(model, staging, chosen, calib, full_graph=full_graph)
             if not full_graph:
-                (staging / FULL_GRAPH).unlink()
                 skipped = {**skipped, FULL_GRAPH: "left out on request (no full graph): sensor.onnx then "
                                                   "host.onnx compute the same"}
             files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
@@ -236,12 +235,14 @@ def load_representative(path: str | os.PathLike, *, model, weights: str | os.Pat
     return check_layout_readouts(readouts, layout, what=f"{path}: {key}", weights=weights)
 
 
-def _write_formats(model, staging: Path, chosen: tuple[str, ...], calib: np.ndarray | None) -> None:
+def _write_formats(model, staging: Path, chosen: tuple[str, ...], calib: np.ndarray | None, *,
+                   full_graph: bool = True) -> None:
     save_sensor_weights(staging / SENSOR_FILE, model.sensor_weights())
     if "onnx" in chosen:
-        from export.onnx_export import export_onnx
+        from export.onnx_export import FILES, export_onnx
 
-        export_onnx(model=model, out_dir=staging)
+        export_onnx(model=model, out_dir=staging, files=FILES if full_graph else
+                    tuple(f for f in FILES if f != FULL_GRAPH))
     if "scamp5" in chosen:
         from export.scamp5 import write_scamp5_text
 

@@ -735,13 +735,19 @@ def build_models(*, model) -> dict[str, onnx.ModelProto]:
             "pixelrnn.onnx": full_model(sensor=sensor, decoder=decoder, metadata=framed)}
 
 
-def export_onnx(*, model, out_dir: str | Path) -> dict[str, Path]:
-    """Check and write ``sensor.onnx``, ``host.onnx``, ``pixelrnn.onnx`` into an existing folder."""
+def export_onnx(*, model, out_dir: str | Path, files: tuple[str, ...] = FILES) -> dict[str, Path]:
+    """Check and write ``files`` (of ``sensor.onnx``, ``host.onnx``, ``pixelrnn.onnx``) into an
+    existing folder; the others are neither checked nor written."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise InputError(f"ONNX output folder does not exist: {out_dir}")
+    unknown = set(files) - set(FILES)
+    if unknown:
+        raise InputError(f"ONNX files must be among {', '.join(FILES)}, got {', '.join(sorted(unknown))}")
     written = {}
     for name, proto in build_models(model=model).items():
+        if name not in files:
+            continue
         onnx.checker.check_model(proto, full_check=True)
         path = out_dir / name
         onnx.save_model(proto, str(path))
