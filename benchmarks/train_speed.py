@@ -1,9 +1,11 @@
 """Training speed: ``pixelrnn train`` against a plain eager PyTorch loop of the same network, in one run.
 
-    python benchmarks/train_speed.py [--epochs 3] [--rounds 2] [--profile] [--write docs/BENCHMARKS.md]
+    python benchmarks/train_speed.py [--epochs 3] [--rounds 2] [--profile] [--device cpu|cuda]
+                                     [--write docs/BENCHMARKS.md]
 
 Both on GRID (``grid_s1_digits.npz`` under $PIXELRNN_DATA or ../shared/data), the first 320 training
-clips, batch 32, noise on (the authors' sigmas), ``torch.set_num_threads(2)``, CPU.
+clips, batch 32, noise on (the authors' sigmas), ``torch.set_num_threads(2)``, on the CPU or, with
+``--device cuda``, on the GPU (both loops there; the section written is then ``train_speed_gpu``).
 
 * eager loop: the network written plainly in this file (the pre-issue-13 forward: ``F.conv2d``,
   relu, ``F.max_pool2d``, the step-by-step recurrence, noise from ``torch.randn``), cross-entropy,
@@ -74,12 +76,12 @@ class EagerPixelRNN(nn.Module):
         x = x.reshape(b * t, 4, 4, 16, 16).permute(0, 2, 3, 1, 4).reshape(b * t, 1, h, w)
         xi = F.conv2d(x, torch.cat([q(self.w_fi), q(self.w_oi)]), padding=2).reshape(b, t, 2, h, w)
         w_h = torch.cat([q(self.w_fh), q(self.w_oh)])
-        hidden = torch.ones(b, 1, h, w)
+        hidden = torch.ones(b, 1, h, w, device=frames.device)
         for step in range(t):
             hh = F.conv2d(hidden, w_h, padding=2)
-            gate = q(xi[:, step, 0:1] + hh[:, 0:1] + torch.randn(b, 1, h, w) * s_gate - self.rnn_threshold)
+            gate = q(xi[:, step, 0:1] + hh[:, 0:1] + torch.randn_like(hidden) * s_gate - self.rnn_threshold)
             if step == t - 1:
-                out = xi[:, step, 1:2] + hh[:, 1:2] + torch.randn(b, 1, h, w) * s_out
+                out = xi[:, step, 1:2] + hh[:, 1:2] + torch.randn_like(hidden) * s_out
             hidden = gate * hidden
         level = 127 + 10 * out
         o = ((level + (torch.clamp(torch.floor(level), 0, 255) - level).detach()) - 127) / 10
@@ -87,13 +89,19 @@ class EagerPixelRNN(nn.Module):
         return self.fc(y.flatten(1))
 
 
-def eager_epochs(frames: np.ndarray, labels: np.ndarray, classes: int, epochs: int, *, profile: bool = False):
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def eager_epochs(frames: np.ndarray, labels: np.ndarray, classes: int, epochs: int, *, profile: bool = False,
+                 device: str = "cpu"):
     """clips/s of the plain loop over ``epochs`` passes of the clips (first pass = warm-up, not counted)."""
     torch.manual_seed(0)
     g = frames.astype(np.float64) / 255.0
-    model = EagerPixelRNN(classes, float(g.mean()), float(g.std())).train()
+    model = EagerPixelRNN(classes, float(g.mean()), float(g.std())).train().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    x, y = torch.from_numpy(frames), torch.from_numpy(labels)
+    x, y = torch.from_numpy(frames).to(device), torch.from_numpy(labels).to(device)
 
     def step(s):
         loss = F.cross_entropy(model(x[s:s + BATCH]), y[s:s + BATCH])
@@ -108,11 +116,12 @@ def eager_epochs(frames: np.ndarray, labels: np.ndarray, classes: int, epochs: i
         t0 = time.perf_counter()
         for s in range(0, len(x), BATCH):
             step(s)
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return len(x) * (epochs - 1) / sum(times[1:])
 
 
-def train_epochs(data_dir: str, epochs: int, *, extra: list[str]) -> tuple[float, dict]:
+def train_epochs(data_dir: str, epochs: int, *, extra: list[str], device: str = "cpu") -> tuple[float, dict]:
     """clips/s of ``pixelrnn train`` (training + validation per epoch; first epoch not counted)."""
     from pixelrnn.train import add_train_parser, main
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,7 +129,7 @@ def train_epochs(data_dir: str, epochs: int, *, extra: list[str]) -> tuple[float
         add_train_parser(parser.add_subparsers())
         args = parser.parse_args(["train", "--dataset", "grid", "--data-dir", data_dir, "--limit", str(CLIPS),
                                   "--batch-size", str(BATCH), "--epochs", str(epochs), "--threads", str(THREADS),
-                                  "--device", "cpu", "--schedule", "none", "--no-progress", "--out-dir", tmp, *extra])
+                                  "--device", device, "--schedule", "none", "--no-progress", "--out-dir", tmp, *extra])
         main(args)
         rows = json.loads((Path(tmp) / "metrics.json").read_text())["epochs"]
     counted = rows[1:]
@@ -170,9 +179,15 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=3, help="epochs per measurement (the first is warm-up)")
     p.add_argument("--rounds", type=int, default=2, help="alternations eager / pixelrnn train")
     p.add_argument("--profile", action="store_true", help="add torch.profiler top-op tables")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where both loops run (cuda: the GPU; needs one)")
     p.add_argument("--write", type=Path, default=None, help="update the training-speed section of this file")
     p.add_argument("--train-args", default="", help="extra flags for pixelrnn train (e.g. '--augment false')")
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU is visible (use --device cpu)")
+    if args.device == "cuda" and args.profile:
+        p.error("--profile times CPU ops: leave it out with --device cuda")
     torch.set_num_threads(THREADS)
     data_dir = str(default_data_dir())
     ds = load_dataset("grid", data_dir=data_dir)
@@ -182,8 +197,8 @@ def main() -> int:
     load0 = os.getloadavg()[0]
     eager, fast, detail = [], [], []
     for r in range(args.rounds):
-        eager.append(eager_epochs(frames, labels, classes, args.epochs))
-        rate, d = train_epochs(data_dir, args.epochs, extra=args.train_args.split())
+        eager.append(eager_epochs(frames, labels, classes, args.epochs, device=args.device))
+        rate, d = train_epochs(data_dir, args.epochs, extra=args.train_args.split(), device=args.device)
         fast.append(rate)
         detail.append(d)
         print(f"round {r + 1}: eager {eager[-1]:.1f} clips/s, pixelrnn train {fast[-1]:.1f} clips/s "
@@ -191,9 +206,14 @@ def main() -> int:
     e, f = statistics.median(eager), statistics.median(fast)
     ratio = statistics.median(b / a for a, b in zip(eager, fast))
     epoch_s = statistics.median(d["train_s"] + d["val_s"] for d in detail) * (800 / CLIPS)
+    gpu = args.device == "cuda"
+    where = f"this GPU ({torch.cuda.get_device_name(0)})" if gpu else f"these {THREADS} cores"
     text = [f"Command: `python benchmarks/train_speed.py --epochs {args.epochs} --rounds {args.rounds}"
-            f"{' --profile' if args.profile else ''}{' --write ' + str(args.write) if args.write else ''}`  ",
-            f"Machine: {cpu_name()}, {os.cpu_count()} cores, {THREADS} torch threads, Linux {platform.release()}, "
+            f"{' --device cuda' if gpu else ''}{' --profile' if args.profile else ''}"
+            f"{' --write ' + str(args.write) if args.write else ''}`  ",
+            f"Machine: {cpu_name()}, {os.cpu_count()} cores, {THREADS} torch threads, "
+            f"{'GPU ' + torch.cuda.get_device_name(0) + ' (both loops on it), ' if gpu else ''}"
+            f"Linux {platform.release()}, "
             f"Python {platform.python_version()}, torch {torch.__version__}; shared: load average "
             f"{load0:.1f} at the start (other jobs running)  ",
             f"Date: {datetime.date.today().isoformat()}; GRID, {CLIPS} training clips, batch {BATCH}, noise on "
@@ -206,8 +226,8 @@ def main() -> int:
             f"{', '.join(f'{v:.1f}' for v in fast)} |", "",
             f"`pixelrnn train` / eager loop: **{ratio:.2f}x** (median of the per-round ratios; goal >= 4x). "
             f"One epoch of the full GRID training split (800 clips) with validation: ~{epoch_s:.1f} s, so "
-            f"300 epochs ~{300 * epoch_s / 60:.0f} min on these 2 cores (estimate from measured epoch time; "
-            f"early stopping shortens it). GPU: not measured."]
+            f"300 epochs ~{300 * epoch_s / 60:.0f} min on {where} (estimate from measured epoch time; "
+            f"early stopping shortens it).{'' if gpu else ' GPU: see the GPU section below.'}"]
     if args.profile:
         head = "torch.profiler, one training step (batch 32, 16 frames),"
         text += ["", f"{head} plain eager loop (= before: the former forward):", "",
@@ -217,7 +237,9 @@ def main() -> int:
     out = "\n".join(text)
     print(out)
     if args.write:
-        update_section(args.write, "train_speed", out, heading="Training speed (issue 13)")
+        name, heading = (("train_speed_gpu", "Training speed on a GPU (issue 13)") if gpu
+                         else ("train_speed", "Training speed (issue 13)"))
+        update_section(args.write, name, out, heading=heading)
     return 0
 
 
