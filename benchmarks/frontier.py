@@ -38,6 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--command", default=None, help="the command line to print with the table")
     p.add_argument("--section", default="frontier",
                    help="the marked section of --write to replace (default frontier; e.g. frontier-cambridge)")
+    p.add_argument("--machine", default=None,
+                   help="where the runs trained, if not on this machine (default: this machine's CPU)")
     p.add_argument("--heading", default="The accuracy-vs-bytes frontier (issue 12)",
                    help="the section's heading, if it has to be added")
     return p
@@ -158,7 +160,7 @@ def main(args: argparse.Namespace) -> int:
                          f"({100 * ref['linear']['test_accuracy']:.1f}%): "
                          + (f"{best['config']}, {best['readout_bytes']} B ({best['test_mean']:.1f}%)"
                             if best else "none"))
-    body = (f"Measured {date.today().isoformat()} on {cpu_name()}.\n\n"
+    body = (f"Measured {date.today().isoformat()} on {args.machine or cpu_name()}.\n\n"
             + (f"Command: `{args.command}`\n\n" if args.command else "") + text + "\n\n" + "\n".join(notes)
             + (f"\n\n![frontier]({Path(args.png).relative_to(Path(args.write).parent) if args.write else args.png})"
                if args.png else ""))
