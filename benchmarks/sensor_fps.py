@@ -2,14 +2,19 @@
 ``--path fast``) through the API and through the CLI, the old numpy fast path, the streaming
 path, the instruction-level path, and a plain float PyTorch forward of the same sensor stage.
 
-    python benchmarks/sensor_fps.py [--clips 32] [--repeats 7] [--cli-clips 256] [--write docs/BENCHMARKS.md]
+    python benchmarks/sensor_fps.py [--clips 32] [--repeats 7] [--rounds 3] [--cli-clips 256]
+                                    [--write docs/BENCHMARKS.md]
 
 CLI: ``pixelrnn simulate --path fast --readout-only`` on a random model's checkpoint, as whole
 processes; its rate is the marginal one, (frames of --cli-clips clips - frames of 4 clips) / (time
 of the first run - time of the second), so start-up (imports, model load) cancels and npz reading,
 the front end, the sensor stage, the decoder's logits and the npz writing are all counted.
-Reports medians over repeats (machines here are shared and noisy) and the ratios, plus the
-instruction count, estimated sensor time and energy per frame of the sensor program.
+The machines here are shared and their speed drifts within minutes, so the goal's ratios are taken
+per round: each of --rounds rounds times the packed API, the API with front end, the CLI and the
+PyTorch forward back to back (medians over --repeats inside a round), and the ratios reported for
+them are the medians of the per-round ratios (every round's are printed). The other paths are
+timed once. Plus the instruction count, estimated sensor time and energy per frame of the sensor
+program.
 """
 from __future__ import annotations
 
@@ -61,27 +66,58 @@ def cli_time(checkpoint: Path, clips: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def cli_rate(model, repeats: int, big: int, small: int = 4) -> tuple[float, float]:
-    """Marginal frames/s of the CLI (see the module docstring) and its median time for ``big`` clips."""
-    from pixelrnn.checkpoint import save_checkpoint
+class CliBench:
+    """The CLI's inputs (a random model's checkpoint, random clips of ``big`` and ``small`` clips) in a
+    temporary folder, kept for all rounds; :meth:`rate` times pairs of whole processes."""
 
-    rng = np.random.default_rng(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        ckpt = save_checkpoint(model, tmp / "model.pt")
-        files = {}
+    def __init__(self, model, big: int, small: int = 4) -> None:
+        from pixelrnn.checkpoint import save_checkpoint
+
+        self.big, self.small = big, small
+        self._tmp = tempfile.TemporaryDirectory()
+        tmp = Path(self._tmp.name)
+        self.ckpt, self.out = save_checkpoint(model, tmp / "model.pt"), tmp / "out.npz"
+        rng = np.random.default_rng(1)
+        self.files = {}
         for n in (big, small):
-            files[n] = tmp / f"clips{n}.npz"
-            np.savez(files[n], frames=rng.integers(0, 256, size=(n, 16, 64, 64), dtype=np.uint8),
+            self.files[n] = tmp / f"clips{n}.npz"
+            np.savez(self.files[n], frames=rng.integers(0, 256, size=(n, 16, 64, 64), dtype=np.uint8),
                      labels=rng.integers(0, 9, size=n))
-        cli_time(ckpt, files[small], tmp / "out.npz")               # warm-up (file cache)
+        cli_time(self.ckpt, self.files[small], self.out)           # warm-up (file cache)
+
+    def rate(self, pairs: int) -> tuple[float, float]:
+        """Marginal frames/s of the CLI (see the module docstring) and its median time for ``big`` clips."""
         diffs, bigs = [], []
-        for _ in range(repeats):
-            t_big = cli_time(ckpt, files[big], tmp / "out.npz")
-            t_small = cli_time(ckpt, files[small], tmp / "out.npz")
+        for _ in range(pairs):
+            t_big = cli_time(self.ckpt, self.files[self.big], self.out)
+            t_small = cli_time(self.ckpt, self.files[self.small], self.out)
             diffs.append(t_big - t_small)
             bigs.append(t_big)
-    return (big - small) * 16 / statistics.median(diffs), statistics.median(bigs)
+        return (self.big - self.small) * 16 / statistics.median(diffs), statistics.median(bigs)
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+DECODE_CLIPS = 128      # pixelrnn.simulate.CHUNK_CLIPS
+
+
+def decoder_times(model, repeats: int) -> tuple[float, float]:
+    """us per frame of the decoder's logits on one CLI chunk of random levels: the level table
+    against the float path, alternated (median of ``repeats`` pairs); asserts equal logits."""
+    import torch
+
+    lay = model.config.layout
+    levels = torch.from_numpy(np.random.default_rng(2).integers(0, 2 ** lay.bits, (DECODE_CLIPS, *lay.shape),
+                                                                dtype=np.uint8))
+    table, floats = [], []
+    with torch.no_grad():
+        assert torch.equal(model.decode(levels), model.decode_analog(model.dequantize(levels.float())))
+        for _ in range(repeats):
+            table.append(median_time(lambda: model.decode(levels), 3))
+            floats.append(median_time(lambda: model.decode_analog(model.dequantize(levels.float())), 3))
+    per_frame = 1e6 / (DECODE_CLIPS * 16)
+    return statistics.median(table) * per_frame, statistics.median(floats) * per_frame
 
 
 def _verdict(value: float, goal: float) -> str:
@@ -93,11 +129,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=32, help="clips per batch (16 frames each)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats (median reported)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of API, CLI and PyTorch timings back to back (ratios: median per round)")
     parser.add_argument("--cli-clips", type=int, default=256, help="clips of the larger CLI run (0: skip the CLI)")
     parser.add_argument("--write", type=Path, default=None, help="update this markdown file's section")
     args = parser.parse_args(argv)
-    if args.clips < 1 or args.repeats < 1:
-        parser.error("--clips and --repeats must be >= 1")
+    if args.clips < 1 or args.repeats < 1 or args.rounds < 1:
+        parser.error("--clips, --repeats and --rounds must be >= 1")
 
     import torch
 
@@ -112,17 +150,43 @@ def main(argv=None) -> int:
     binary = weights.frontend.binarize(frames)
     n_frames = args.clips * 16
 
-    rows = []
-    t_api = median_time(lambda: packed.run_clips(binary, weights), args.repeats)
-    rows.append(("packed path, API (`packed.run_clips`, batch of %d clips)" % args.clips, n_frames / t_api))
-    t_sim = median_time(lambda: simulate(weights=weights, frames=frames, stages=()), args.repeats)
-    rows.append(("packed path, API with front end (`simulate(..., stages=())` on uint8 frames)",
-                 n_frames / t_sim))
+    tb = torch.from_numpy(binary.astype(np.float32))
+    cli = CliBench(model, args.cli_clips) if args.cli_clips else None
+    per_round = []                    # frames/s of API, API + front end, CLI, PyTorch, timed back to back
+    try:
+        for r in range(args.rounds):
+            fps = {"api": n_frames / median_time(lambda: packed.run_clips(binary, weights), args.repeats),
+                   "sim": n_frames / median_time(lambda: simulate(weights=weights, frames=frames, stages=()),
+                                                 args.repeats)}
+            if cli is not None:
+                fps["cli"], fps["cli_big_s"] = cli.rate(max(3, args.repeats // 2))
+            with torch.no_grad():
+                fps["torch"] = n_frames / median_time(lambda: model.sensor(tb), args.repeats)
+            per_round.append(fps)
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v:,.0f} frames/s ({v / fps['torch']:.1f}x)"
+                                               for k, v in fps.items() if k in ("api", "sim", "cli")), flush=True)
+    finally:
+        if cli is not None:
+            cli.close()
+
+    def med(key: str) -> float:
+        return statistics.median(f[key] for f in per_round)
+
+    def ratio(key: str) -> float:        # the median of the per-round ratios to PyTorch
+        return statistics.median(f[key] / f["torch"] for f in per_round)
+
+    def rounds_of(key: str) -> str:
+        return ", ".join(f"{f[key] / f['torch']:.1f}x" for f in per_round)
+
+    ratios = {"api": ratio("api"), "sim": ratio("sim")}
+    rows = [("packed path, API (`packed.run_clips`, batch of %d clips)" % args.clips, med("api")),
+            ("packed path, API with front end (`simulate(..., stages=())` on uint8 frames)", med("sim"))]
     cli_fps = None
-    if args.cli_clips:
-        cli_fps, cli_big = cli_rate(model, max(3, args.repeats // 2), args.cli_clips)
+    if cli is not None:
+        cli_fps, ratios["cli"] = med("cli"), ratio("cli")
         rows.append((f"packed path, CLI `pixelrnn simulate --path fast --readout-only` (marginal, "
-                     f"{args.cli_clips} - 4 clips; {args.cli_clips} clips took {cli_big:.2f} s in all)", cli_fps))
+                     f"{args.cli_clips} - 4 clips; {args.cli_clips} clips took {med('cli_big_s'):.2f} s in all)",
+                     cli_fps))
     t_fast = median_time(lambda: fast.run_clips(binary, weights), args.repeats)
     rows.append(("old fast path (`fast.run_clips`, numpy im2col float32 GEMM)", n_frames / t_fast))
 
@@ -135,10 +199,9 @@ def main(argv=None) -> int:
     t_stream = median_time(lambda: [stream.push(f) for f in one_clip], args.repeats)
     rows.append(("old fast path, streaming (`fast.SensorStream`, one frame at a time)", 16 / t_stream))
 
-    tb = torch.from_numpy(binary.astype(np.float32))
-    with torch.no_grad():
-        t_torch = median_time(lambda: model.sensor(tb), args.repeats)
-    rows.append(("PyTorch float forward of the sensor stage (batch, 1 thread)", n_frames / t_torch))
+    rows.append(("PyTorch float forward of the sensor stage (batch, 1 thread)", med("torch")))
+    dec_table, dec_float = decoder_times(model, args.repeats)
+    keys = {rows[0][0]: "api", rows[1][0]: "sim", **({rows[2][0]: "cli"} if cli is not None else {})}
 
     cost = None
     try:
@@ -150,30 +213,37 @@ def main(argv=None) -> int:
     except ImportError:
         pass
 
-    torch_fps = n_frames / t_torch
-    api_fps = n_frames / t_api
+    torch_fps = med("torch")
+    api_fps = med("api")
     blas = {k: os.environ.get(k, "unset") for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     lines = [
         f"Command: `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/sensor_fps.py --clips {args.clips} "
-        f"--repeats {args.repeats} --cli-clips {args.cli_clips} --write docs/BENCHMARKS.md`  ",
+        f"--repeats {args.repeats} --rounds {args.rounds} --cli-clips {args.cli_clips} --write docs/BENCHMARKS.md`  ",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores (1 thread used), {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}, numpy {np.__version__}, "
         f"torch {torch.__version__}; OPENBLAS_CORETYPE={blas['OPENBLAS_CORETYPE']}, "
         f"OPENBLAS_L2_SIZE={blas['OPENBLAS_L2_SIZE']}  ",
         f"Date: {datetime.date.today().isoformat()}; medians of {args.repeats} runs, a random model's "
-        f"weights and random 64x64 frames, noise off.",
+        f"weights and random 64x64 frames, noise off. The first three rows and PyTorch: medians over "
+        f"{args.rounds} rounds timed back to back; their ratios are the medians of the per-round ratios.",
         "",
         *markdown_table(("path", "frames/s", "/ PyTorch"),
-                        ((name, f"{value:,.0f}", f"{value / torch_fps:.1f}x") for name, value in rows),
+                        ((name, f"{value:,.0f}",
+                          f"{ratios[keys[name]] if name in keys else value / torch_fps:.1f}x") for name, value in rows),
                         align="lrr"),
         "",
         f"Goals (issue 17): >= 10,000 frames/s on one core and >= 10x the float PyTorch forward. "
-        f"API: {api_fps:,.0f} frames/s ({_verdict(api_fps, 10_000)}), **{api_fps / torch_fps:.1f}x** "
-        f"PyTorch ({_verdict(api_fps / torch_fps, 10)}), {api_fps * t_fast / n_frames:.1f}x the old fast path."
+        f"API: {api_fps:,.0f} frames/s ({_verdict(api_fps, 10_000)}), **{ratios['api']:.1f}x** "
+        f"PyTorch ({_verdict(ratios['api'], 10)}; rounds {rounds_of('api')}), "
+        f"{api_fps * t_fast / n_frames:.1f}x the old fast path."
         + (f" CLI (marginal): {cli_fps:,.0f} frames/s ({_verdict(cli_fps, 10_000)}), "
-           f"**{cli_fps / torch_fps:.1f}x** PyTorch ({_verdict(cli_fps / torch_fps, 10)})." if cli_fps else "")
+           f"**{ratios['cli']:.1f}x** PyTorch ({_verdict(ratios['cli'], 10)}; rounds {rounds_of('cli')})."
+           if cli_fps else "")
         + f" Camera loop's stream: {1e3 * t_packed_stream / 16:.3f} ms per frame, "
-          f"{t_stream / t_packed_stream:.1f}x the old fast path's stream.",
+          f"{t_stream / t_packed_stream:.1f}x the old fast path's stream. The CLI's decoder logits "
+          f"({DECODE_CLIPS} clips per call, as the CLI's chunks): {dec_table:.2f} us per frame from the "
+          f"level table (`PixelRNN.decode` on uint8 levels in eval mode), {dec_float:.2f} us on the float "
+          f"path (`decode_analog`; before: the CLI's path), {dec_float / dec_table:.1f}x, the same logits.",
     ]
     if cost is not None:
         full = cost["energy_uj"] * (256 * 256) / (64 * 64)
