@@ -16,7 +16,9 @@ early once validation has not improved for that many epochs.
 from __future__ import annotations
 
 import math
+import os
 import sys
+from collections import deque
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -276,8 +278,9 @@ def _train_epoch(*, net: torch.nn.Module, model: PixelRNN, opt: torch.optim.Opti
     batches = [b for b in batches if len(b) >= dist.world]   # a last batch too small to give every rank a clip
     device = next(model.parameters()).device
     prep = lambda b: prepare_batch(ds, dist.shard(b), epoch=epoch, cfg=cfg, noise=noise)  # noqa: E731
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixelrnn-loader") as loader:
-        pending = loader.submit(prep, batches[0]) if batches else None
+    ahead = loader_threads(device)
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="pixelrnn-loader") as loader:
+        pending = deque(loader.submit(prep, b) for b in batches[:ahead])
         loss_sum, correct = _run_batches(net=net, model=model, opt=opt, batches=batches, pending=pending,
                                          loader=loader, prep=prep, device=device, dist=dist, noise=noise, bar=bar)
     if bar is not None:
@@ -286,13 +289,24 @@ def _train_epoch(*, net: torch.nn.Module, model: PixelRNN, opt: torch.optim.Opti
     return loss_sum, correct
 
 
+def loader_threads(device: torch.device) -> int:
+    """Batches prepared ahead, one thread each: 1 on the CPU (its cores train), up to 4 when a GPU
+    trains, where one thread drawing the clips' noise and augmenting them on the CPU is slower than
+    the GPU's step. Each batch is made from its clips' own seeds, so the count changes no result."""
+    if device.type == "cpu":
+        return 1
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
 def _run_batches(*, net, model, opt, batches, pending, loader, prep, device, dist, noise, bar) -> tuple[float, float]:
-    """The optimizer steps of one epoch; the loader prepares batch s + 1 while batch s trains."""
+    """The optimizer steps of one epoch; the loader prepares the next ``len(pending)`` batches
+    (:func:`loader_threads`), in order, while batch s trains."""
     loss_sum = correct = 0.0
+    ahead = len(pending)
     for s, global_idx in enumerate(batches):
-        frames, labels, draws = pending.result()
-        if s + 1 < len(batches):        # the next batch is prepared while this one trains
-            pending = loader.submit(prep, batches[s + 1])
+        frames, labels, draws = pending.popleft().result()
+        if s + ahead < len(batches):    # keep `ahead` batches in preparation while this one trains
+            pending.append(loader.submit(prep, batches[s + ahead]))
         frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = net(frames, draws=draws, noise=noise)
         losses = F.cross_entropy(logits, labels, reduction="none")
