@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections import deque
 import tempfile
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
