@@ -178,43 +178,46 @@ def main(argv=None) -> int:
     def rounds_of(key: str) -> str:
         return ", ".join(f"{f[key] / f['torch']:.1f}x" for f in per_round)
 
-    ratios = {"api": ratio("api"), "sim": ratio("sim")}
-    rows = [("packed path, API (`packed.run_clips`, batch of %d clips)" % args.clips, med("api")),
-            ("packed path, API with front end (`simulate(..., stages=())` on uint8 frames)", med("sim"))]
+    torch_fps = med("torch")
+    rows = []                            # (path, frames/s, its ratio to PyTorch)
+
+    def timed_once(name: str, fps: float) -> None:
+        rows.append((name, fps, fps / torch_fps))
+
+    rows.append(("packed path, API (`packed.run_clips`, batch of %d clips)" % args.clips, med("api"), ratio("api")))
+    rows.append(("packed path, API with front end (`simulate(..., stages=())` on uint8 frames)", med("sim"),
+                 ratio("sim")))
     cli_fps = None
     if cli is not None:
-        cli_fps, ratios["cli"] = med("cli"), ratio("cli")
+        cli_fps = med("cli")
         rows.append((f"packed path, CLI `pixelrnn simulate --path fast --readout-only` (marginal, "
                      f"{args.cli_clips} - 4 clips; {args.cli_clips} clips took {med('cli_big_s'):.2f} s in all)",
-                     cli_fps))
+                     cli_fps, ratio("cli")))
     t_fast = median_time(lambda: fast.run_clips(binary, weights), args.repeats)
-    rows.append(("old fast path (`fast.run_clips`, numpy im2col float32 GEMM)", n_frames / t_fast))
+    timed_once("old fast path (`fast.run_clips`, numpy im2col float32 GEMM)", n_frames / t_fast)
 
     one_clip = binary[0]
     stream = packed.PackedStream(weights)
     t_packed_stream = median_time(lambda: [stream.push(f) for f in one_clip], args.repeats)
-    rows.append(("packed path, streaming (`packed.PackedStream`, one frame at a time: the camera loop's)",
-                 16 / t_packed_stream))
+    timed_once("packed path, streaming (`packed.PackedStream`, one frame at a time: the camera loop's)",
+               16 / t_packed_stream)
     stream = fast.SensorStream(weights)
     t_stream = median_time(lambda: [stream.push(f) for f in one_clip], args.repeats)
-    rows.append(("old fast path, streaming (`fast.SensorStream`, one frame at a time)", 16 / t_stream))
-
-    rows.append(("PyTorch float forward of the sensor stage (batch, 1 thread)", med("torch")))
+    timed_once("old fast path, streaming (`fast.SensorStream`, one frame at a time)", 16 / t_stream)
+    timed_once("PyTorch float forward of the sensor stage (batch, 1 thread)", torch_fps)
     dec_table, dec_float = decoder_times(model, args.repeats)
-    keys = {rows[0][0]: "api", rows[1][0]: "sim", **({rows[2][0]: "cli"} if cli is not None else {})}
 
     cost = None
     try:
         from firmware_sim import program
         t_instr = median_time(lambda: program.run_clips_instruction(binary[:1], weights),
                               max(1, args.repeats // 3))
-        rows.append(("instruction-level path (1 clip)", 16 / t_instr))
+        timed_once("instruction-level path (1 clip)", 16 / t_instr)
         cost = program.frame_cost(weights)
     except ImportError:
         pass
 
-    torch_fps = med("torch")
-    api_fps = med("api")
+    api_fps, api_ratio = med("api"), ratio("api")
     blas = {k: os.environ.get(k, "unset") for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     lines = [
         f"Command: `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/sensor_fps.py --clips {args.clips} "
@@ -228,16 +231,15 @@ def main(argv=None) -> int:
         f"{args.rounds} rounds timed back to back; their ratios are the medians of the per-round ratios.",
         "",
         *markdown_table(("path", "frames/s", "/ PyTorch"),
-                        ((name, f"{value:,.0f}",
-                          f"{ratios[keys[name]] if name in keys else value / torch_fps:.1f}x") for name, value in rows),
+                        ((name, f"{value:,.0f}", f"{r:.1f}x") for name, value, r in rows),
                         align="lrr"),
         "",
         f"Goals (issue 17): >= 10,000 frames/s on one core and >= 10x the float PyTorch forward. "
-        f"API: {api_fps:,.0f} frames/s ({_verdict(api_fps, 10_000)}), **{ratios['api']:.1f}x** "
-        f"PyTorch ({_verdict(ratios['api'], 10)}; rounds {rounds_of('api')}), "
+        f"API: {api_fps:,.0f} frames/s ({_verdict(api_fps, 10_000)}), **{api_ratio:.1f}x** "
+        f"PyTorch ({_verdict(api_ratio, 10)}; rounds {rounds_of('api')}), "
         f"{api_fps * t_fast / n_frames:.1f}x the old fast path."
         + (f" CLI (marginal): {cli_fps:,.0f} frames/s ({_verdict(cli_fps, 10_000)}), "
-           f"**{ratios['cli']:.1f}x** PyTorch ({_verdict(ratios['cli'], 10)}; rounds {rounds_of('cli')})."
+           f"**{ratio('cli'):.1f}x** PyTorch ({_verdict(ratio('cli'), 10)}; rounds {rounds_of('cli')})."
            if cli_fps else "")
         + f" Camera loop's stream: {1e3 * t_packed_stream / 16:.3f} ms per frame, "
           f"{t_stream / t_packed_stream:.1f}x the old fast path's stream. The CLI's decoder logits "
