@@ -138,7 +138,7 @@ class _Conv:
     def add_regions(index: np.ndarray, unit: int) -> None:
         """Point the first and last pair column of ``index`` (..., W / 2) at table regions 1 and 2
         (``unit``: a region's entries); the interior stays in region 0. Two column passes, not a
-        broadcast over every pair."""
+        broadcast over every pair (nor an add that widens: both cost more than the columns)."""
         index[:, 0] += unit
         index[:, -1] += 2 * unit
 
@@ -150,28 +150,37 @@ class _Conv:
         return self._corr[key]
 
     def _windows(self, bits: np.ndarray) -> np.ndarray:
-        """(F, H, W) 0/1 or +-1 -> (F, H + 4, W / 2) intp: the 6-bit row window at every even
-        padded column (bit j: padded column x + j), the image padded by two with bit 0 (= -1)."""
+        """(F, H, W) 0/1 or +-1 -> (F * (H + 4), W / 2) uint16: the 6-bit row window of every pixel
+        pair (bit j: column 2i - 2 + j for pair i) of the frames' stacked rows, each frame padded
+        above and below by two rows of bit 0 (= -1).
+
+        Columns are not padded: the bits a window takes from beyond its row's ends belong to the
+        neighbouring row (or a zero guard), and the edge pairs' table regions give those taps
+        nothing. So every pass below runs over one flat array, and the input is read in whole rows.
+        """
         f, h, w = bits.shape
-        hp, wp = h + 2 * PAD, w + 2 * PAD
-        padded = self.buffers.get("padded", (f, hp, wp), np.uint8, zero=True)   # border written once
-        np.greater(bits, 0, out=padded[:, PAD:PAD + h, PAD:PAD + w].view(bool))    # 0/1 or +-1 -> bits
-        # two pixels per uint16 (little-endian: the even one in the low byte) -> 2-bit pairs
-        v = padded.reshape(-1).view(np.uint16)
-        two = self.buffers.get("two", v.shape, np.uint16)
+        hp = h + 2 * PAD
+        n = f * hp * w
+        buf = self.buffers.get
+        flat = buf("padded", (n + 4,), np.uint8, zero=True)      # padding rows and guards written once
+        body = flat[2:2 + n].reshape(f, hp, w)
+        np.greater(bits, 0, out=body[:, PAD:PAD + h].view(bool))  # 0/1 or +-1 -> bits
+        # two pixels per uint16 (little-endian: the even one in the low byte) -> 2-bit pairs;
+        # two[p] is pair p - 1 of the stacked rows (two[0] and two[-1]: the guards)
+        v = flat.view(np.uint16)
+        two = buf("two", v.shape, np.uint16)
         np.right_shift(v, 7, out=two)
         np.bitwise_or(two, v, out=two)
         np.bitwise_and(two, 3, out=two)
-        # three consecutive pairs -> 6 bits, on the flat array (the last pairs of each padded row,
-        # which would mix in the next row, are never read)
-        m = two.size - 2
-        six = self.buffers.get("six", two.shape, np.uint16)
-        np.left_shift(two[2:], 4, out=six[:m])
-        np.bitwise_or(six[:m], two[1:m + 1] << 2, out=six[:m])
-        np.bitwise_or(six[:m], two[:m], out=six[:m])
-        win = self.buffers.get("win", (f, hp, w // 2), np.intp)
-        np.copyto(win, six.reshape(f, hp, wp // 2)[:, :, :w // 2])
-        return win
+        # the window of pair p: pairs p - 1, p, p + 1
+        m = n // 2
+        six = buf("six", (m,), np.uint16)
+        tmp = buf("six_tmp", (m,), np.uint16)
+        np.left_shift(two[2:], 4, out=six)
+        np.left_shift(two[1:m + 1], 2, out=tmp)
+        np.bitwise_or(six, tmp, out=six)
+        np.bitwise_or(six, two[:m], out=six)
+        return six.reshape(f * hp, w // 2)
 
     def __call__(self, bits: np.ndarray) -> np.ndarray:
         """(F, H, W) 0/1 uint8 (W even) -> (F, H, W, K) uint8: each kernel's zero-padded 5x5 sum
@@ -179,23 +188,26 @@ class _Conv:
 
         The frames' padded rows are stacked into one tall image, so every index array and every
         gather is one contiguous run: output row r reads stacked rows r..r+4 (the 4 rows that mix
-        two frames are computed and never read). The result is a view of a reused buffer: valid
+        two frames are computed and never read). The indices are made in uint16 (table index <
+        3 * 4096) and widened once for ``np.take``. The result is a view of a reused buffer: valid
         until the next call with the same shapes.
         """
         f, h, w = bits.shape
         hp = h + 2 * PAD
         buf = self.buffers.get
-        low = self._windows(bits).reshape(f * hp, w // 2)        # each stacked row's 6-bit windows
-        high = buf("high", low.shape, np.intp)
-        np.left_shift(low, 6, out=high)
-        self.add_regions(high, 4096)                              # the edge pairs' own regions
+        low = self._windows(bits)                                 # each stacked row's 6-bit windows
         rows = f * hp - 2 * PAD
-        pair = buf("pair", (f * hp - 1, w // 2), np.intp)       # index of stacked rows (r, r + 1)
-        np.bitwise_or(low[:-1], high[1:], out=pair)
+        # index of stacked rows (r, r + 1): low[r] | low[r + 1] << 6, plus the edge pairs' regions
+        pair16 = buf("pair16", (rows + 2, w // 2), np.uint16)
+        np.left_shift(low[1:rows + 3], 6, out=pair16)
+        np.bitwise_or(pair16, low[:rows + 2], out=pair16)
+        self.add_regions(pair16, 4096)
+        pair = buf("pair", pair16.shape, np.intp)
+        np.copyto(pair, pair16)
         sums = buf("sums", (f * hp, w // 2) + self.t01.shape[1:], self.word)
         part = buf("part", (rows, w // 2) + self.t01.shape[1:], self.word)
         np.take(self.t01, pair[:rows], axis=0, out=sums[:rows], mode="clip")       # kernel rows 0, 1
-        np.take(self.t23, pair[2:rows + 2], axis=0, out=part, mode="clip")          # kernel rows 2, 3
+        np.take(self.t23, pair[2:], axis=0, out=part, mode="clip")                  # kernel rows 2, 3
         sums[:rows] += part
         idx4 = buf("idx4", (rows, w // 2), np.intp)
         np.copyto(idx4, low[2 * PAD:])
