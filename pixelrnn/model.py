@@ -160,6 +160,9 @@ def to_mosaic(maps: torch.Tensor) -> torch.Tensor:
 # 1-input-channel kernels on a CPU, and the 16 phases of a 4x4 max-pool window are adjacent rows:
 # the pool is a max over one axis, and its argmax says where the gradient goes. Sums of +-1 products
 # are exact integers in float32 in any order, so the forward is bit-identical to ``F.conv2d``.
+# The first layer and the recurrence run this a chunk of frames (or a step) at a time in reused
+# buffers: fresh tensors of megabytes cost a page fault per 4 kB on every step (tens of thousands
+# per step before, a large share of its time on the machines here).
 def _phase_taps() -> torch.Tensor:
     """(16 phases, 64 neighbourhood positions) -> tap index dy*5+dx, or 25 (a zero) outside the kernel."""
     idx = torch.full((POOL * POOL, 64), KERNEL * KERNEL, dtype=torch.long)
@@ -216,63 +219,127 @@ def bconv(x: torch.Tensor, wbig: torch.Tensor) -> torch.Tensor:
     return out.view(n, h // POOL, w // POOL, k, POOL, POOL).permute(0, 3, 1, 4, 2, 5).reshape(n, k, h, w)
 
 
+def _frame_rows(planes: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """The 8x8 neighbourhoods (stride 4) of already zero-padded (B, H+4, W+4) planes, channel after
+    channel, written into ``out`` (a reused (B*H*W/16, 64 * len(planes)) buffer)."""
+    b, hp, wp = planes[0].shape
+    view = out.view(b, (hp - POOL) // POOL, (wp - POOL) // POOL, len(planes), 8, 8)
+    for c, plane in enumerate(planes):
+        view[:, :, :, c].copy_(plane.unfold(1, 8, POOL).unfold(2, 8, POOL))
+    return out
+
+
+def _block_rows(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """:class:`_Rows` of (n, 1, H, W) frames written into ``out`` (a reused (n*H*W/16, 64) buffer)."""
+    return _frame_rows([F.pad(x[:, 0], (2, 2, 2, 2))], out)
+
+
+CONV1_CHUNK = 64
+
+
+def _ternary(t: torch.Tensor) -> bool:
+    """True when every value of ``t`` is -1, 0 or +1 (so sums of products are small exact integers)."""
+    return bool(torch.equal(t, t.sign()))
+
+
 class _ConvReluPool(torch.autograd.Function):
     """relu(max_pool4(conv5x5(x, w))) for +-1 input x (N, 1, 64, 64) -> (N, 16, 16, 16).
 
     Equal, forward and backward, to ``F.max_pool2d(F.relu(F.conv2d(x, w, padding=2)), 4)`` (relu
-    commutes with max; the first maximum of a window gets the gradient in both). The backward never
-    forms the full-resolution input gradient, and the conv maps' gradient only per chunk (in cache):
-    one scatter into the argmax phase and one GEMM give the weight gradient. ``s`` is the input
-    binarization's surrogate derivative (x = sign(v - theta0)); then the gradient w.r.t. theta0 is
-    ``-(wbig * dW_s).sum()`` with dW_s the weight gradient computed on s instead of x (the chain rule
-    through the convolution, rearranged). ``theta0`` is passed only to receive that gradient.
+    commutes with max; the first maximum of a window gets the gradient in both). Everything runs a
+    chunk of ``chunk`` frames at a time in reused buffers: the 8x8 neighbourhood rows, their
+    product with the (256, 64) matrix and the conv maps' gradient exist only per chunk (in cache, and
+    no fresh megabytes, whose pages cost a fault each), and the backward never forms the
+    full-resolution input gradient: one scatter into the argmax phase and one GEMM give the weight
+    gradient. ``s`` is the input binarization's surrogate derivative (x = sign(v - theta0)); then the
+    gradient w.r.t. theta0 is sum_n rows_s[n] . (gm @ wbig)[n] (the chain rule through the
+    convolution, rearranged), and ``gm`` has one phase per (n, k), so ``gm @ wbig`` is a bag of 16
+    weighted rows of wbig per n (16x fewer products than the GEMM). ``theta0`` is passed only to
+    receive that gradient.
     """
 
     @staticmethod
     def forward(ctx, x, wbig, s, theta0, chunk):
         n, _, h, w = x.shape
         k = wbig.shape[0] // (POOL * POOL)
-        rows = _Rows.forward(ctx, x)                                    # (N*256, 64)
-        m = rows.shape[0]
-        step = chunk * (h // POOL) * (w // POOL)
+        blocks = (h // POOL) * (w // POOL)
+        m = n * blocks
         pooled = x.new_empty(m, k)
         arg = torch.empty(m, k, dtype=torch.uint8, device=x.device)
-        wt = wbig.t()
-        for a in range(0, m, step):      # chunks keep the (rows, K*16) product in cache
-            mx, i = (rows[a:a + step] @ wt).view(-1, k, POOL * POOL).max(2)
-            pooled[a:a + step] = mx
-            arg[a:a + step] = i
+        size = min(chunk, n) * blocks
+        rows = x.new_empty(size, wbig.shape[1])
+        prod = x.new_empty(wbig.shape[0], size)
+        encoded = _ternary(x) and _ternary(wbig)
+        if encoded:
+            # +-1 (or 0) inputs and taps: every sum is an integer v in [-64, 64], so 16 v + 15 - p is
+            # exact in float32 and its maximum over the 16 phases p gives the window's maximum and,
+            # among equal maxima, the first phase: a plain max over contiguous planes instead of an
+            # indexed max over 16-element rows (which costs 10x more)
+            wp = (wbig * 16).view(k, POOL * POOL, -1).transpose(0, 1).reshape(wbig.shape)    # (phase, k) rows
+            bias = (POOL * POOL - 1 - torch.arange(POOL * POOL, device=x.device, dtype=x.dtype)).repeat_interleave(k)
+            bias = bias.unsqueeze(1)
+        else:
+            idx = torch.empty(size, k, dtype=torch.long, device=x.device)
+            wt = wbig.t()
+            prod = prod.view(size, wbig.shape[0])
+        for f in range(0, n, chunk):      # chunks keep the (rows, K*16) product in cache
+            a, b = f * blocks, min(f + chunk, n) * blocks
+            r = _block_rows(x[f:f + chunk], rows[:b - a])
+            if encoded:
+                out = prod[:, :b - a]
+                torch.addmm(bias, wp, r.t(), out=out)
+                top = out.view(POOL * POOL, k, b - a).amax(0)                      # (k, rows)
+                v = torch.mul(top, 1.0 / (POOL * POOL)).floor_()                   # exact: a power of 2
+                pooled[a:b] = v.t()
+                arg[a:b] = (top.sub_(v, alpha=POOL * POOL).neg_().add_(POOL * POOL - 1)).t()
+            else:
+                torch.mm(r, wt, out=prod[:b - a])
+                torch.max(prod[:b - a].view(-1, k, POOL * POOL), 2, out=(pooled[a:b], idx[:b - a]))
+                arg[a:b] = idx[:b - a]
         pooled.clamp_min_(0)
-        ctx.step = step
+        ctx.chunk = chunk
         ctx.need_theta = s is not None and ctx.needs_input_grad[3]
-        ctx.save_for_backward(rows, wbig, arg, pooled, _Rows.forward(ctx, s) if ctx.need_theta else None)
-        ctx.shape = x.shape
+        ctx.save_for_backward(x, wbig, arg, pooled, s if ctx.need_theta else None)
         return pooled.view(n, h // POOL, w // POOL, k).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):
-        rows, wbig, arg, pooled, rows_s = ctx.saved_tensors
+        x, wbig, arg, pooled, s = ctx.saved_tensors
+        n, _, h, w = x.shape
+        blocks = (h // POOL) * (w // POOL)
         m, k = pooled.shape
-        g = grad.permute(0, 2, 3, 1).reshape(m, k) * (pooled > 0)        # relu'
-        dw = wbig.new_zeros(wbig.shape)
-        drows = rows.new_empty(m, wbig.shape[1]) if ctx.needs_input_grad[0] else None
         phases = POOL * POOL
-        for a in range(0, m, ctx.step):
-            gm = g.new_zeros(min(ctx.step, m - a), k, phases)
-            gm.scatter_(2, arg[a:a + ctx.step].unsqueeze(2).long(), g[a:a + ctx.step].unsqueeze(2))
-            gm = gm.view(-1, k * phases)
-            dw.addmm_(gm.t(), rows[a:a + ctx.step])
-            if drows is not None:
-                drows[a:a + ctx.step] = gm @ wbig
-        dx = _Rows.backward(ctx, drows) if drows is not None else None
-        dtheta = None
+        g = torch.where(pooled > 0, grad.permute(0, 2, 3, 1).reshape(m, k), 0.0)    # relu' (grad is never written)
+        dw = wbig.new_zeros(wbig.shape)
+        need_x = ctx.needs_input_grad[0]
+        drows = x.new_empty(m, wbig.shape[1]) if need_x else None
+        size = min(ctx.chunk, n) * blocks
+        rows = x.new_empty(size, wbig.shape[1])
+        rows_s = x.new_empty(size, wbig.shape[1]) if ctx.need_theta else None
+        gm_buf = g.new_zeros(size, k, phases)        # zero again after each chunk: the scatter undone
+        nothing = g.new_zeros(size, k, 1)
+        dtheta = g.new_zeros(()) if ctx.need_theta else None
         if ctx.need_theta:
-            # sum_p dL/dx[p] s[p] = sum_n rows_s[n] . (gm @ wbig)[n], and gm has one phase per (n, k):
-            # gm @ wbig is a bag of 16 weighted rows of wbig per n (16x fewer products than the GEMM)
-            rows_of = (torch.arange(k, device=arg.device) * phases).unsqueeze(0) + arg.long()
-            back = F.embedding_bag(rows_of, wbig, per_sample_weights=g, mode="sum")       # (m, C*64)
-            dtheta = -(back * rows_s).sum().reshape(1)
-        return dx, dw, None, dtheta, None
+            offsets = (torch.arange(k, device=arg.device) * phases).unsqueeze(0)
+        for f in range(0, n, ctx.chunk):
+            a, b = f * blocks, min(f + ctx.chunk, n) * blocks
+            gm = gm_buf[:b - a]
+            where = arg[a:b].unsqueeze(2).long()
+            gm.scatter_(2, where, g[a:b].unsqueeze(2))
+            flat = gm.view(b - a, k * phases)
+            dw.addmm_(flat.t(), _block_rows(x[f:f + ctx.chunk], rows[:b - a]))
+            if need_x:
+                torch.mm(flat, wbig, out=drows[a:b])
+            if ctx.need_theta:
+                back = F.embedding_bag(offsets + where[:, :, 0], wbig, per_sample_weights=g[a:b], mode="sum")
+                rs = _block_rows(s[f:f + ctx.chunk], rows_s[:b - a])
+                dtheta += torch.dot(back.view(-1), rs.view(-1))
+            gm.scatter_(2, where, nothing[:b - a])
+        dx = None
+        if need_x:
+            ctx.shape = x.shape
+            dx = _Rows.backward(ctx, drows)
+        return dx, dw, None, -dtheta.reshape(1) if ctx.need_theta else None, None
 
 
 def _fold_taps(dwbig: torch.Tensor) -> torch.Tensor:
@@ -282,66 +349,98 @@ def _fold_taps(dwbig: torch.Tensor) -> torch.Tensor:
     return flat[:KERNEL * KERNEL].reshape(1, 1, KERNEL, KERNEL)
 
 
-def _conv1(xpad: torch.Tensor, wbig: torch.Tensor) -> torch.Tensor:
-    """One-kernel :func:`bconv` without autograd on an already zero-padded (N, H+4, W+4) map."""
-    n, hp, wp = xpad.shape
-    h, w = hp - POOL, wp - POOL
-    rows = xpad.unfold(1, 8, POOL).unfold(2, 8, POOL).reshape(n * (h // POOL) * (w // POOL), 64)
-    out = rows @ wbig.t()
-    return out.view(n, h // POOL, w // POOL, POOL, POOL).permute(0, 1, 3, 2, 4).reshape(n, h, w)
+def _to_maps(prod: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    """(B*h/4*w/4, K*16) products of :func:`_frame_rows` -> a (B, K, h/4, 4, w/4, 4) view: map k
+    of frame n is ``[n, k]``, which a (h, w) map's ``.view(h/4, 4, w/4, 4)`` takes as it is."""
+    k = prod.shape[1] // (POOL * POOL)
+    return prod.view(b, h // POOL, w // POOL, k, POOL, POOL).permute(0, 3, 1, 4, 2, 5)
+
+
+def _blocks(plane: torch.Tensor) -> torch.Tensor:
+    """(..., h, w) -> the (..., h/4, 4, w/4, 4) view that :func:`_to_maps`' maps are written into."""
+    *lead, h, w = plane.shape
+    return plane.view(*lead, h // POOL, POOL, w // POOL, POOL)
 
 
 class _Recurrence(torch.autograd.Function):
-    """The gate recurrence, fused: G steps of ``z_t = ((xf_t + W_fh * h_t) + n_t) - thr``,
-    ``h_{t+1} = sign(z_t) . h_t`` from h_0 = +1 -> the hidden states ``keep`` (indices 0..G), the
-    ones the readouts convolve.
+    """The gate recurrence of one chain, fused with its input convolution: G steps of
+    ``z_t = ((W_fi * x_t + W_fh * h_t) + n_t) - thr``, ``h_{t+1} = sign(z_t) . h_t`` from h_0 = +1
+    -> the hidden states ``keep`` (indices 0..G), the ones the readouts convolve.
 
-    The same float operations, in the same order, as the step-by-step autograd graph, so every
-    gate is bit-identical; the backward runs the chain rule by hand (one small GEMM per step for
-    the input gradient, one GEMM over all steps for the kernel's gradient) instead of ~15 autograd
-    nodes per step. Hidden states and step gradients live in zero-bordered buffers, so no step pads.
+    Each step is one GEMM on the 8x8 neighbourhoods of x_t and h_t side by side (two input
+    channels, in cache), so no (B, G, 64, 64) input convolution or its neighbourhoods are ever
+    formed. x and h are +-1, so the sums are exact integers in any order and every gate is
+    bit-identical to the step-by-step autograd graph (same noise and threshold operations, same
+    order). The backward runs the chain rule by hand, a step at a time: one GEMM gives the input
+    and the hidden state's gradients (the two transposed convolutions), one the kernels' gradients.
+    Hidden states and step gradients live in zero-bordered buffers, so no step pads.
     """
 
     @staticmethod
-    def forward(ctx, xf, w_fh, thr, noise, surrogate, keep):
-        b, g, h, w = xf.shape
-        wbig = s2d_weight(w_fh)
-        hpad = xf.new_zeros(b, g + 1, h + POOL, w + POOL)       # H_0 .. H_G with a 2-pixel zero border
+    def forward(ctx, x, w_fi, w_fh, thr, noise, surrogate, keep):
+        b, g, h, w = x.shape
+        wcat = torch.cat([s2d_weight(w_fi), s2d_weight(w_fh)], 1)       # (16 phases, x taps | h taps)
+        hpad = x.new_zeros(b, g + 1, h + POOL, w + POOL)       # H_0 .. H_G with a 2-pixel zero border
         hs = hpad[:, :, 2:h + 2, 2:w + 2]
         hs[:, 0] = 1.0
-        zs = xf.new_empty(b, g, h, w)
+        xpad = x.new_zeros(b, h + POOL, w + POOL)
+        rows = x.new_empty(b * (h // POOL) * (w // POOL), 2 * 64)
+        prod = x.new_empty(rows.shape[0], POOL * POOL)
+        zs = x.new_empty(b, g, h, w)
         for t in range(g):
-            z = torch.add(xf[:, t], _conv1(hpad[:, t], wbig), out=zs[:, t])
+            xpad[:, 2:h + 2, 2:w + 2] = x[:, t]
+            torch.mm(_frame_rows([xpad, hpad[:, t]], rows), wcat.t(), out=prod)
+            z = zs[:, t]
+            _blocks(z).copy_(_to_maps(prod, b, h, w)[:, 0])
             if noise is not None:
                 z.add_(noise[:, t])
             z.sub_(thr)
             torch.mul(sign(z), hs[:, t], out=hs[:, t + 1])
         ctx.surrogate = surrogate
         ctx.keep = keep
-        ctx.save_for_backward(w_fh, hpad, zs)
+        ctx.save_for_backward(x, w_fi, w_fh, hpad, zs)
         return hs[:, list(keep)].clone()
 
     @staticmethod
     def backward(ctx, grad):
-        w_fh, hpad, zs = ctx.saved_tensors
+        x, w_fi, w_fh, hpad, zs = ctx.saved_tensors
         b, g, h, w = zs.shape
         hs = hpad[:, :, 2:h + 2, 2:w + 2]
-        wflip = s2d_weight(w_fh.flip(-1, -2))          # the transposed convolution
+        # the transposed convolutions of the step gradient: h's (for h_t) and x's, in one GEMM
+        wflip = torch.cat([s2d_weight(w_fh.flip(-1, -2)), s2d_weight(w_fi.flip(-1, -2))], 0)      # (32, 64)
         sur = ctx.surrogate(zs)
-        gpad = zs.new_zeros(b, g, h + POOL, w + POOL)
-        gz = gpad[:, :, 2:h + 2, 2:w + 2]
+        gpad = zs.new_zeros(b, h + POOL, w + POOL)
+        gz = gpad[:, 2:h + 2, 2:w + 2]
+        gx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        xpad = x.new_zeros(b, h + POOL, w + POOL)
+        n = b * (h // POOL) * (w // POOL)
+        rows = x.new_empty(n, 2 * 64)
+        grows = x.new_empty(n, 64)
+        back = x.new_empty(n, 2 * POOL * POOL)
+        gm = x.new_empty(n, POOL * POOL)
+        dw = zs.new_zeros(POOL * POOL, 2 * 64)
+        dthr = zs.new_zeros(()) if ctx.needs_input_grad[3] else None
         gh = torch.zeros_like(hs[:, 0])
         for t in range(g - 1, -1, -1):
             for i, kept in enumerate(ctx.keep):     # the readouts that see h_{t+1}
                 if kept == t + 1:
                     gh = gh + grad[:, i]
-            torch.mul(gh * hs[:, t], sur[:, t], out=gz[:, t])   # d h_{t+1} / d f_t = h_t
-            gh = gh * sign(zs[:, t]) + _conv1(gpad[:, t], wflip)
-        rows = hpad[:, :g].reshape(b * g, h + POOL, w + POOL).unfold(1, 8, POOL).unfold(2, 8, POOL).reshape(-1, 64)
-        gm = gz.reshape(b * g, h // POOL, POOL, w // POOL, POOL).permute(0, 1, 3, 2, 4).reshape(-1, POOL * POOL)
-        dw = _fold_taps(gm.t() @ rows)
-        dthr = -gz.sum().reshape(1) if ctx.needs_input_grad[2] else None
-        return gz, dw, dthr, None, None, None
+            torch.mul(gh * hs[:, t], sur[:, t], out=gz)             # d h_{t+1} / d f_t = h_t
+            if dthr is not None:
+                dthr -= gz.sum()
+            # kernels: sum over blocks of (gz's 16 phases) x (the 8x8 neighbourhoods of x_t, h_t)
+            gm.view(b, h // POOL, w // POOL, POOL, POOL).copy_(_blocks(gz).permute(0, 1, 3, 2, 4))
+            xpad[:, 2:h + 2, 2:w + 2] = x[:, t]
+            dw.addmm_(gm.t(), _frame_rows([xpad, hpad[:, t]], rows))
+            torch.mm(_frame_rows([gpad], grows), wflip.t(), out=back)
+            maps = _to_maps(back, b, h, w)                           # h's, x's
+            if gx is not None:
+                _blocks(gx[:, t]).copy_(maps[:, 1])
+            gh = gh * sign(zs[:, t])
+            _blocks(gh).add_(maps[:, 0])
+        dw_fi = _fold_taps(dw[:, :64]) if ctx.needs_input_grad[1] else None
+        dw_fh = _fold_taps(dw[:, 64:]) if ctx.needs_input_grad[2] else None
+        return gx, dw_fi, dw_fh, dthr.reshape(1) if dthr is not None else None, None, None, None
 
 
 def noise_sizes(noise: NoiseModel, timesteps: int, size: int = SIZE, out_maps: int = 1,
@@ -488,7 +587,7 @@ class PixelRNN(nn.Module):
         s, theta0 = _theta if _theta is not None else (None, None)
         if s is not None:
             s = s.reshape(b * t, 1, h, w)
-        pooled = _ConvReluPool.apply(binary.reshape(b * t, 1, h, w), wc, s, theta0, 64)
+        pooled = _ConvReluPool.apply(binary.reshape(b * t, 1, h, w), wc, s, theta0, CONV1_CHUNK)
         pre = pooled
         if noise.conv_sigma:
             pre = pooled + draws["conv"].reshape(pooled.shape) * noise.conv_sigma
@@ -501,9 +600,10 @@ class PixelRNN(nn.Module):
         w_fi, w_oi = self.binarize(self.w_fi), self.binarize(self.w_oi)
         w_fh, w_oh = self.binarize(self.w_fh), self.binarize(self.w_oh)
         gates = t if record else keep[-1]
-        # W_fi^j * x_t for every chain j: one GEMM of H kernels, (B, G, H, 64, 64)
+        # W_fi^j * x_t for every chain j, when states are recorded (the fused recurrence makes its
+        # own, a step at a time): one GEMM of H kernels, (B, G, H, 64, 64)
         xf = bconv(x[:, :gates].reshape(b * gates, 1, h, w), s2d_weight(w_fi)).reshape(b, gates, hc, h, w) \
-            if gates else None
+            if gates and record else None
         # chain j's gate kernel and threshold (H = 1: the whole tensors, as always)
         w_fh_j = [w_fh] if hc == 1 else [w_fh[j:j + 1] for j in range(hc)]
         thr_j = [self.rnn_threshold] if hc == 1 else [self.rnn_threshold[j:j + 1] for j in range(hc)]
@@ -526,9 +626,10 @@ class PixelRNN(nn.Module):
             kept = torch.stack([states["hidden"][i] for i in keep], 1)                   # (B, R, H, 64, 64)
         elif keep[-1] == 0:
             kept = torch.ones(b, 1, hc, h, w, dtype=binary.dtype, device=binary.device)
-        else:   # the fused recurrence, once per chain (H = 1: on views, no copies, as always)
-            chains = [_Recurrence.apply(xf.view(b, gates, h, w) if hc == 1 else xf[:, :, j].contiguous(),
-                                        w_fh_j[j], thr_j[j],
+        else:   # the fused recurrence (input convolution included), once per chain
+            xg = x[:, :gates, 0]
+            w_fi_j = [w_fi] if hc == 1 else [w_fi[j:j + 1] for j in range(hc)]
+            chains = [_Recurrence.apply(xg, w_fi_j[j], w_fh_j[j], thr_j[j],
                                         gate_noise[:, j, :gates] if gate_noise is not None else None,
                                         self.surrogate, tuple(keep))
                       for j in range(hc)]

@@ -163,3 +163,30 @@ def test_fast_convolutions_equal_conv2d_exactly():
     fused = _ConvReluPool.apply(x[:, :1].contiguous(), s2d_weight(w16), None, None, 2)
     ref = torch.nn.functional.max_pool2d(torch.relu(torch.nn.functional.conv2d(x[:, :1], w16, padding=2)), 4)
     assert torch.equal(fused, ref)
+
+
+@pytest.mark.parametrize("values", ["ternary", "halves"])
+def test_fused_conv_pool_takes_the_first_maximum_like_max_pool2d(values):
+    """The fused conv + relu + max-pool (issue 13) on inputs with many equal sums: -1/0/+1 inputs go
+    through the encoded maximum (16 v + 15 - phase), +-0.5 inputs through the indexed one; both give
+    the pooled values of the three layers bit for bit and send the gradient to the first maximum of
+    each window, as F.max_pool2d does (float32 sums in another order: within 1e-5 of the largest)."""
+    from pixelrnn.model import _ConvReluPool, s2d_weight
+    F = torch.nn.functional
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(-1, 2, (9, 1, 64, 64), generator=gen).float()           # many zeros: many ties
+    if values == "halves":
+        x = torch.where(x == 0, 1.0, x) * 0.5
+    w = (torch.randint(0, 2, (16, 1, 5, 5), generator=gen) * 2 - 1).float()
+    g = torch.randn(9, 16, 16, 16, generator=gen)
+    grads = []
+    for fused in (True, False):
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        out = (_ConvReluPool.apply(xi, s2d_weight(wi), None, None, 4) if fused
+               else F.max_pool2d(F.relu(F.conv2d(xi, wi, padding=2)), 4))
+        out.backward(g)
+        grads.append((out.detach(), xi.grad, wi.grad))
+    (out_f, dx_f, dw_f), (out_r, dx_r, dw_r) = grads
+    assert torch.equal(out_f, out_r)
+    assert float((dx_f - dx_r).abs().max()) <= 1e-5 * float(dx_r.abs().max())
+    assert float((dw_f - dw_r).abs().max()) <= 1e-5 * float(dw_r.abs().max())
