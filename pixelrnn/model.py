@@ -462,15 +462,19 @@ def noise_sizes(noise: NoiseModel, timesteps: int, size: int = SIZE, out_maps: i
 
 
 def draw_noise(noise: NoiseModel, batch: int, timesteps: int, generators: list[torch.Generator] | None,
-               size: int = SIZE, out_maps: int = 1, hidden: int = 1) -> dict[str, torch.Tensor]:
+               size: int = SIZE, out_maps: int = 1, hidden: int = 1, *, threads: int = 1) -> dict[str, torch.Tensor]:
     """The standard normals of a batch, (B, n) per noise site: one draw per clip from its generator.
 
     ``hidden``: the model's hidden maps (:attr:`ModelConfig.hidden_channels`), see :func:`noise_sizes`.
+    ``threads``: clips drawn on this many threads at once (each clip from its own generator, so the
+    numbers do not change; for a caller whose cores are otherwise idle, e.g. between training steps).
 
     One ``randn`` per clip gives the same numbers as the former per-site draws in stream order
     (torch's CPU normal sampler transforms blocks of 16 uniforms, and every block size here is a
     multiple of 16), so a clip's noise does not depend on its batch, rank or device.
     """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     sizes = noise_sizes(noise, timesteps, size, out_maps, hidden)
     total = sum(sizes.values())
     if not total:
@@ -480,7 +484,18 @@ def draw_noise(noise: NoiseModel, batch: int, timesteps: int, generators: list[t
     else:
         if len(generators) != batch:
             raise ValueError(f"{len(generators)} noise generators for a batch of {batch} clips")
-        flat = torch.stack([torch.randn(total, generator=g) for g in generators])
+        flat = torch.empty(batch, total)
+
+        def draw(first: int) -> None:
+            for i in range(first, batch, threads):
+                torch.randn(total, generator=generators[i], out=flat[i])
+
+        if threads == 1 or batch == 1:
+            draw(0)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pixelrnn-noise") as pool:
+                list(pool.map(draw, range(min(threads, batch))))
     return dict(zip(sizes, flat.split(list(sizes.values()), 1)))
 
 

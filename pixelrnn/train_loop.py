@@ -156,13 +156,14 @@ def batch_tensors(ds: Dataset, idx: np.ndarray, *, epoch: int, cfg: TrainConfig,
     return torch.from_numpy(np.ascontiguousarray(frames)), torch.from_numpy(ds.labels[idx]), gens
 
 
-def prepare_batch(ds: Dataset, idx: np.ndarray, *, epoch: int, cfg: TrainConfig, noise: NoiseModel
-                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def prepare_batch(ds: Dataset, idx: np.ndarray, *, epoch: int, cfg: TrainConfig, noise: NoiseModel,
+                  threads: int = 1) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """A training batch ready for the model: frames, labels and the clips' noise draws (on the CPU,
-    from each clip's own generator, so they do not depend on the batch, rank or device)."""
+    from each clip's own generator, so they do not depend on the batch, rank or device; drawn on
+    ``threads`` threads)."""
     frames, labels, gens = batch_tensors(ds, idx, epoch=epoch, cfg=cfg, train=True)
     return frames, labels, draw_noise(noise, len(idx), frames.shape[1], gens, frames.shape[-1],
-                                      cfg.layout(frames.shape[1]).maps, cfg.hidden_channels)
+                                      cfg.layout(frames.shape[1]).maps, cfg.hidden_channels, threads=threads)
 
 
 @torch.no_grad()
@@ -277,9 +278,12 @@ def _train_epoch(*, net: torch.nn.Module, model: PixelRNN, opt: torch.optim.Opti
     batches = [order[s * cfg.batch_size:(s + 1) * cfg.batch_size] for s in range(math.ceil(n / cfg.batch_size))]
     batches = [b for b in batches if len(b) >= dist.world]   # a last batch too small to give every rank a clip
     device = next(model.parameters()).device
-    prep = lambda b: prepare_batch(ds, dist.shard(b), epoch=epoch, cfg=cfg, noise=noise)  # noqa: E731
     ahead = loader_threads(device)
-    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="pixelrnn-loader") as loader:
+    # prepared between steps (ahead = 0), a batch's noise is drawn on the training threads' cores
+    draw_threads = 1 if ahead else torch.get_num_threads()
+    prep = lambda b: prepare_batch(ds, dist.shard(b), epoch=epoch, cfg=cfg, noise=noise,  # noqa: E731
+                                   threads=draw_threads)
+    with ThreadPoolExecutor(max_workers=max(1, ahead), thread_name_prefix="pixelrnn-loader") as loader:
         pending = deque(loader.submit(prep, b) for b in batches[:ahead])
         loss_sum, correct = _run_batches(net=net, model=model, opt=opt, batches=batches, pending=pending,
                                          loader=loader, prep=prep, device=device, dist=dist, noise=noise, bar=bar)
@@ -290,22 +294,26 @@ def _train_epoch(*, net: torch.nn.Module, model: PixelRNN, opt: torch.optim.Opti
 
 
 def loader_threads(device: torch.device) -> int:
-    """Batches prepared ahead, one thread each: 1 on the CPU (its cores train), up to 4 when a GPU
-    trains, where one thread drawing the clips' noise and augmenting them on the CPU is slower than
-    the GPU's step. Each batch is made from its clips' own seeds, so the count changes no result."""
+    """Batches prepared ahead, one thread each. 0 on a CPU whose cores the training threads already
+    fill: a loader thread there stalls both OpenMP threads at every barrier while it runs (measured:
+    steps 12-15% slower than preparing each batch between steps, docs/BENCHMARKS.md); 1 on a CPU
+    with a core to spare; up to 4 when a GPU trains, where one thread drawing the clips' noise and
+    augmenting them on the CPU is slower than the GPU's step. Each batch is made from its clips'
+    own seeds, so the count changes no result."""
     if device.type == "cpu":
-        return 1
+        return 1 if (os.cpu_count() or 1) > torch.get_num_threads() else 0
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
 def _run_batches(*, net, model, opt, batches, pending, loader, prep, device, dist, noise, bar) -> tuple[float, float]:
     """The optimizer steps of one epoch; the loader prepares the next ``len(pending)`` batches
-    (:func:`loader_threads`), in order, while batch s trains."""
+    (:func:`loader_threads`), in order, while batch s trains (none pending: each batch is prepared
+    here, before its step)."""
     loss_sum = correct = 0.0
     ahead = len(pending)
     for s, global_idx in enumerate(batches):
-        frames, labels, draws = pending.popleft().result()
-        if s + ahead < len(batches):    # keep `ahead` batches in preparation while this one trains
+        frames, labels, draws = pending.popleft().result() if ahead else prep(global_idx)
+        if ahead and s + ahead < len(batches):    # keep `ahead` batches in preparation while this one trains
             pending.append(loader.submit(prep, batches[s + ahead]))
         frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = net(frames, draws=draws, noise=noise)

@@ -114,6 +114,10 @@ def test_noise_draws_are_the_former_per_site_streams():
         out = torch.randn(4096, generator=g)
         assert torch.equal(draws["conv"][i], conv) and torch.equal(draws["gate"][i], gate)
         assert torch.equal(draws["out"][i], out)
+    threaded = draw_noise(NOISE, 3, 16, _gens(range(3)), threads=2)      # clips drawn on two threads
+    assert all(torch.equal(threaded[k], draws[k]) for k in draws)
+    with pytest.raises(ValueError, match="threads"):
+        draw_noise(NOISE, 3, 16, _gens(range(3)), threads=0)
 
 
 def test_short_seeded_run_matches_the_former_implementation():
