@@ -120,6 +120,30 @@ def decoder_times(model, repeats: int) -> tuple[float, float]:
     return statistics.median(table) * per_frame, statistics.median(floats) * per_frame
 
 
+def plain_sensor(model, binary):
+    """The sensor stage written plainly in PyTorch, as the issue measured it when it was filed
+    (``F.conv2d``, relu, ``F.max_pool2d``, the step-by-step recurrence, noise off): the authors'
+    layout, (B, T, 64, 64) +-1 -> o_T (B, 1, 64, 64). ``PixelRNN.sensor`` (the other PyTorch row) is
+    the same stage as training runs it, GEMMs on 8x8 neighbourhoods and a fused recurrence."""
+    import torch
+    import torch.nn.functional as F
+
+    from pixelrnn.model import to_mosaic
+    q = model.binarize
+    b, t, h, w = binary.shape
+    conv = F.conv2d(binary.reshape(b * t, 1, h, w), q(model.conv1), padding=2)
+    x = to_mosaic(q(F.max_pool2d(F.relu(conv), 4) - model.thresh1)).reshape(b, t, 1, h, w)
+    w_i = torch.cat([q(model.w_fi), q(model.w_oi)])
+    w_h = torch.cat([q(model.w_fh), q(model.w_oh)])
+    xi = F.conv2d(x.reshape(b * t, 1, h, w), w_i, padding=2).reshape(b, t, 2, h, w)
+    hidden = torch.ones(b, 1, h, w)
+    for step in range(t):
+        hh = F.conv2d(hidden, w_h, padding=2)
+        if step == t - 1:
+            return xi[:, step, 1:2] + hh[:, 1:2]
+        hidden = q(xi[:, step, 0:1] + hh[:, 0:1] - model.rnn_threshold) * hidden
+
+
 def _verdict(value: float, goal: float) -> str:
     """'met', or how far short of ``goal`` ``value`` is, in percent."""
     return "met" if value >= goal else f"not met: {100 * (1 - value / goal):.1f}% short"
@@ -151,6 +175,9 @@ def main(argv=None) -> int:
     n_frames = args.clips * 16
 
     tb = torch.from_numpy(binary.astype(np.float32))
+    with torch.no_grad():               # the two PyTorch rows compute the same stage
+        if not torch.equal(plain_sensor(model, tb), model.sensor(tb)[0]):
+            raise AssertionError("the plain PyTorch forward differs from PixelRNN.sensor")
     cli = CliBench(model, args.cli_clips) if args.cli_clips else None
     per_round = []                    # frames/s of API, API + front end, CLI, PyTorch, timed back to back
     try:
@@ -162,8 +189,10 @@ def main(argv=None) -> int:
                 fps["cli"], fps["cli_big_s"] = cli.rate(max(3, args.repeats // 2))
             with torch.no_grad():
                 fps["torch"] = n_frames / median_time(lambda: model.sensor(tb), args.repeats)
+                fps["plain"] = n_frames / median_time(lambda: plain_sensor(model, tb), args.repeats)
             per_round.append(fps)
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v:,.0f} frames/s ({v / fps['torch']:.1f}x)"
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v:,.0f} frames/s ({v / fps['torch']:.1f}x, "
+                                               f"{v / fps['plain']:.1f}x plain)"
                                                for k, v in fps.items() if k in ("api", "sim", "cli")), flush=True)
     finally:
         if cli is not None:
@@ -172,27 +201,29 @@ def main(argv=None) -> int:
     def med(key: str) -> float:
         return statistics.median(f[key] for f in per_round)
 
-    def ratio(key: str) -> float:        # the median of the per-round ratios to PyTorch
-        return statistics.median(f[key] / f["torch"] for f in per_round)
+    def ratio(key: str, base: str = "torch") -> float:     # the median of the per-round ratios
+        return statistics.median(f[key] / f[base] for f in per_round)
 
-    def rounds_of(key: str) -> str:
-        return ", ".join(f"{f[key] / f['torch']:.1f}x" for f in per_round)
+    def rounds_of(key: str, base: str = "torch") -> str:
+        return ", ".join(f"{f[key] / f[base]:.1f}x" for f in per_round)
 
-    torch_fps = med("torch")
-    rows = []                            # (path, frames/s, its ratio to PyTorch)
+    torch_fps, plain_fps = med("torch"), med("plain")
+    rows = []                            # (path, frames/s, its ratio to PixelRNN.sensor, to the plain forward)
+
+    def per_round_row(name: str, key: str) -> None:
+        rows.append((name, med(key), ratio(key), ratio(key, "plain")))
 
     def timed_once(name: str, fps: float) -> None:
-        rows.append((name, fps, fps / torch_fps))
+        rows.append((name, fps, fps / torch_fps, fps / plain_fps))
 
-    rows.append(("packed path, API (`packed.run_clips`, batch of %d clips)" % args.clips, med("api"), ratio("api")))
-    rows.append(("packed path, API with front end (`simulate(..., stages=())` on uint8 frames)", med("sim"),
-                 ratio("sim")))
+    per_round_row("packed path, API (`packed.run_clips`, batch of %d clips)" % args.clips, "api")
+    per_round_row("packed path, API with front end (`simulate(..., stages=())` on uint8 frames)", "sim")
     cli_fps = None
     if cli is not None:
         cli_fps = med("cli")
-        rows.append((f"packed path, CLI `pixelrnn simulate --path fast --readout-only` (marginal, "
-                     f"{args.cli_clips} - 4 clips; {args.cli_clips} clips took {med('cli_big_s'):.2f} s in all)",
-                     cli_fps, ratio("cli")))
+        per_round_row(f"packed path, CLI `pixelrnn simulate --path fast --readout-only` (marginal, "
+                      f"{args.cli_clips} - 4 clips; {args.cli_clips} clips took {med('cli_big_s'):.2f} s in all)",
+                      "cli")
     t_fast = median_time(lambda: fast.run_clips(binary, weights), args.repeats)
     timed_once("old fast path (`fast.run_clips`, numpy im2col float32 GEMM)", n_frames / t_fast)
 
@@ -204,7 +235,10 @@ def main(argv=None) -> int:
     stream = fast.SensorStream(weights)
     t_stream = median_time(lambda: [stream.push(f) for f in one_clip], args.repeats)
     timed_once("old fast path, streaming (`fast.SensorStream`, one frame at a time)", 16 / t_stream)
-    timed_once("PyTorch float forward of the sensor stage (batch, 1 thread)", torch_fps)
+    per_round_row("PyTorch float forward of the sensor stage as training runs it (`PixelRNN.sensor`: GEMMs on "
+                  "8x8 neighbourhoods, fused recurrence; batch, 1 thread)", "torch")
+    per_round_row("plain PyTorch float forward of the sensor stage (`F.conv2d`, relu, `F.max_pool2d`, the "
+                  "step-by-step recurrence: the forward the issue measured when filed; batch, 1 thread)", "plain")
     dec_table, dec_float = decoder_times(model, args.repeats)
 
     cost = None
@@ -227,19 +261,23 @@ def main(argv=None) -> int:
         f"torch {torch.__version__}; OPENBLAS_CORETYPE={blas['OPENBLAS_CORETYPE']}, "
         f"OPENBLAS_L2_SIZE={blas['OPENBLAS_L2_SIZE']}  ",
         f"Date: {datetime.date.today().isoformat()}; medians of {args.repeats} runs, a random model's "
-        f"weights and random 64x64 frames, noise off. The first three rows and PyTorch: medians over "
-        f"{args.rounds} rounds timed back to back; their ratios are the medians of the per-round ratios.",
+        f"weights and random 64x64 frames, noise off. The first three rows and the two PyTorch rows: "
+        f"medians over {args.rounds} rounds timed back to back; their ratios are the medians of the "
+        f"per-round ratios (the two PyTorch forwards give the same o_T, checked before timing).",
         "",
-        *markdown_table(("path", "frames/s", "/ PyTorch"),
-                        ((name, f"{value:,.0f}", f"{r:.1f}x") for name, value, r in rows),
-                        align="lrr"),
+        *markdown_table(("path", "frames/s", "/ PixelRNN.sensor", "/ plain PyTorch"),
+                        ((name, f"{value:,.0f}", f"{r:.1f}x", f"{rp:.1f}x") for name, value, r, rp in rows),
+                        align="lrrr"),
         "",
         f"Goals (issue 17): >= 10,000 frames/s on one core and >= 10x the float PyTorch forward. "
-        f"API: {api_fps:,.0f} frames/s ({_verdict(api_fps, 10_000)}), **{api_ratio:.1f}x** "
-        f"PyTorch ({_verdict(api_ratio, 10)}; rounds {rounds_of('api')}), "
+        f"API: {api_fps:,.0f} frames/s ({_verdict(api_fps, 10_000)}), **{ratio('api', 'plain'):.1f}x** the "
+        f"plain PyTorch forward ({_verdict(ratio('api', 'plain'), 10)}; rounds {rounds_of('api', 'plain')}), "
+        f"**{api_ratio:.1f}x** `PixelRNN.sensor` ({_verdict(api_ratio, 10)}; rounds {rounds_of('api')}), "
         f"{api_fps * t_fast / n_frames:.1f}x the old fast path."
         + (f" CLI (marginal): {cli_fps:,.0f} frames/s ({_verdict(cli_fps, 10_000)}), "
-           f"**{ratio('cli'):.1f}x** PyTorch ({_verdict(ratio('cli'), 10)}; rounds {rounds_of('cli')})."
+           f"**{ratio('cli', 'plain'):.1f}x** the plain forward ({_verdict(ratio('cli', 'plain'), 10)}; rounds "
+           f"{rounds_of('cli', 'plain')}), **{ratio('cli'):.1f}x** `PixelRNN.sensor` "
+           f"({_verdict(ratio('cli'), 10)}; rounds {rounds_of('cli')})."
            if cli_fps else "")
         + f" Camera loop's stream: {1e3 * t_packed_stream / 16:.3f} ms per frame, "
           f"{t_stream / t_packed_stream:.1f}x the old fast path's stream. The CLI's decoder logits "
