@@ -296,7 +296,7 @@ def _train_epoch(*, net: torch.nn.Module, model: PixelRNN, opt: torch.optim.Opti
 def loader_threads(device: torch.device) -> int:
     """Batches prepared ahead, one thread each. 0 on a CPU whose cores the training threads already
     fill: a loader thread there stalls both OpenMP threads at every barrier while it runs (measured:
-    steps 12-15% slower than preparing each batch between steps, docs/BENCHMARKS.md); 1 on a CPU
+    ``pixelrnn train`` 1.2x slower than preparing each batch between steps, docs/BENCHMARKS.md); 1 on a CPU
     with a core to spare; up to 4 when a GPU trains, where one thread drawing the clips' noise and
     augmenting them on the CPU is slower than the GPU's step. Each batch is made from its clips'
     own seeds, so the count changes no result."""
