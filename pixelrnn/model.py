@@ -35,6 +35,7 @@ float32 and every binary decision is a sign of an exact pre-activation.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -184,6 +185,12 @@ def s2d_weight(w: torch.Tensor) -> torch.Tensor:
     return flat[:, :, _TAPS.to(w.device)].permute(0, 2, 1, 3).reshape(k * POOL * POOL, c * 64)
 
 
+def _neighbourhoods(xpad: torch.Tensor) -> torch.Tensor:
+    """Zero-padded (N, C, H+4, W+4) -> the (N, H/4, W/4, C, 8, 8) view of each 4x4 block's 8x8
+    neighbourhood (stride 4), channel-major: what :class:`_Rows` and the reused row buffers hold."""
+    return xpad.unfold(2, 8, POOL).unfold(3, 8, POOL).permute(0, 2, 3, 1, 4, 5)
+
+
 class _Rows(torch.autograd.Function):
     """(N, C, H, W) -> (N*H*W/16, C*64): row (n, i, j) holds the 8x8 neighbourhood of block (i, j)
     (padding 2, stride 4), channel-major; the backward adds the overlapping 8x8 blocks back."""
@@ -192,8 +199,7 @@ class _Rows(torch.autograd.Function):
     def forward(ctx, x):
         n, c, h, w = x.shape
         ctx.shape = x.shape
-        v = F.pad(x, (2, 2, 2, 2)).unfold(2, 8, POOL).unfold(3, 8, POOL)    # (N, C, h/4, w/4, 8, 8)
-        return v.permute(0, 2, 3, 1, 4, 5).reshape(n * (h // POOL) * (w // POOL), c * 64)
+        return _neighbourhoods(F.pad(x, (2, 2, 2, 2))).reshape(n * (h // POOL) * (w // POOL), c * 64)
 
     @staticmethod
     def backward(ctx, grad):
@@ -225,7 +231,7 @@ def _frame_rows(planes: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
     b, hp, wp = planes[0].shape
     view = out.view(b, (hp - POOL) // POOL, (wp - POOL) // POOL, len(planes), 8, 8)
     for c, plane in enumerate(planes):
-        view[:, :, :, c].copy_(plane.unfold(1, 8, POOL).unfold(2, 8, POOL))
+        view[:, :, :, c:c + 1].copy_(_neighbourhoods(plane.unsqueeze(1)))
     return out
 
 
@@ -493,7 +499,6 @@ def draw_noise(noise: NoiseModel, batch: int, timesteps: int, generators: list[t
         if threads == 1 or batch == 1:
             draw(0)
         else:
-            from concurrent.futures import ThreadPoolExecutor
             with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pixelrnn-noise") as pool:
                 list(pool.map(draw, range(min(threads, batch))))
     return dict(zip(sizes, flat.split(list(sizes.values()), 1)))

@@ -15,6 +15,7 @@ early once validation has not improved for that many epochs.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -283,7 +284,9 @@ def _train_epoch(*, net: torch.nn.Module, model: PixelRNN, opt: torch.optim.Opti
     draw_threads = 1 if ahead else torch.get_num_threads()
     prep = lambda b: prepare_batch(ds, dist.shard(b), epoch=epoch, cfg=cfg, noise=noise,  # noqa: E731
                                    threads=draw_threads)
-    with ThreadPoolExecutor(max_workers=max(1, ahead), thread_name_prefix="pixelrnn-loader") as loader:
+    # no loader at all when batches are prepared between steps
+    with (ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="pixelrnn-loader") if ahead
+          else contextlib.nullcontext()) as loader:
         pending = deque(loader.submit(prep, b) for b in batches[:ahead])
         loss_sum, correct = _run_batches(net=net, model=model, opt=opt, batches=batches, pending=pending,
                                          loader=loader, prep=prep, device=device, dist=dist, noise=noise, bar=bar)
