@@ -161,9 +161,12 @@ def to_mosaic(maps: torch.Tensor) -> torch.Tensor:
 # 1-input-channel kernels on a CPU, and the 16 phases of a 4x4 max-pool window are adjacent rows:
 # the pool is a max over one axis, and its argmax says where the gradient goes. Sums of +-1 products
 # are exact integers in float32 in any order, so the forward is bit-identical to ``F.conv2d``.
-# The first layer and the recurrence run this a chunk of frames (or a step) at a time in reused
-# buffers: fresh tensors of megabytes cost a page fault per 4 kB on every step (tens of thousands
-# per step before, a large share of its time on the machines here).
+# A phase (r, c) touches only rows r..r+4 of the neighbourhood, so the first layer (16 kernels)
+# runs its product and weight gradient as four GEMMs, one per row phase r, on those 40 columns
+# (1.6x fewer products than on all 64). The first layer and the recurrence run this a chunk of
+# frames (or a step) at a time in reused buffers: fresh tensors of megabytes cost a page fault per
+# 4 kB on every step (tens of thousands per step before, a large share of its time on the machines
+# here).
 def _phase_taps() -> torch.Tensor:
     """(16 phases, 64 neighbourhood positions) -> tap index dy*5+dx, or 25 (a zero) outside the kernel."""
     idx = torch.full((POOL * POOL, 64), KERNEL * KERNEL, dtype=torch.long)
@@ -268,14 +271,15 @@ class _ConvReluPool(torch.autograd.Function):
     Equal, forward and backward, to ``F.max_pool2d(F.relu(F.conv2d(x, w, padding=2)), 4)`` (relu
     commutes with max; the first maximum of a window gets the gradient in both). Everything runs a
     chunk of ``chunk`` frames at a time in reused buffers: the 8x8 neighbourhood rows, their
-    product with the (256, 64) matrix and the conv maps' gradient exist only per chunk (in cache, and
-    no fresh megabytes, whose pages cost a fault each), and the backward never forms the
-    full-resolution input gradient: one scatter into the argmax phase and one GEMM give the weight
-    gradient. ``s`` is the input binarization's surrogate derivative (x = sign(v - theta0)); then the
-    gradient w.r.t. theta0 is sum_n rows_s[n] . (gm @ wbig)[n] (the chain rule through the
-    convolution, rearranged), and ``gm`` has one phase per (n, k), so ``gm @ wbig`` is a bag of 16
-    weighted rows of wbig per n (16x fewer products than the GEMM). ``theta0`` is passed only to
-    receive that gradient.
+    product with the (256, 64) matrix and the conv maps' gradient exist only per chunk (in cache,
+    and no fresh megabytes, whose pages cost a fault each), and the backward never forms the
+    full-resolution input gradient: one scatter into the argmax phase and a GEMM give the weight
+    gradient. Both GEMMs run per row phase (:func:`_row_phase_blocks`), on the 40 columns it reads.
+    ``s`` is the input binarization's surrogate derivative (x = sign(v - theta0)); then the gradient
+    w.r.t. theta0 is sum_n rows_s[n] . (gm @ wbig)[n] (the chain rule through the convolution,
+    rearranged), and ``gm`` has one phase per (n, k), so ``gm @ wbig`` is a bag of 16 weighted rows
+    of wbig per n (16x fewer products than the GEMM). ``theta0`` is passed only to receive that
+    gradient.
     """
 
     @staticmethod

@@ -165,6 +165,19 @@ def test_fast_convolutions_equal_conv2d_exactly():
     assert torch.equal(fused, ref)
 
 
+def test_row_phase_blocks_hold_every_tap():
+    """The first layer's GEMMs run per row phase on 40 of the 64 neighbourhood columns (issue 13):
+    every nonzero of s2d_weight lies in its row phase's block, and the blocks tile the phases."""
+    from pixelrnn.model import _phase_major, _row_phase_blocks, s2d_weight
+    w = torch.arange(1, 16 * 25 + 1, dtype=torch.float32).reshape(16, 1, 5, 5)     # no zero tap
+    wp = _phase_major(s2d_weight(w), 16)
+    covered = torch.zeros_like(wp, dtype=torch.bool)
+    for rows, cols in _row_phase_blocks(16):
+        covered[rows, cols] = True
+    assert torch.equal(covered.sum(1), torch.full((256,), 40))
+    assert bool((wp[~covered] == 0).all()) and int((wp[covered] != 0).sum()) == 256 * 25
+
+
 @pytest.mark.parametrize("values", ["ternary", "halves"])
 def test_fused_conv_pool_takes_the_first_maximum_like_max_pool2d(values):
     """The fused conv + relu + max-pool (issue 13) on inputs with many equal sums: -1/0/+1 inputs go
