@@ -279,7 +279,8 @@ class _ConvReluPool(torch.autograd.Function):
     w.r.t. theta0 is sum_n rows_s[n] . (gm @ wbig)[n] (the chain rule through the convolution,
     rearranged), and ``gm`` has one phase per (n, k), so ``gm @ wbig`` is a bag of 16 weighted rows
     of wbig per n (16x fewer products than the GEMM). ``theta0`` is passed only to receive that
-    gradient.
+    gradient. ``wbig`` is an :func:`s2d_weight` matrix: the backward leaves the gradient of its
+    zeros outside a row phase's columns at 0 (they belong to no tap).
     """
 
     @staticmethod
