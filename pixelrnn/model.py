@@ -305,7 +305,7 @@ class _ConvReluPool(torch.autograd.Function):
             bias = bias.unsqueeze(1)
             # row phase r's 4 phases x K kernels read neighbourhood rows r..r+4 only: 40 of the 64
             # columns, so four GEMMs on them do 1.6x fewer products than one on all 64
-            wr = [wp[rb, cols].contiguous() for rb, cols in _row_phase_blocks(k)]
+            parts = [(rb, cols, wp[rb, cols].contiguous()) for rb, cols in _row_phase_blocks(k)]
         else:
             idx = torch.empty(size, k, dtype=torch.long, device=x.device)
             wt = wbig.t()
@@ -315,8 +315,8 @@ class _ConvReluPool(torch.autograd.Function):
             r = _block_rows(x[f:f + chunk], rows[:b - a])
             if encoded:
                 out = prod[:, :b - a]
-                for (rb, cols), wrr in zip(_row_phase_blocks(k), wr):
-                    torch.addmm(bias[rb], wrr, r[:, cols].t(), out=out[rb])
+                for rb, cols, w_r in parts:
+                    torch.addmm(bias[rb], w_r, r[:, cols].t(), out=out[rb])
                 top = out.view(POOL * POOL, k, b - a).amax(0)                      # (k, rows)
                 v = torch.mul(top, 1.0 / (POOL * POOL)).floor_()                   # exact: a power of 2
                 pooled[a:b] = v.t()
