@@ -15,8 +15,9 @@ BASE = [
     "ai-edge-litert>=1.0",
 ]
 EXTRAS = {
+    # numba: the CPU training kernels (pixelrnn.cpu_kernels); without it training takes the PyTorch path
     "train": ["torch>=2.2", "onnx>=1.16", "onnxscript>=0.1", "tqdm>=4.60", "matplotlib>=3.7", "PyYAML>=6",
-              "optuna>=4.0"],
+              "optuna>=4.0", "numba>=0.60"],
     # larq 0.14 needs numpy<2, so [larq] installs on Python 3.11/3.12 only; tflite-runtime 2.14 has cp311 wheels only
     "larq": ["tensorflow>=2.15", "tf-keras>=2.15", "larq>=0.13", "larq-compute-engine>=0.13", "numpy<2",
              'tflite-runtime; python_version < "3.12"'],

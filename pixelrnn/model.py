@@ -48,6 +48,7 @@ from firmware_sim.frontend import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, FrontEn
 from firmware_sim.noise import NoiseModel
 from firmware_sim.program import check_hidden_fits
 from firmware_sim.weights import SensorWeights
+from pixelrnn import cpu_kernels
 from pixelrnn.quantizers import get_quantizer, get_surrogate, sign
 
 SIZE = 64
@@ -378,6 +379,47 @@ class _ConvReluPool(torch.autograd.Function):
         return dx, dw, None, -dtheta.reshape(1) if ctx.need_theta else None, None
 
 
+class _ConvReluPoolBits(torch.autograd.Function):
+    """:class:`_ConvReluPool` for +-1 input and +-1 kernels on a CPU, by popcount on bit-packed
+    neighbourhoods (:mod:`pixelrnn.cpu_kernels`): the same pooled values and argmax, the same gradients
+    (summed in another order: float32 per frame, float64 across frames). Takes the (K, 1, 5, 5)
+    kernels themselves rather than their :func:`s2d_weight` matrix; x gets no gradient (the caller
+    uses this path only when it needs none); ``s`` and ``theta0`` as in :class:`_ConvReluPool`."""
+
+    @staticmethod
+    def forward(ctx, x, w, s, theta0, threads):
+        n, _, h, wd = x.shape
+        xn = x.detach()[:, 0].contiguous()
+        wn = w.detach()[:, 0].contiguous().numpy()
+        pooled, arg = cpu_kernels.conv_relu_pool(x=xn.numpy(), w=wn, threads=threads)
+        pooled = torch.from_numpy(pooled)
+        ctx.threads = threads
+        ctx.need_theta = s is not None and ctx.needs_input_grad[3]
+        ctx.save_for_backward(xn, w, pooled, torch.from_numpy(arg), s if ctx.need_theta else None)
+        return pooled.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xn, w, pooled, arg, s = ctx.saved_tensors
+        sn = s.detach()[:, 0].contiguous().numpy() if ctx.need_theta else None
+        dw, dshift = cpu_kernels.conv_relu_pool_backward(
+            x=xn.numpy(), w=w.detach()[:, 0].contiguous().numpy(), grad=grad.detach().contiguous().numpy(),
+            pooled=pooled.numpy(), arg=arg.numpy(), s=sn, threads=ctx.threads)
+        dw = torch.from_numpy(dw).to(w.dtype).unsqueeze(1) if ctx.needs_input_grad[1] else None
+        dtheta = torch.tensor([-dshift], dtype=w.dtype) if ctx.need_theta else None
+        return None, dw, None, dtheta, None
+
+
+def conv_relu_pool(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None = None,
+                   theta0: torch.Tensor | None = None) -> torch.Tensor:
+    """The first layer, relu(max_pool4(conv5x5(x, w))), (N, 1, H, W) -> (N, K, H/4, W/4), by the
+    fastest path that gives its exact values: :class:`_ConvReluPoolBits` where :func:`_kernels_apply`
+    and x needs no gradient, else :class:`_ConvReluPool`'s GEMMs."""
+    if not x.requires_grad and _kernels_apply(x, w):
+        return _ConvReluPoolBits.apply(x, w, s, theta0, torch.get_num_threads())
+    return _ConvReluPool.apply(x, s2d_weight(w), s, theta0, CONV1_CHUNK)
+
+
 def _fold_taps(dwbig: torch.Tensor) -> torch.Tensor:
     """The gradient of a (16, 64) :func:`s2d_weight` matrix of one 5x5 kernel -> (1, 1, 5, 5)."""
     taps = _TAPS.to(dwbig.device).flatten()
@@ -477,6 +519,55 @@ class _Recurrence(torch.autograd.Function):
         dw_fi = _fold_taps(dw[:, :64]) if ctx.needs_input_grad[1] else None
         dw_fh = _fold_taps(dw[:, 64:]) if ctx.needs_input_grad[2] else None
         return gx, dw_fi, dw_fh, dthr.reshape(1) if dthr is not None else None, None, None, None
+
+
+class _RecurrenceBits(torch.autograd.Function):
+    """:class:`_Recurrence` on a CPU by :mod:`pixelrnn.cpu_kernels`: the gates by popcount (the same
+    float32 operations on the same exact sums, so every state is identical), the backward's
+    convolutions as vectorised loops. Same arguments, plus the threads to split the clips over."""
+
+    @staticmethod
+    def forward(ctx, x, w_fi, w_fh, thr, noise, surrogate, keep, threads):
+        xn = x.detach()                 # strided views are read as they are (no copies)
+        hs, zs = cpu_kernels.recurrence(
+            x=xn.numpy(), w_fi=w_fi.detach()[0, 0].numpy(), w_fh=w_fh.detach()[0, 0].numpy(),
+            thr=float(thr.detach()), noise=noise.detach().numpy() if noise is not None else None, threads=threads)
+        hs, zs = torch.from_numpy(hs), torch.from_numpy(zs)
+        ctx.surrogate, ctx.keep, ctx.threads = surrogate, keep, threads
+        ctx.save_for_backward(xn, w_fi, w_fh, hs, zs)
+        return hs[:, list(keep)].clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        xn, w_fi, w_fh, hs, zs = ctx.saved_tensors
+        gx, dfi, dfh, dthr = cpu_kernels.recurrence_backward(
+            x=xn.numpy(), hs=hs.numpy(), zs=zs.numpy(), sur=ctx.surrogate(zs).numpy(),
+            grad=grad.detach().numpy(), keep=ctx.keep, w_fi=w_fi.detach()[0, 0].numpy(),
+            w_fh=w_fh.detach()[0, 0].numpy(), need_gx=ctx.needs_input_grad[0], threads=ctx.threads)
+        as_kernel = lambda d: torch.from_numpy(d).to(w_fi.dtype).view(1, 1, KERNEL, KERNEL)  # noqa: E731
+        return (torch.from_numpy(gx) if gx is not None else None,
+                as_kernel(dfi) if ctx.needs_input_grad[1] else None,
+                as_kernel(dfh) if ctx.needs_input_grad[2] else None,
+                torch.tensor([dthr], dtype=zs.dtype) if ctx.needs_input_grad[3] else None,
+                None, None, None, None)
+
+
+def _kernels_apply(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """True when :mod:`pixelrnn.cpu_kernels` can run a layer on x with these kernels: float32 +-1
+    x and +-1 kernels on a CPU, H and W multiples of 4, numba installed and not turned off."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and cpu_kernels.available()
+            and not torch.jit.is_tracing() and x.shape[-2] % POOL == 0 and x.shape[-1] % POOL == 0
+            and all(bool(torch.equal(w.detach().abs(), torch.ones_like(w))) for w in weights)
+            and cpu_kernels.all_pm1(x.detach().numpy()))
+
+
+def recurrence(x: torch.Tensor, w_fi: torch.Tensor, w_fh: torch.Tensor, thr: torch.Tensor,
+               noise: torch.Tensor | None, surrogate, keep: tuple[int, ...]) -> torch.Tensor:
+    """One gated chain's kept hidden states (:class:`_Recurrence`), by the fastest exact path:
+    :class:`_RecurrenceBits` where :func:`_kernels_apply`, else :class:`_Recurrence`'s GEMMs."""
+    if _kernels_apply(x, w_fi, w_fh):
+        return _RecurrenceBits.apply(x, w_fi, w_fh, thr, noise, surrogate, keep, torch.get_num_threads())
+    return _Recurrence.apply(x, w_fi, w_fh, thr, noise, surrogate, keep)
 
 
 def noise_sizes(noise: NoiseModel, timesteps: int, size: int = SIZE, out_maps: int = 1,
@@ -632,12 +723,11 @@ class PixelRNN(nn.Module):
         if noise.gate_sigma and draws["gate"].shape[1] != hc * t * h * w:
             raise ValueError(f"the noise draws hold {draws['gate'].shape[1] // (t * h * w)} hidden maps' gate "
                              f"normals, the model has {hc}: draw them with draw_noise(..., hidden={hc})")
-        # in-pixel CNN: conv + relu + 4x4 max-pool in one GEMM per chunk of frames
-        wc = s2d_weight(self.binarize(self.conv1))
+        # in-pixel CNN: conv + relu + 4x4 max-pool fused (popcount kernels, or GEMMs per chunk of frames)
         s, theta0 = _theta if _theta is not None else (None, None)
         if s is not None:
             s = s.reshape(b * t, 1, h, w)
-        pooled = _ConvReluPool.apply(binary.reshape(b * t, 1, h, w), wc, s, theta0, CONV1_CHUNK)
+        pooled = conv_relu_pool(binary.reshape(b * t, 1, h, w), self.binarize(self.conv1), s, theta0)
         pre = pooled
         if noise.conv_sigma:
             pre = pooled + draws["conv"].reshape(pooled.shape) * noise.conv_sigma
@@ -679,9 +769,9 @@ class PixelRNN(nn.Module):
         else:   # the fused recurrence (input convolution included), once per chain
             xg = x[:, :gates, 0]
             w_fi_j = [w_fi] if hc == 1 else [w_fi[j:j + 1] for j in range(hc)]
-            chains = [_Recurrence.apply(xg, w_fi_j[j], w_fh_j[j], thr_j[j],
-                                        gate_noise[:, j, :gates] if gate_noise is not None else None,
-                                        self.surrogate, tuple(keep))
+            chains = [recurrence(xg, w_fi_j[j], w_fh_j[j], thr_j[j],
+                                 gate_noise[:, j, :gates] if gate_noise is not None else None,
+                                 self.surrogate, tuple(keep))
                       for j in range(hc)]
             kept = chains[0].unsqueeze(2) if hc == 1 else torch.stack(chains, 2)       # (B, R, H, 64, 64)
         # o^{f,k} = W_oi[k] * x_{f-1} + sum_j W_oh[k, j] * h^j_{f-1}: (B, R*K, H, W), frame-major

@@ -8,6 +8,7 @@ float gradients differ only by float32 summation order, within 1e-4 of each para
 gradient; after a short seeded run the binary weights (signs) and the predictions are identical and
 the real-valued parameters agree within 1e-3 (Adam divides by the gradient's own size, so
 rounding-level differences in tiny gradients grow to a fraction of one step; cf. the DDP test).
+Each test runs on both CPU paths: the numba kernels (pixelrnn.cpu_kernels) and the PyTorch GEMMs.
 """
 from __future__ import annotations
 
@@ -22,6 +23,17 @@ from firmware_sim.noise import NoiseModel  # noqa: E402
 from pixelrnn.model import ModelConfig, PixelRNN, to_mosaic  # noqa: E402
 
 NOISE = NoiseModel(0.6, 0.6, 1.0)
+
+
+@pytest.fixture(params=["cpu_kernels", "pytorch"])
+def path(request, monkeypatch):
+    """Both training paths on a CPU: the numba kernels (pixelrnn.cpu_kernels) and the PyTorch GEMMs."""
+    if request.param == "pytorch":
+        monkeypatch.setenv("PIXELRNN_KERNELS", "torch")
+    else:
+        pytest.importorskip("numba", reason="the CPU kernels need numba (the [train] extra)")
+        monkeypatch.delenv("PIXELRNN_KERNELS", raising=False)
+    return request.param
 
 
 def _randn(like, batch, generators):
@@ -82,7 +94,7 @@ def _frames(n, seed=0):
 
 
 @pytest.mark.parametrize("quantizer", ["tanh_mx", "ste_sign"])
-def test_forward_bit_identical_and_gradients_within_tolerance(quantizer):
+def test_forward_bit_identical_and_gradients_within_tolerance(quantizer, path):
     model = _model(quantizer=quantizer).train()
     frames, labels = _frames(6), torch.arange(6) % 10
     new = model(frames, generators=_gens(range(6)))
@@ -120,7 +132,7 @@ def test_noise_draws_are_the_former_per_site_streams():
         draw_noise(NOISE, 3, 16, _gens(range(3)), threads=0)
 
 
-def test_short_seeded_run_matches_the_former_implementation():
+def test_short_seeded_run_matches_the_former_implementation(path):
     """Four Adam steps (two learning rates, latent clipping, per-clip noise) with each forward."""
     frames, labels = _frames(32, seed=1), torch.from_numpy(np.arange(32) % 10)
     runs = []
@@ -149,7 +161,7 @@ def test_short_seeded_run_matches_the_former_implementation():
     assert torch.equal(pred_a, pred_b)
 
 
-def test_input_gradient_of_a_binary_input_still_flows():
+def test_input_gradient_of_a_binary_input_still_flows(path):
     """``sensor`` on a +-1 input that requires grad (not the training path) still returns its gradient."""
     model = _model().train()
     binary = (torch.randint(0, 2, (2, 3, 64, 64)) * 2 - 1).float().requires_grad_()
