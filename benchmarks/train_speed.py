@@ -13,7 +13,10 @@ clips, batch 32, noise on (the authors' sigmas), ``torch.set_num_threads(2)``, o
 * ``pixelrnn train``: the real command (parsed by its own argument parser, run in this process),
   with augmentation, per-clip noise streams, validation on the 100 validation clips after every
   epoch, checkpoints and metrics. Its rate counts training plus validation time (``seconds`` +
-  ``val_seconds`` of every epoch in metrics.json); the first epoch (warm-up) is left out.
+  ``val_seconds`` of every epoch in metrics.json); the first epoch (warm-up) is left out. On a CPU
+  where numba is installed it runs twice per round: as a user gets it (the numba kernels of
+  ``pixelrnn.cpu_kernels``) and with ``PIXELRNN_KERNELS=torch`` (the PyTorch path), so the table
+  shows what the kernels add on the same load.
 
 The machines here are shared: the two are run in alternation (``--rounds``) and the medians
 reported, so both see the same load. ``--profile`` adds torch.profiler's top ops of one training
@@ -121,17 +124,30 @@ def eager_epochs(frames: np.ndarray, labels: np.ndarray, classes: int, epochs: i
     return len(x) * (epochs - 1) / sum(times[1:])
 
 
-def train_epochs(data_dir: str, epochs: int, *, extra: list[str], device: str = "cpu") -> tuple[float, dict]:
-    """clips/s of ``pixelrnn train`` (training + validation per epoch; first epoch not counted)."""
+def train_epochs(data_dir: str, epochs: int, *, extra: list[str], device: str = "cpu",
+                 kernels: str | None = None) -> tuple[float, dict]:
+    """clips/s of ``pixelrnn train`` (training + validation per epoch; first epoch not counted);
+    ``kernels``: a value for ``PIXELRNN_KERNELS`` during the run (None: as it is)."""
+    from pixelrnn.cpu_kernels import ENV
     from pixelrnn.train import add_train_parser, main
-    with tempfile.TemporaryDirectory() as tmp:
-        parser = argparse.ArgumentParser()
-        add_train_parser(parser.add_subparsers())
-        args = parser.parse_args(["train", "--dataset", "grid", "--data-dir", data_dir, "--limit", str(CLIPS),
-                                  "--batch-size", str(BATCH), "--epochs", str(epochs), "--threads", str(THREADS),
-                                  "--device", device, "--schedule", "none", "--no-progress", "--out-dir", tmp, *extra])
-        main(args)
-        rows = json.loads((Path(tmp) / "metrics.json").read_text())["epochs"]
+    before = os.environ.get(ENV)
+    if kernels is not None:
+        os.environ[ENV] = kernels
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            parser = argparse.ArgumentParser()
+            add_train_parser(parser.add_subparsers())
+            args = parser.parse_args(["train", "--dataset", "grid", "--data-dir", data_dir, "--limit", str(CLIPS),
+                                      "--batch-size", str(BATCH), "--epochs", str(epochs), "--threads", str(THREADS),
+                                      "--device", device, "--schedule", "none", "--no-progress", "--out-dir", tmp,
+                                      *extra])
+            main(args)
+            rows = json.loads((Path(tmp) / "metrics.json").read_text())["epochs"]
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
     counted = rows[1:]
     secs = sum(r["seconds"] + r["val_seconds"] for r in counted)
     return CLIPS * len(counted) / secs, {"train_s": statistics.median(r["seconds"] for r in counted),
@@ -194,15 +210,22 @@ def main() -> int:
     idx = split(ds)["train"][:CLIPS]
     frames, labels = ds.frames[idx], ds.labels[idx]
     classes = len(ds.classes)
+    from pixelrnn import cpu_kernels
+    both = args.device == "cpu" and cpu_kernels.available()     # the PyTorch path beside the kernels
     load0 = os.getloadavg()[0]
-    eager, fast, detail = [], [], []
+    eager, fast, torch_path, detail = [], [], [], []
     for r in range(args.rounds):
         eager.append(eager_epochs(frames, labels, classes, args.epochs, device=args.device))
         rate, d = train_epochs(data_dir, args.epochs, extra=args.train_args.split(), device=args.device)
         fast.append(rate)
         detail.append(d)
-        print(f"round {r + 1}: eager {eager[-1]:.1f} clips/s, pixelrnn train {fast[-1]:.1f} clips/s "
-              f"({fast[-1] / eager[-1]:.2f}x; epoch train {d['train_s']:.2f} s + val {d['val_s']:.2f} s)", flush=True)
+        line = (f"round {r + 1}: eager {eager[-1]:.1f} clips/s, pixelrnn train {fast[-1]:.1f} clips/s "
+                f"({fast[-1] / eager[-1]:.2f}x; epoch train {d['train_s']:.2f} s + val {d['val_s']:.2f} s)")
+        if both:
+            torch_path.append(train_epochs(data_dir, args.epochs, extra=args.train_args.split(), device=args.device,
+                                           kernels="torch")[0])
+            line += f"; PyTorch path {torch_path[-1]:.1f} clips/s ({torch_path[-1] / eager[-1]:.2f}x)"
+        print(line, flush=True)
     e, f = statistics.median(eager), statistics.median(fast)
     ratio = statistics.median(b / a for a, b in zip(eager, fast))
     epoch_s = statistics.median(d["train_s"] + d["val_s"] for d in detail) * (800 / CLIPS)
@@ -222,12 +245,20 @@ def main() -> int:
             "| loop | clips/s (median) | per round |", "| --- | ---: | --- |",
             f"| plain eager PyTorch loop (forward, loss, backward, Adam) | {e:.1f} | "
             f"{', '.join(f'{v:.1f}' for v in eager)} |",
-            f"| `pixelrnn train` (augmentation, per-clip noise, validation, checkpoints) | {f:.1f} | "
-            f"{', '.join(f'{v:.1f}' for v in fast)} |", "",
+            f"| `pixelrnn train` (augmentation, per-clip noise, validation, checkpoints)"
+            f"{', numba kernels' if both else ''} | {f:.1f} | {', '.join(f'{v:.1f}' for v in fast)} |",
+            *([f"| `pixelrnn train`, `PIXELRNN_KERNELS=torch` (its PyTorch path) | "
+               f"{statistics.median(torch_path):.1f} | {', '.join(f'{v:.1f}' for v in torch_path)} |"] if both else []),
+            "",
             f"`pixelrnn train` / eager loop: **{ratio:.2f}x** (median of the per-round ratios; goal >= 4x). "
             f"One epoch of the full GRID training split (800 clips) with validation: ~{epoch_s:.1f} s, so "
             f"300 epochs ~{300 * epoch_s / 60:.0f} min on {where} (estimate from measured epoch time; "
             f"early stopping shortens it).{'' if gpu else ' GPU: see the GPU section below.'}"]
+    if both:
+        kern = statistics.median(b / a for a, b in zip(torch_path, fast))
+        pt = statistics.median(b / a for a, b in zip(eager, torch_path))
+        text[-1] += (f" The PyTorch path alone: {pt:.2f}x the eager loop; the kernels: **{kern:.2f}x** the "
+                     f"PyTorch path (medians of the per-round ratios).")
     if args.profile:
         head = "torch.profiler, one training step (batch 32, 16 frames),"
         text += ["", f"{head} plain eager loop (= before: the former forward):", "",

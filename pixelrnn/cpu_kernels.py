@@ -40,8 +40,8 @@ try:  # an optional speed-up: the [train] extra installs numba, the model runs w
 except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
 
-__all__ = ["ENV", "available", "all_pm1", "conv_relu_pool", "conv_relu_pool_backward", "recurrence",
-           "recurrence_backward"]
+__all__ = ["ENV", "available", "all_pm1", "lookup", "conv_relu_pool", "conv_relu_pool_backward", "threshold_mosaic",
+           "threshold_mosaic_backward", "recurrence", "recurrence_backward"]
 
 ENV = "PIXELRNN_KERNELS"          # "torch": use the PyTorch path even where numba is installed
 POOL = 4
@@ -106,7 +106,8 @@ if numba is not None:
         hb, wb = h // POOL, w // POOL
         k_n = wbits.shape[1]
         buf = np.zeros((h + 4, w + 4), np.uint8)
-        counts = np.zeros(POOL * POOL, np.int64)
+        masked = np.zeros(POOL * POOL, np.uint64)
+        base = np.zeros(POOL * POOL, np.int64)
         for f in range(f0, f1):
             for y in range(h):
                 for xx in range(w):
@@ -119,18 +120,59 @@ if numba is not None:
                             nb |= np.uint64(buf[POOL * i + dy, POOL * j + dx]) << np.uint64(8 * dy + dx)
                     v_m = vm[i, j]
                     for p in range(POOL * POOL):
-                        counts[p] = np.int64(_popcount(masks[p] & v_m))
+                        masked[p] = masks[p] & v_m
+                        base[p] = np.int64(_popcount(masked[p])) * 16 + 15 - p
                     for k in range(k_n):
+                        # key = 16 v + 15 - p: its maximum over the phases is the window's maximum v
+                        # and, among equal maxima, the first phase (branch-free, as in the GEMM path)
                         best = np.int64(-1 << 20)
-                        best_p = 0
                         for p in range(POOL * POOL):
-                            m = masks[p] & v_m
-                            v = counts[p] - 2 * np.int64(_popcount((nb ^ wbits[p, k]) & m))
-                            if v > best:
-                                best = v
-                                best_p = p
-                        pooled[f, i, j, k] = np.float32(best if best > 0 else 0)
-                        arg[f, i, j, k] = best_p
+                            best = max(best, base[p] - 32 * np.int64(_popcount((nb ^ wbits[p, k]) & masked[p])))
+                        v = best >> 4
+                        pooled[f, i, j, k] = np.float32(v if v > 0 else 0)
+                        arg[f, i, j, k] = 15 - (best & 15)
+
+    @_jit()
+    def _threshold_mosaic(pooled, noise, has_noise, sigma, thr, f0, f1, z, xm):
+        """Frames f0..f1: z[f, k, i, j] = (pooled (+ noise . sigma)) - thr in float32, in the model's
+        order, and xm (F, 4 hb, 4 wb) = sign(z) tiled: map k at tile row k % 4, column k // 4."""
+        hb, wb, k_n = pooled.shape[1], pooled.shape[2], pooled.shape[3]
+        for f in range(f0, f1):
+            for k in range(k_n):
+                r0, c0 = (k % POOL) * hb, (k // POOL) * wb
+                for i in range(hb):
+                    for j in range(wb):
+                        v = pooled[f, i, j, k]
+                        if has_noise:
+                            v = v + noise[f, k, i, j] * sigma
+                        v = v - thr
+                        z[f, k, i, j] = v
+                        xm[f, r0 + i, c0 + j] = 1.0 if v >= 0 else -1.0
+
+    @_jit()
+    def _threshold_mosaic_backward(grad, sur, f0, f1, g, total, slot):
+        """Frames f0..f1: g[f, k, i, j] = grad[f, mosaic position of (k, i, j)] . sur[f, k, i, j];
+        total[slot] += their sum (float64)."""
+        k_n, hb, wb = sur.shape[1], sur.shape[2], sur.shape[3]
+        acc = 0.0
+        for f in range(f0, f1):
+            for k in range(k_n):
+                r0, c0 = (k % POOL) * hb, (k // POOL) * wb
+                for i in range(hb):
+                    for j in range(wb):
+                        v = grad[f, r0 + i, c0 + j] * sur[f, k, i, j]
+                        g[f, k, i, j] = v
+                        acc += v
+        total[slot] += acc
+
+    @_jit()
+    def _lookup(levels, table_a, table_b, two, a0, a1, out_a, out_b):
+        """Elements a0..a1 of the flat uint8 ``levels``: out_a = table_a[level] (and out_b = table_b[level])."""
+        for i in range(a0, a1):
+            v = levels[i]
+            out_a[i] = table_a[v]
+            if two:
+                out_b[i] = table_b[v]
 
     @intrinsic
     def _axpy8(typingctx, a, ia, b, ib, g):
@@ -199,8 +241,8 @@ if numba is not None:
                         ds[slot, k, dy, dx] += sacc[(k * KERNEL + dy) * 8 + dx]
 
     @_jit()
-    def _recurrence_forward(x, wfi, wfh, masks, vm, noise, has_noise, thr, c0, c1, hs, zs):
-        """Clips c0..c1: z_t = (W_fi * x_t + W_fh * h_t) (+ n_t) - thr, h_{t+1} = sign(z_t) h_t from
+    def _recurrence_forward(x, wfi, wfh, masks, vm, noise, has_noise, sigma, thr, c0, c1, hs, zs):
+        """Clips c0..c1: z_t = (W_fi * x_t + W_fh * h_t) (+ n_t . sigma) - thr, h_{t+1} = sign(z_t) h_t from
         h_0 = +1, in float32 in the order of the PyTorch path; hs (B, G+1, H, W), zs (B, G, H, W).
         ``wfi``/``wfh`` are the (16,) phase bits of the two kernels (:func:`_weight_bits`)."""
         g, h, w = x.shape[1], x.shape[2], x.shape[3]
@@ -236,7 +278,7 @@ if numba is not None:
                             xx = POOL * j + p % POOL
                             z = np.float32(total)
                             if has_noise:
-                                z = z + noise[c, t, y, xx]
+                                z = z + noise[c, t, y, xx] * sigma
                             zs[c, t, y, xx] = z - thr
                 for y in range(h):
                     for xx in range(w):
@@ -381,6 +423,26 @@ def all_pm1(x: np.ndarray) -> bool:
     return _count_not_pm1(np.asarray(x)) == 0
 
 
+def lookup(*, levels: np.ndarray, tables: tuple[np.ndarray, ...], threads: int = 1) -> tuple[np.ndarray, ...]:
+    """uint8 ``levels`` (any shape, C-contiguous) through one or two float32 tables of 256 values ->
+    that many float32 arrays of the levels' shape, in one pass: an elementwise function of a uint8
+    frame (the input binarization and its surrogate) tabulated on its 256 values by PyTorch itself."""
+    if numba is None:
+        raise RuntimeError(f"pixelrnn.cpu_kernels needs numba (pip install numba), or set {ENV}=torch")
+    if levels.dtype != np.uint8:
+        raise ValueError(f"levels must be uint8, got {levels.dtype}")
+    if not 1 <= len(tables) <= 2 or any(t.shape != (256,) or t.dtype != np.float32 for t in tables):
+        raise ValueError(f"tables must be one or two float32 arrays of 256 values, got "
+                         f"{[(t.dtype, t.shape) for t in tables]}")
+    flat = np.ascontiguousarray(levels).reshape(-1)
+    outs = [np.empty(flat.size, np.float32) for _ in tables]
+    a, b = tables if len(tables) == 2 else (tables[0], tables[0])
+    out_b = outs[1] if len(tables) == 2 else outs[0]
+    _run(lambda s0, s1, _slot: _lookup(flat, a, b, len(tables) == 2, s0, s1, outs[0], out_b),
+         _ranges(flat.size, threads))
+    return tuple(o.reshape(levels.shape) for o in outs)
+
+
 def conv_relu_pool(*, x: np.ndarray, w: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """+-1 frames x (F, H, W) float32 and +-1 kernels w (K, 5, 5) -> (pooled, arg), both
     (F, H/4, W/4, K): ``relu(max_pool4(conv5x5(x, w, padding=2)))`` as float32 and the first
@@ -431,10 +493,50 @@ def conv_relu_pool_backward(*, x: np.ndarray, w: np.ndarray, grad: np.ndarray, p
     return dw.sum(0)[:, :, :KERNEL], dshift
 
 
+def threshold_mosaic(*, pooled: np.ndarray, thr: float, noise: np.ndarray | None = None, sigma: float = 0.0,
+                     threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The first layer's epilogue on :func:`conv_relu_pool`'s ``pooled`` (F, hb, wb, 16) -> (z, x):
+    z = pooled (+ noise . sigma) - thr as (F, 16, hb, wb) float32 (the model's operations in its
+    order, ``noise`` (F, 16, hb, wb) any strides), and x = sign(z) (sign(0) = +1) tiled into the
+    (F, 4 hb, 4 wb) mosaic of :func:`pixelrnn.model.to_mosaic`."""
+    if numba is None:
+        raise RuntimeError(f"pixelrnn.cpu_kernels needs numba (pip install numba), or set {ENV}=torch")
+    if pooled.ndim != 4 or pooled.shape[3] != POOL * POOL or pooled.dtype != np.float32:
+        raise ValueError(f"pooled must be float32 (frames, hb, wb, {POOL * POOL}), got {pooled.dtype} {pooled.shape}")
+    n, hb, wb, k_n = pooled.shape
+    if noise is not None and noise.shape != (n, k_n, hb, wb):
+        raise ValueError(f"noise must be ({n}, {k_n}, {hb}, {wb}), got {noise.shape}")
+    z = np.empty((n, k_n, hb, wb), np.float32)
+    xm = np.empty((n, POOL * hb, POOL * wb), np.float32)
+    nz = np.asarray(noise, dtype=np.float32) if noise is not None else z
+    _run(lambda a, b, _slot: _threshold_mosaic(pooled, nz, noise is not None, np.float32(sigma), np.float32(thr),
+                                               a, b, z, xm), _ranges(n, threads))
+    return z, xm
+
+
+def threshold_mosaic_backward(*, grad: np.ndarray, sur: np.ndarray, threads: int = 1) -> tuple[np.ndarray, float]:
+    """The mosaic's gradient ``grad`` (F, 4 hb, 4 wb) and the quantizer's surrogate derivative at z,
+    ``sur`` (F, 16, hb, wb) -> (z's gradient (F, 16, hb, wb), its sum). z's gradient is also the
+    gradient of ``pooled`` (laid out as (F, 16, hb, wb)); thr's is minus the sum."""
+    if numba is None:
+        raise RuntimeError(f"pixelrnn.cpu_kernels needs numba (pip install numba), or set {ENV}=torch")
+    n, k_n, hb, wb = sur.shape
+    if k_n != POOL * POOL or grad.shape != (n, POOL * hb, POOL * wb):
+        raise ValueError(f"grad must be ({n}, {POOL * hb}, {POOL * wb}) and sur ({n}, {POOL * POOL}, hb, wb), "
+                         f"got {grad.shape} and {sur.shape}")
+    g = np.empty((n, k_n, hb, wb), np.float32)
+    ranges = _ranges(n, threads)
+    total = np.zeros(len(ranges))
+    grad, sur = np.asarray(grad, dtype=np.float32), np.asarray(sur, dtype=np.float32)
+    _run(lambda a, b, slot: _threshold_mosaic_backward(grad, sur, a, b, g, total, slot), ranges)
+    return g, float(total.sum())
+
+
 def recurrence(*, x: np.ndarray, w_fi: np.ndarray, w_fh: np.ndarray, thr: float, noise: np.ndarray | None = None,
-               threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+               sigma: float = 1.0, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """One gated chain over G steps: +-1 inputs x (B, G, H, W) float32, +-1 5x5 kernels, the gate
-    threshold and optional gate noise (B, G, H, W) -> (hs (B, G+1, H, W) with h_0 = +1, zs (B, G,
+    threshold and optional gate normals (B, G, H, W), added times ``sigma`` (float32 products, as
+    the model scales them) -> (hs (B, G+1, H, W) with h_0 = +1, zs (B, G,
     H, W) the gates' pre-activations). float32, in :class:`pixelrnn.model._Recurrence`'s order, so
     every gate is the same (the caller checks that x is +-1 with :func:`all_pm1`)."""
     if numba is None:
@@ -453,8 +555,8 @@ def recurrence(*, x: np.ndarray, w_fi: np.ndarray, w_fh: np.ndarray, thr: float,
     wfi, wfh = _weight_bits(w_fi[None])[:, 0].copy(), _weight_bits(w_fh[None])[:, 0].copy()
     masks, vm = _masks(), _valid_masks(h // POOL, w // POOL, h, w)
     nz = np.asarray(noise, dtype=np.float32) if noise is not None else zs
-    _run(lambda a, e, _slot: _recurrence_forward(x, wfi, wfh, masks, vm, nz, noise is not None, np.float32(thr),
-                                                 a, e, hs, zs), _ranges(b, threads))
+    _run(lambda a, e, _slot: _recurrence_forward(x, wfi, wfh, masks, vm, nz, noise is not None, np.float32(sigma),
+                                                 np.float32(thr), a, e, hs, zs), _ranges(b, threads))
     return hs, zs
 
 

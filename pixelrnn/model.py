@@ -410,12 +410,68 @@ class _ConvReluPoolBits(torch.autograd.Function):
         return None, dw, None, dtheta, None
 
 
+class _FirstLayerBits(torch.autograd.Function):
+    """The whole first layer on a CPU by :mod:`pixelrnn.cpu_kernels`: +-1 frames (N, 1, H, W) ->
+    the mosaic x = sign(relu(max_pool4(conv5x5(frames, w))) (+ noise . sigma) - thresh1), (N, 1, H, W)
+    as :func:`to_mosaic` tiles the 16 maps. The epilogue after the pool (noise, threshold, sign,
+    tiling; backward: the quantizer's surrogate, un-tiling, thresh1's sum) is one pass each way
+    instead of about a dozen PyTorch passes over the pooled maps; its float32 operations are the
+    PyTorch path's, in its order, so every x is the same. ``noise``: the conv site's normals as
+    (N, 16, H/4, W/4) or None; ``surrogate``: the quantizer's derivative (its backward's factor)."""
+
+    @staticmethod
+    def forward(ctx, x, w, s, theta0, noise, sigma, thresh1, surrogate, threads):
+        n, _, h, wd = x.shape
+        xn = x.detach()[:, 0].contiguous()
+        pooled, arg = cpu_kernels.conv_relu_pool(x=xn.numpy(), w=w.detach()[:, 0].contiguous().numpy(), threads=threads)
+        z, xm = cpu_kernels.threshold_mosaic(pooled=pooled, thr=float(thresh1.detach()), sigma=sigma, threads=threads,
+                                             noise=noise.detach().numpy() if noise is not None else None)
+        ctx.threads, ctx.surrogate = threads, surrogate
+        ctx.need_theta = s is not None and ctx.needs_input_grad[3]
+        ctx.save_for_backward(xn, w, torch.from_numpy(pooled), torch.from_numpy(arg), torch.from_numpy(z),
+                              s if ctx.need_theta else None)
+        return torch.from_numpy(xm).view(n, 1, h, wd)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xn, w, pooled, arg, z, s = ctx.saved_tensors
+        g, total = cpu_kernels.threshold_mosaic_backward(grad=grad.detach()[:, 0].numpy(),
+                                                         sur=ctx.surrogate(z).numpy(), threads=ctx.threads)
+        dw, dshift = cpu_kernels.conv_relu_pool_backward(
+            x=xn.numpy(), w=w.detach()[:, 0].contiguous().numpy(), grad=g, pooled=pooled.numpy(), arg=arg.numpy(),
+            s=s.detach()[:, 0].contiguous().numpy() if ctx.need_theta else None, threads=ctx.threads)
+        dw = torch.from_numpy(dw).to(w.dtype).unsqueeze(1) if ctx.needs_input_grad[1] else None
+        dtheta = torch.tensor([-dshift], dtype=w.dtype) if ctx.need_theta else None
+        dthresh = torch.tensor([-total], dtype=w.dtype) if ctx.needs_input_grad[6] else None
+        return None, dw, None, dtheta, None, None, dthresh, None, None
+
+
+def first_layer(binary: torch.Tensor, w: torch.Tensor, thresh1: torch.Tensor, *, binarize, surrogate,
+                s: torch.Tensor | None = None, theta0: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None, sigma: float = 0.0, keep_pooled: bool = False,
+                pm1: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The in-pixel CNN on +-1 frames (N, 1, H, W) -> (the mosaic x (N, 1, H, W), the pooled maps
+    (N, 16, H/4, W/4) or None): x = binarize(relu(max_pool4(conv5x5(frames, w))) (+ noise . sigma)
+    - thresh1), tiled by :func:`to_mosaic`. :class:`_FirstLayerBits` where :func:`_kernels_apply`
+    (the pooled maps are then not kept unless ``keep_pooled``), else :func:`conv_relu_pool` and
+    PyTorch operations; ``noise`` is the conv site's normals shaped as the pooled maps; ``pm1``: the
+    frames are +-1 by construction (not checked again)."""
+    if (not keep_pooled and w.shape[0] == N_MAPS and binary.dtype == torch.float32 and not binary.requires_grad
+            and _kernels_apply(binary, w, pm1=pm1)):
+        x = _FirstLayerBits.apply(binary, w, s, theta0, noise if sigma else None, float(sigma), thresh1, surrogate,
+                                  torch.get_num_threads())
+        return x, None
+    pooled = conv_relu_pool(binary, w, s, theta0, pm1=pm1)
+    pre = pooled + noise * sigma if sigma else pooled
+    return to_mosaic(binarize(pre - thresh1)), pooled
+
+
 def conv_relu_pool(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None = None,
-                   theta0: torch.Tensor | None = None) -> torch.Tensor:
+                   theta0: torch.Tensor | None = None, *, pm1: bool = False) -> torch.Tensor:
     """The first layer, relu(max_pool4(conv5x5(x, w))), (N, 1, H, W) -> (N, K, H/4, W/4), by the
     fastest path that gives its exact values: :class:`_ConvReluPoolBits` where :func:`_kernels_apply`
     and x needs no gradient, else :class:`_ConvReluPool`'s GEMMs."""
-    if not x.requires_grad and _kernels_apply(x, w):
+    if x.dtype == torch.float32 and not x.requires_grad and _kernels_apply(x, w, pm1=pm1):
         return _ConvReluPoolBits.apply(x, w, s, theta0, torch.get_num_threads())
     return _ConvReluPool.apply(x, s2d_weight(w), s, theta0, CONV1_CHUNK)
 
@@ -524,14 +580,16 @@ class _Recurrence(torch.autograd.Function):
 class _RecurrenceBits(torch.autograd.Function):
     """:class:`_Recurrence` on a CPU by :mod:`pixelrnn.cpu_kernels`: the gates by popcount (the same
     float32 operations on the same exact sums, so every state is identical), the backward's
-    convolutions as vectorised loops. Same arguments, plus the threads to split the clips over."""
+    convolutions as vectorised loops. Same arguments, except that the gate noise comes as the raw
+    normals and their ``sigma`` (scaled inside, the same float32 products), plus the threads."""
 
     @staticmethod
-    def forward(ctx, x, w_fi, w_fh, thr, noise, surrogate, keep, threads):
+    def forward(ctx, x, w_fi, w_fh, thr, normals, sigma, surrogate, keep, threads):
         xn = x.detach()                 # strided views are read as they are (no copies)
         hs, zs = cpu_kernels.recurrence(
             x=xn.numpy(), w_fi=w_fi.detach()[0, 0].numpy(), w_fh=w_fh.detach()[0, 0].numpy(),
-            thr=float(thr.detach()), noise=noise.detach().numpy() if noise is not None else None, threads=threads)
+            thr=float(thr.detach()), noise=normals.detach().numpy() if normals is not None else None, sigma=sigma,
+            threads=threads)
         hs, zs = torch.from_numpy(hs), torch.from_numpy(zs)
         ctx.surrogate, ctx.keep, ctx.threads = surrogate, keep, threads
         ctx.save_for_backward(xn, w_fi, w_fh, hs, zs)
@@ -549,25 +607,28 @@ class _RecurrenceBits(torch.autograd.Function):
                 as_kernel(dfi) if ctx.needs_input_grad[1] else None,
                 as_kernel(dfh) if ctx.needs_input_grad[2] else None,
                 torch.tensor([dthr], dtype=zs.dtype) if ctx.needs_input_grad[3] else None,
-                None, None, None, None)
+                None, None, None, None, None)
 
 
-def _kernels_apply(x: torch.Tensor, *weights: torch.Tensor) -> bool:
-    """True when :mod:`pixelrnn.cpu_kernels` can run a layer on x with these kernels: float32 +-1
-    x and +-1 kernels on a CPU, H and W multiples of 4, numba installed and not turned off."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and cpu_kernels.available()
+def _kernels_apply(x: torch.Tensor, *weights: torch.Tensor, pm1: bool = False) -> bool:
+    """True when :mod:`pixelrnn.cpu_kernels` can run a layer on x with these kernels: +-1 float32
+    x (or uint8 frames) and +-1 kernels on a CPU, H and W multiples of 4, numba installed and not
+    turned off. ``pm1``: x is +-1 by construction (a sign's output), so its values are not checked."""
+    if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.uint8) and cpu_kernels.available()
             and not torch.jit.is_tracing() and x.shape[-2] % POOL == 0 and x.shape[-1] % POOL == 0
-            and all(bool(torch.equal(w.detach().abs(), torch.ones_like(w))) for w in weights)
-            and cpu_kernels.all_pm1(x.detach().numpy()))
+            and all(bool(torch.equal(w.detach().abs(), torch.ones_like(w))) for w in weights)):
+        return False
+    return x.dtype == torch.uint8 or pm1 or cpu_kernels.all_pm1(x.detach().numpy())
 
 
 def recurrence(x: torch.Tensor, w_fi: torch.Tensor, w_fh: torch.Tensor, thr: torch.Tensor,
-               noise: torch.Tensor | None, surrogate, keep: tuple[int, ...]) -> torch.Tensor:
-    """One gated chain's kept hidden states (:class:`_Recurrence`), by the fastest exact path:
-    :class:`_RecurrenceBits` where :func:`_kernels_apply`, else :class:`_Recurrence`'s GEMMs."""
-    if _kernels_apply(x, w_fi, w_fh):
-        return _RecurrenceBits.apply(x, w_fi, w_fh, thr, noise, surrogate, keep, torch.get_num_threads())
-    return _Recurrence.apply(x, w_fi, w_fh, thr, noise, surrogate, keep)
+               normals: torch.Tensor | None, sigma: float, surrogate, keep: tuple[int, ...]) -> torch.Tensor:
+    """One gated chain's kept hidden states (:class:`_Recurrence`; gate noise = ``normals . sigma``),
+    by the fastest exact path: :class:`_RecurrenceBits` where :func:`_kernels_apply`, else
+    :class:`_Recurrence`'s GEMMs. x is the mosaic of a sign, +-1 by construction (not checked again)."""
+    if x.dtype == torch.float32 and _kernels_apply(x, w_fi, w_fh, pm1=True):
+        return _RecurrenceBits.apply(x, w_fi, w_fh, thr, normals, sigma, surrogate, keep, torch.get_num_threads())
+    return _Recurrence.apply(x, w_fi, w_fh, thr, normals * sigma if normals is not None else None, surrogate, keep)
 
 
 def noise_sizes(noise: NoiseModel, timesteps: int, size: int = SIZE, out_maps: int = 1,
@@ -699,7 +760,7 @@ class PixelRNN(nn.Module):
 
     def sensor(self, binary: torch.Tensor, *, noise: NoiseModel | None = None, record: bool = False,
                generators: list[torch.Generator] | None = None, draws: dict[str, torch.Tensor] | None = None,
-               _theta: tuple[torch.Tensor, torch.Tensor] | None = None
+               _theta: tuple[torch.Tensor, torch.Tensor] | None = None, _pm1: bool = False
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The in-pixel part on (B, T, 64, 64) +-1 input -> the analog readout maps and recorded states.
 
@@ -723,15 +784,15 @@ class PixelRNN(nn.Module):
         if noise.gate_sigma and draws["gate"].shape[1] != hc * t * h * w:
             raise ValueError(f"the noise draws hold {draws['gate'].shape[1] // (t * h * w)} hidden maps' gate "
                              f"normals, the model has {hc}: draw them with draw_noise(..., hidden={hc})")
-        # in-pixel CNN: conv + relu + 4x4 max-pool fused (popcount kernels, or GEMMs per chunk of frames)
+        # in-pixel CNN: conv + relu + 4x4 max-pool + noise + threshold, tiled (popcount kernels, or GEMMs)
         s, theta0 = _theta if _theta is not None else (None, None)
         if s is not None:
             s = s.reshape(b * t, 1, h, w)
-        pooled = conv_relu_pool(binary.reshape(b * t, 1, h, w), self.binarize(self.conv1), s, theta0)
-        pre = pooled
-        if noise.conv_sigma:
-            pre = pooled + draws["conv"].reshape(pooled.shape) * noise.conv_sigma
-        x = to_mosaic(self.binarize(pre - self.thresh1)).reshape(b, t, 1, h, w)
+        x, pooled = first_layer(binary.reshape(b * t, 1, h, w), self.binarize(self.conv1), self.thresh1,
+                                binarize=self.binarize, surrogate=self.surrogate, s=s, theta0=theta0,
+                                noise=draws["conv"].reshape(b * t, N_MAPS, h // POOL, w // POOL)
+                                if noise.conv_sigma else None, sigma=noise.conv_sigma, keep_pooled=record, pm1=_pm1)
+        x = x.reshape(b, t, 1, h, w)
         # in-pixel RNN: o at each readout frame f (1-based) sees x_{f-1} and h_{f-1}; gates after the
         # last readout frame do not reach any readout, so they are only made when recorded
         layout = self.config.layout_for(t)
@@ -748,7 +809,8 @@ class PixelRNN(nn.Module):
         w_fh_j = [w_fh] if hc == 1 else [w_fh[j:j + 1] for j in range(hc)]
         thr_j = [self.rnn_threshold] if hc == 1 else [self.rnn_threshold[j:j + 1] for j in range(hc)]
         # gate normals, chain-major per clip (draw_noise): (B, H, T, 64, 64)
-        gate_noise = draws["gate"].reshape(b, hc, t, h, w) * noise.gate_sigma if noise.gate_sigma else None
+        gate_draws = draws["gate"].reshape(b, hc, t, h, w) if noise.gate_sigma else None
+        gate_noise = gate_draws * noise.gate_sigma if record and gate_draws is not None else None
         states: dict[str, list] = {"hidden": [], "gate": []}
         if record:
             wfh = [s2d_weight(wj) for wj in w_fh_j]
@@ -770,7 +832,7 @@ class PixelRNN(nn.Module):
             xg = x[:, :gates, 0]
             w_fi_j = [w_fi] if hc == 1 else [w_fi[j:j + 1] for j in range(hc)]
             chains = [recurrence(xg, w_fi_j[j], w_fh_j[j], thr_j[j],
-                                 gate_noise[:, j, :gates] if gate_noise is not None else None,
+                                 gate_draws[:, j, :gates] if gate_draws is not None else None, noise.gate_sigma,
                                  self.surrogate, tuple(keep))
                       for j in range(hc)]
             kept = chains[0].unsqueeze(2) if hc == 1 else torch.stack(chains, 2)       # (B, R, H, 64, 64)
@@ -874,14 +936,26 @@ class PixelRNN(nn.Module):
         fused first layer, so the full-resolution input gradient is never formed.
         """
         theta = None
+        need_theta = self.theta0.requires_grad and torch.is_grad_enabled()
         if binarized:
             binary = frames.to(torch.float32)
+        elif frames.dtype == torch.uint8 and _kernels_apply(frames):
+            # a uint8 frame has 256 values: the binarization (and its surrogate) made by PyTorch on
+            # those, then looked up per pixel in one pass instead of ~12 full-resolution passes
+            v = self.normalize(torch.arange(256, dtype=torch.uint8)) - self.theta0.detach()
+            tables = (sign(v), self.surrogate(v)) if need_theta else (sign(v),)
+            looked = cpu_kernels.lookup(levels=frames.numpy(), tables=tuple(t.numpy() for t in tables),
+                                        threads=torch.get_num_threads())
+            binary = torch.from_numpy(looked[0])
+            if need_theta:
+                theta = (torch.from_numpy(looked[1]), self.theta0)
         else:
             v = self.normalize(frames) - self.theta0.detach()
             binary = sign(v)
-            if self.theta0.requires_grad and torch.is_grad_enabled():
+            if need_theta:
                 theta = (self.surrogate(v), self.theta0)
-        out, _ = self.sensor(binary, noise=noise, generators=generators, draws=draws, _theta=theta)
+        out, _ = self.sensor(binary, noise=noise, generators=generators, draws=draws, _theta=theta,
+                             _pm1=not binarized)
         if self.config.readout_8bit:
             return self.decode(self.readout(out))
         return self.decode_analog(out)

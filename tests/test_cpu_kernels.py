@@ -17,7 +17,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from pixelrnn import cpu_kernels  # noqa: E402
-from pixelrnn.model import ModelConfig, PixelRNN, _Recurrence  # noqa: E402
+from pixelrnn.model import ModelConfig, PixelRNN, _Recurrence, to_mosaic  # noqa: E402
 from pixelrnn.quantizers import get_surrogate  # noqa: E402
 
 TOL = 1e-4
@@ -114,6 +114,45 @@ def test_recurrence_equals_the_pytorch_recurrence(keep, noise, threads):
     _close(np.array([dthr]), thr.grad.numpy(), "thr")
 
 
+@pytest.mark.parametrize("noise", [True, False])
+def test_threshold_mosaic_equals_the_pytorch_epilogue(noise):
+    """z = pooled (+ n . sigma) - thr, x = sign(z) tiled: the model's PyTorch operations, bit for bit;
+    the backward: the mosaic's gradient un-tiled times the surrogate, and its sum."""
+    rng = np.random.default_rng(7)
+    pooled = rng.integers(0, 9, (6, 5, 7, 16)).astype(np.float32)          # (F, hb, wb, 16): integer maxima
+    normals = rng.standard_normal((6, 16, 5, 7)).astype(np.float32)
+    thr = np.float32(1.37)
+    z, xm = cpu_kernels.threshold_mosaic(pooled=pooled, thr=float(thr), noise=normals if noise else None,
+                                         sigma=0.6, threads=2)
+    p = torch.from_numpy(pooled).permute(0, 3, 1, 2)
+    pre = p + torch.from_numpy(normals) * 0.6 if noise else p
+    ref_z = pre - torch.from_numpy(np.array([thr]))
+    assert torch.equal(torch.from_numpy(z), ref_z)
+    ref_x = to_mosaic(torch.copysign(torch.ones(()), ref_z + 0.0))[:, 0]
+    assert torch.equal(torch.from_numpy(xm), ref_x)
+    grad = rng.standard_normal(xm.shape).astype(np.float32)
+    sur = rng.random(z.shape).astype(np.float32)
+    zt = ref_z.clone().requires_grad_()
+    (to_mosaic(zt * torch.from_numpy(sur))[:, 0] * torch.from_numpy(grad)).sum().backward()
+    g, total = cpu_kernels.threshold_mosaic_backward(grad=grad, sur=sur, threads=3)
+    assert np.array_equal(g, zt.grad.numpy())                         # one product per element: exact
+    assert abs(total - float(zt.grad.double().sum())) <= 1e-9 * float(np.abs(g).sum())
+
+
+def test_lookup_is_a_per_pixel_table():
+    rng = np.random.default_rng(8)
+    levels = rng.integers(0, 256, (3, 4, 8, 8), dtype=np.uint8)
+    a, b = rng.standard_normal(256).astype(np.float32), rng.standard_normal(256).astype(np.float32)
+    out_a, out_b = cpu_kernels.lookup(levels=levels, tables=(a, b), threads=2)
+    assert np.array_equal(out_a, a[levels]) and np.array_equal(out_b, b[levels])
+    (only,) = cpu_kernels.lookup(levels=levels, tables=(a,))
+    assert np.array_equal(only, a[levels])
+    with pytest.raises(ValueError, match="uint8"):
+        cpu_kernels.lookup(levels=levels.astype(np.int16), tables=(a,))
+    with pytest.raises(ValueError, match="256 values"):
+        cpu_kernels.lookup(levels=levels, tables=(a[:255],))
+
+
 def test_all_pm1_and_the_arguments_are_checked():
     assert cpu_kernels.all_pm1(np.array([[1, -1], [-1, 1]], np.float32))
     assert not cpu_kernels.all_pm1(np.array([1, 0, -1], np.float32))
@@ -155,12 +194,12 @@ def test_model_on_the_kernels_equals_the_model_on_pytorch(cfg, monkeypatch):
     frames = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 16, 64, 64), dtype=np.uint8))
     gens = lambda: [torch.Generator().manual_seed(50 + i) for i in range(4)]  # noqa: E731
     calls = []
-    for name in ("conv_relu_pool", "recurrence"):
+    for name in ("lookup", "conv_relu_pool", "threshold_mosaic", "recurrence"):
         real = getattr(cpu_kernels, name)
         monkeypatch.setattr(cpu_kernels, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name),
                                                                                         _real(*a, **k))[1])
     fast, g_fast = _train_step(model, frames, gens())
-    assert set(calls) == {"conv_relu_pool", "recurrence"}
+    assert set(calls) == {"lookup", "conv_relu_pool", "threshold_mosaic", "recurrence"}
     calls.clear()
     monkeypatch.setenv(cpu_kernels.ENV, "torch")
     slow, g_slow = _train_step(model, frames, gens())
