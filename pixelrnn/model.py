@@ -772,6 +772,8 @@ class PixelRNN(nn.Module):
         ``generators`` (one per clip) make the noise of each clip independent of the batch it is
         in, so training is reproducible across batch splits and DistributedDataParallel ranks;
         ``draws`` (from :func:`draw_noise`) are those normals drawn ahead, e.g. by a loader thread.
+        ``_theta`` and ``_pm1`` are :meth:`forward`'s: the input binarization's surrogate and theta0
+        (its gradient is taken inside the first layer), and "binary is a sign's output" (not checked).
         """
         noise = self._active_noise(noise)
         b, t, h, w = binary.shape
