@@ -249,7 +249,6 @@ if numba is not None:
         hb, wb = h // POOL, w // POOL
         xb = np.zeros((h + 4, w + 4), np.uint8)
         hbits = np.zeros((h + 4, w + 4), np.uint8)
-        counts = np.zeros(POOL * POOL, np.int64)
         for c in range(c0, c1):
             for y in range(h):
                 for xx in range(w):
@@ -271,8 +270,7 @@ if numba is not None:
                         v_m = vm[i, j]
                         for p in range(POOL * POOL):
                             m = masks[p] & v_m
-                            counts[p] = np.int64(_popcount(m))
-                            total = 2 * counts[p] - 2 * np.int64(_popcount((nx ^ wfi[p]) & m)) \
+                            total = 2 * np.int64(_popcount(m)) - 2 * np.int64(_popcount((nx ^ wfi[p]) & m)) \
                                 - 2 * np.int64(_popcount((nh ^ wfh[p]) & m))
                             y = POOL * i + p // POOL
                             xx = POOL * j + p % POOL
@@ -285,6 +283,21 @@ if numba is not None:
                         hv = hs[c, t, y, xx] if zs[c, t, y, xx] >= 0 else -hs[c, t, y, xx]
                         hs[c, t + 1, y, xx] = hv
                         hbits[y + 2, xx + 2] = 1 if hv > 0 else 0
+
+    @_jit(fastmath=True)
+    def _flipped_correlation(gzp, wflip, out):
+        """out (H, W) = the transposed 5x5 convolution of the zero-bordered (H+4, W+4) gzp, as a
+        correlation with the flipped kernel ``wflip`` (offsets >= 0 keep the loops vectorised)."""
+        h, w = out.shape
+        for y in range(h):
+            for xx in range(w):
+                out[y, xx] = 0.0
+        for tap in range(KERNEL * KERNEL):
+            dy, dx = tap // KERNEL, tap % KERNEL
+            wv = wflip[dy, dx]
+            for y in range(h):
+                for xx in range(w):
+                    out[y, xx] += wv * gzp[y + dy, xx + dx]
 
     @_jit(fastmath=True)
     def _recurrence_backward(x, hs, zs, sur, grad, keep, wfi, wfh, need_gx, gx, c0, c1, dw, dthr, slot):
@@ -327,33 +340,13 @@ if numba is not None:
                     for y in range(h):
                         for xx in range(w):
                             acc[1, tap, xx] += gzp[y + 2, xx + 2] * hp[y + dy, xx + dx]
-                # the transposed convolutions as correlations with the flipped kernels (offsets >= 0
-                # keep the loops vectorised): h's gradient, then x's
-                for y in range(h):
-                    for xx in range(w):
-                        back[y, xx] = 0.0
-                for tap in range(KERNEL * KERNEL):
-                    dy, dx = tap // KERNEL, tap % KERNEL
-                    wv = wfh[dy, dx]
-                    for y in range(h):
-                        for xx in range(w):
-                            back[y, xx] += wv * gzp[y + dy, xx + dx]
+                # the transposed convolutions: h's gradient, then x's (straight into gx)
+                _flipped_correlation(gzp, wfh, back)
                 for y in range(h):
                     for xx in range(w):
                         gh[y, xx] = (gh[y, xx] if zs[c, t, y, xx] >= 0 else -gh[y, xx]) + back[y, xx]
                 if need_gx:
-                    for y in range(h):
-                        for xx in range(w):
-                            back[y, xx] = 0.0
-                    for tap in range(KERNEL * KERNEL):
-                        dy, dx = tap // KERNEL, tap % KERNEL
-                        wv = wfi[dy, dx]
-                        for y in range(h):
-                            for xx in range(w):
-                                back[y, xx] += wv * gzp[y + dy, xx + dx]
-                    for y in range(h):
-                        for xx in range(w):
-                            gx[c, t, y, xx] = back[y, xx]
+                    _flipped_correlation(gzp, wfi, gx[c, t])
             for ch in range(2):
                 for tap in range(KERNEL * KERNEL):
                     v = 0.0
@@ -406,9 +399,13 @@ def _run(fn, ranges: list[tuple[int, int]]) -> None:
             fut.result()
 
 
-def _check(x: np.ndarray, w: np.ndarray) -> None:
+def _require_numba() -> None:
     if numba is None:
         raise RuntimeError(f"pixelrnn.cpu_kernels needs numba (pip install numba), or set {ENV}=torch")
+
+
+def _check(x: np.ndarray, w: np.ndarray) -> None:
+    _require_numba()
     if x.ndim != 3 or x.dtype != np.float32 or x.shape[1] % POOL or x.shape[2] % POOL:
         raise ValueError(f"x must be float32 (frames, H, W) with H and W multiples of {POOL}, "
                          f"got {x.dtype} {x.shape}")
@@ -418,8 +415,7 @@ def _check(x: np.ndarray, w: np.ndarray) -> None:
 
 def all_pm1(x: np.ndarray) -> bool:
     """True when every value of the float32 array x is exactly +1 or -1 (what these kernels take)."""
-    if numba is None:
-        raise RuntimeError(f"pixelrnn.cpu_kernels needs numba (pip install numba), or set {ENV}=torch")
+    _require_numba()
     return _count_not_pm1(np.asarray(x)) == 0
 
 
@@ -427,8 +423,7 @@ def lookup(*, levels: np.ndarray, tables: tuple[np.ndarray, ...], threads: int =
     """uint8 ``levels`` (any shape, C-contiguous) through one or two float32 tables of 256 values ->
     that many float32 arrays of the levels' shape, in one pass: an elementwise function of a uint8
     frame (the input binarization and its surrogate) tabulated on its 256 values by PyTorch itself."""
-    if numba is None:
-        raise RuntimeError(f"pixelrnn.cpu_kernels needs numba (pip install numba), or set {ENV}=torch")
+    _require_numba()
     if levels.dtype != np.uint8:
         raise ValueError(f"levels must be uint8, got {levels.dtype}")
     if not 1 <= len(tables) <= 2 or any(t.shape != (256,) or t.dtype != np.float32 for t in tables):
@@ -499,8 +494,7 @@ def threshold_mosaic(*, pooled: np.ndarray, thr: float, noise: np.ndarray | None
     z = pooled (+ noise . sigma) - thr as (F, 16, hb, wb) float32 (the model's operations in its
     order, ``noise`` (F, 16, hb, wb) any strides), and x = sign(z) (sign(0) = +1) tiled into the
     (F, 4 hb, 4 wb) mosaic of :func:`pixelrnn.model.to_mosaic`."""
-    if numba is None:
-        raise RuntimeError(f"pixelrnn.cpu_kernels needs numba (pip install numba), or set {ENV}=torch")
+    _require_numba()
     if pooled.ndim != 4 or pooled.shape[3] != POOL * POOL or pooled.dtype != np.float32:
         raise ValueError(f"pooled must be float32 (frames, hb, wb, {POOL * POOL}), got {pooled.dtype} {pooled.shape}")
     n, hb, wb, k_n = pooled.shape
@@ -518,8 +512,7 @@ def threshold_mosaic_backward(*, grad: np.ndarray, sur: np.ndarray, threads: int
     """The mosaic's gradient ``grad`` (F, 4 hb, 4 wb) and the quantizer's surrogate derivative at z,
     ``sur`` (F, 16, hb, wb) -> (z's gradient (F, 16, hb, wb), its sum). z's gradient is also the
     gradient of ``pooled`` (laid out as (F, 16, hb, wb)); thr's is minus the sum."""
-    if numba is None:
-        raise RuntimeError(f"pixelrnn.cpu_kernels needs numba (pip install numba), or set {ENV}=torch")
+    _require_numba()
     n, k_n, hb, wb = sur.shape
     if k_n != POOL * POOL or grad.shape != (n, POOL * hb, POOL * wb):
         raise ValueError(f"grad must be ({n}, {POOL * hb}, {POOL * wb}) and sur ({n}, {POOL * POOL}, hb, wb), "
@@ -539,8 +532,7 @@ def recurrence(*, x: np.ndarray, w_fi: np.ndarray, w_fh: np.ndarray, thr: float,
     the model scales them) -> (hs (B, G+1, H, W) with h_0 = +1, zs (B, G,
     H, W) the gates' pre-activations). float32, in :class:`pixelrnn.model._Recurrence`'s order, so
     every gate is the same (the caller checks that x is +-1 with :func:`all_pm1`)."""
-    if numba is None:
-        raise RuntimeError(f"pixelrnn.cpu_kernels needs numba (pip install numba), or set {ENV}=torch")
+    _require_numba()
     if x.ndim != 4 or x.dtype != np.float32 or x.shape[2] % POOL or x.shape[3] % POOL:
         raise ValueError(f"x must be float32 (clips, steps, H, W) with H and W multiples of {POOL}, "
                          f"got {x.dtype} {x.shape}")
@@ -566,8 +558,7 @@ def recurrence_backward(*, x: np.ndarray, hs: np.ndarray, zs: np.ndarray, sur: n
     """The gradient of :func:`recurrence`'s kept states ``hs[:, keep]`` (``grad``, (B, R, H, W)) ->
     (x's gradient or None, W_fi's (5, 5), W_fh's (5, 5), thr's), given the forward's hs and zs and
     the gate surrogate's derivative ``sur`` at zs. Sums: float32 per clip, float64 across clips."""
-    if numba is None:
-        raise RuntimeError(f"pixelrnn.cpu_kernels needs numba (pip install numba), or set {ENV}=torch")
+    _require_numba()
     b, g, h, w = zs.shape
     if grad.shape != (b, len(keep), h, w):
         raise ValueError(f"grad must be ({b}, {len(keep)}, {h}, {w}), got {grad.shape}")

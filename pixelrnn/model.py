@@ -401,13 +401,20 @@ class _ConvReluPoolBits(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         xn, w, pooled, arg, s = ctx.saved_tensors
-        sn = s.detach()[:, 0].contiguous().numpy() if ctx.need_theta else None
-        dw, dshift = cpu_kernels.conv_relu_pool_backward(
-            x=xn.numpy(), w=w.detach()[:, 0].contiguous().numpy(), grad=grad.detach().contiguous().numpy(),
-            pooled=pooled.numpy(), arg=arg.numpy(), s=sn, threads=ctx.threads)
-        dw = torch.from_numpy(dw).to(w.dtype).unsqueeze(1) if ctx.needs_input_grad[1] else None
-        dtheta = torch.tensor([-dshift], dtype=w.dtype) if ctx.need_theta else None
+        dw, dtheta = _conv_bits_backward(ctx, xn, w, pooled, arg, s, grad.detach().contiguous().numpy())
         return None, dw, None, dtheta, None
+
+
+def _conv_bits_backward(ctx, xn, w, pooled, arg, s, grad):
+    """The first layer's kernel and theta0 gradients from the pooled maps' gradient ``grad``
+    ((N, K, H/4, W/4) numpy) by :func:`pixelrnn.cpu_kernels.conv_relu_pool_backward`; the rest is
+    what :class:`_ConvReluPoolBits` and :class:`_FirstLayerBits` saved."""
+    dw, dshift = cpu_kernels.conv_relu_pool_backward(
+        x=xn.numpy(), w=w.detach()[:, 0].contiguous().numpy(), grad=grad, pooled=pooled.numpy(), arg=arg.numpy(),
+        s=s.detach()[:, 0].contiguous().numpy() if ctx.need_theta else None, threads=ctx.threads)
+    dw = torch.from_numpy(dw).to(w.dtype).unsqueeze(1) if ctx.needs_input_grad[1] else None
+    dtheta = torch.tensor([-dshift], dtype=w.dtype) if ctx.need_theta else None
+    return dw, dtheta
 
 
 class _FirstLayerBits(torch.autograd.Function):
@@ -437,11 +444,7 @@ class _FirstLayerBits(torch.autograd.Function):
         xn, w, pooled, arg, z, s = ctx.saved_tensors
         g, total = cpu_kernels.threshold_mosaic_backward(grad=grad.detach()[:, 0].numpy(),
                                                          sur=ctx.surrogate(z).numpy(), threads=ctx.threads)
-        dw, dshift = cpu_kernels.conv_relu_pool_backward(
-            x=xn.numpy(), w=w.detach()[:, 0].contiguous().numpy(), grad=g, pooled=pooled.numpy(), arg=arg.numpy(),
-            s=s.detach()[:, 0].contiguous().numpy() if ctx.need_theta else None, threads=ctx.threads)
-        dw = torch.from_numpy(dw).to(w.dtype).unsqueeze(1) if ctx.needs_input_grad[1] else None
-        dtheta = torch.tensor([-dshift], dtype=w.dtype) if ctx.need_theta else None
+        dw, dtheta = _conv_bits_backward(ctx, xn, w, pooled, arg, s, g)
         dthresh = torch.tensor([-total], dtype=w.dtype) if ctx.needs_input_grad[6] else None
         return None, dw, None, dtheta, None, None, dthresh, None, None
 
