@@ -88,6 +88,14 @@ def _accuracy_lines(report: dict, cv: dict | None) -> list[str]:
             f"{report['simulator_agrees']}."]
 
 
+def _augmentation(cfg: dict) -> str:
+    """The card's words for the training-time augmentation (pixelrnn.data.Augment) a run used."""
+    if not cfg.get("augment", True):
+        return "no augmentation"
+    return (f"augmentation: shifts up to {cfg.get('max_shift', 3)} pixels, time jitter up to "
+            f"{cfg.get('max_time_shift', 1)} frame(s)")
+
+
 def card(task: str, run: Path, report: dict, files: dict[str, int], chosen_by: str = "",
          cv: dict | None = None) -> str:
     from core.readout_layout import ReadoutLayout
@@ -118,7 +126,7 @@ def card(task: str, run: Path, report: dict, files: dict[str, int], chosen_by: s
         f"- Training: `pixelrnn train` seed {cfg['seed']}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
         f"{cfg['quantizer']} (m={cfg['quantizer_m']}), Adam lr {cfg['lr']} / binary {cfg['lr_binary']}, "
         f"{cfg['schedule']} schedule, authors' noise model in training (conv {cfg['noise_conv']}, gate "
-        f"{cfg['noise_gate']}, out {cfg['noise_out']}){warm}, {epoch}.",
+        f"{cfg['noise_gate']}, out {cfg['noise_out']}){warm}, {_augmentation(cfg)}, {epoch}.",
         f"- Readout (what leaves the sensor per 16-frame window): {readout}; decoder head: {head}.",
         *_accuracy_lines(report, cv),
         f"- {chosen}",

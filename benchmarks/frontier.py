@@ -80,12 +80,25 @@ def load_references(path: str | None) -> dict[str, dict]:
     return out
 
 
+def chosen_per_budget(rows: list[dict]) -> dict[int, dict]:
+    """Per readout size, the configuration validation chooses: the best mean validation accuracy (a tie goes
+    to the smaller spread over seeds, then to the first listed). Test accuracy plays no part."""
+    chosen: dict[int, dict] = {}
+    for r in rows:
+        best = chosen.get(r["readout_bytes"])
+        if best is None or (r["val_mean"], -r["val_std"]) > (best["val_mean"], -best["val_std"]):
+            chosen[r["readout_bytes"]] = r
+    return chosen
+
+
 def smallest_beating(rows: list[dict], linear: float | None) -> dict | None:
-    """The cheapest configuration whose mean test accuracy beats the linear baseline's."""
+    """The smallest readout size whose configuration chosen on validation (``chosen_per_budget``) beats the
+    linear baseline's test accuracy with its mean test accuracy: the test split is read after the choice, so
+    a configuration that validation passed over at its size is never the answer, however it scored on test."""
     if linear is None:
         return None
-    better = [r for r in rows if r["test_mean"] > linear]
-    return min(better, key=lambda r: (r["readout_bytes"], -r["test_mean"])) if better else None
+    chosen = chosen_per_budget(rows)
+    return next((chosen[n] for n in sorted(chosen) if chosen[n]["test_mean"] > linear), None)
 
 
 def table(sweeps: dict[str, list[dict]], refs: dict[str, dict]) -> str:
@@ -157,7 +170,8 @@ def main(args: argparse.Namespace) -> int:
         best = smallest_beating(rows, 100 * ref["linear"]["test_accuracy"] if ref else None)
         if ref:
             notes.append(f"- {ds}: smallest readout beating the raw-frame linear baseline "
-                         f"({100 * ref['linear']['test_accuracy']:.1f}%): "
+                         f"({100 * ref['linear']['test_accuracy']:.1f}%) with the configuration validation chose "
+                         f"at its size: "
                          + (f"{best['config']}, {best['readout_bytes']} B ({best['test_mean']:.1f}%)"
                             if best else "none"))
     body = (f"Measured {date.today().isoformat()} on {args.machine or cpu_name()}.\n\n"

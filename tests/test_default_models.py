@@ -87,7 +87,8 @@ def test_gesture_card_states_the_cross_validated_accuracy_of_its_settings():
     trained = extra["train_config"]
     assert trained["fold"] == -1 and trained["dataset"] == run["dataset"] == "cambridge"
     for key in ("readout_every", "readout_bits", "readout_pool", "out_channels", "decoder", "lr", "lr_binary",
-                "init_from", "batch_size", "schedule", "noise_conv", "noise_gate", "noise_out"):
+                "init_from", "batch_size", "schedule", "noise_conv", "noise_gate", "noise_out", "augment",
+                "max_shift", "max_time_shift", "decoder_hidden"):
         assert trained[key] == run[key], key
 
 

@@ -34,6 +34,21 @@ def test_two_sweeps_of_one_data_set_are_drawn_together(tmp_path):
     assert smallest_beating(sweeps["grid"], 96.0) is None
 
 
+def test_the_smallest_readout_is_the_one_validation_chose_at_its_size():
+    """Within one readout size the configuration with the best validation accuracy is reported, even when
+    another of that size reads higher on test (choosing by test would be choosing on the test split)."""
+    rows = [{**_row("val-best", 1024, 60.0), "val_mean": 80.0},
+            {**_row("test-best", 1024, 65.0), "val_mean": 75.0},
+            {**_row("bigger", 4096, 70.0), "val_mean": 70.0}]
+    assert smallest_beating(rows, 55.0)["config"] == "val-best"
+    assert smallest_beating(rows, 62.0)["config"] == "bigger"      # not test-best: validation passed it over
+    assert smallest_beating(rows, 75.0) is None
+    tie = [{**_row("steady", 1024, 50.0), "val_mean": 80.0, "val_std": 0.5},
+           {**_row("spread", 1024, 70.0), "val_mean": 80.0, "val_std": 3.0}]
+    assert smallest_beating(tie, 40.0)["config"] == "steady"          # a tie goes to the smaller spread
+    assert smallest_beating(tie, 60.0) is None
+
+
 def test_a_bad_sweep_argument_is_a_one_line_error(tmp_path):
     with pytest.raises(InputError, match="DATASET=SUMMARY.json"):
         load_sweeps(["grid"])
