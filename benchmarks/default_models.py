@@ -90,10 +90,10 @@ def _accuracy_lines(report: dict, cv: dict | None) -> list[str]:
 
 def _augmentation(cfg: dict) -> str:
     """The card's words for the training-time augmentation (pixelrnn.data.Augment) a run used."""
-    if not cfg.get("augment", True):
+    if not cfg["augment"]:
         return "no augmentation"
-    return (f"augmentation: shifts up to {cfg.get('max_shift', 3)} pixels, time jitter up to "
-            f"{cfg.get('max_time_shift', 1)} frame(s)")
+    return (f"augmentation: shifts up to {cfg['max_shift']} pixels, time jitter up to "
+            f"{cfg['max_time_shift']} frame(s)")
 
 
 def card(task: str, run: Path, report: dict, files: dict[str, int], chosen_by: str = "",
