@@ -120,6 +120,12 @@ def table(sweeps: dict[str, list[dict]], refs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_title(ds: str, rows: list[dict]) -> str:
+    """A panel's title: the data set, and the key to the red squares only where the panel draws one."""
+    authors = any(r["config"].startswith("authors") for r in rows)
+    return f"{ds} (red square: the authors' readout)" if authors else ds
+
+
 def plot(sweeps: dict[str, list[dict]], refs: dict[str, dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -146,7 +152,7 @@ def plot(sweeps: dict[str, list[dict]], refs: dict[str, dict], path: Path) -> No
         ax.set_xscale("log", base=2)
         ax.set_xlabel("readout bytes per 16-frame window")
         ax.set_ylabel("test accuracy % (mean ± std over seeds)")
-        ax.set_title(f"{ds} (red square: the authors' readout)")
+        ax.set_title(plot_title(ds, rows))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -12,7 +12,7 @@ pytest.importorskip("torch")        # frontier.py reads sweep summaries with pix
 from conftest import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from benchmarks.frontier import load_sweeps, smallest_beating, table  # noqa: E402
+from benchmarks.frontier import load_sweeps, plot_title, smallest_beating, table  # noqa: E402
 from core.errors import InputError  # noqa: E402
 
 
@@ -54,3 +54,10 @@ def test_a_bad_sweep_argument_is_a_one_line_error(tmp_path):
         load_sweeps(["grid"])
     with pytest.raises(InputError, match="no such file"):
         load_sweeps([f"grid={tmp_path / 'missing.json'}"])
+
+
+def test_the_plot_names_the_red_square_only_where_one_is_drawn():
+    with_authors = [_row("authors", 4096, 65.0), _row("f4-2bit", 4096, 95.0)]
+    assert plot_title("grid", with_authors) == "grid (red square: the authors' readout)"
+    assert plot_title("avletters_ms", [_row("f2-1bit-pool2", 1024, 38.6)]) == "avletters_ms"
+    assert "red square" in plot_title("cambridge", [_row("authors-warm", 4096, 40.0)])     # any authors' start
