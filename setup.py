@@ -22,7 +22,7 @@ EXTRAS = {
     "larq": ["tensorflow>=2.15", "tf-keras>=2.15", "larq>=0.13", "larq-compute-engine>=0.13", "numpy<2",
              'tflite-runtime; python_version < "3.12"'],
     "generative": ["torch>=2.2", "tqdm>=4.60", "scikit-learn>=1.3", "mlxtend>=0.23,<0.25"],
-    "test": ["pytest>=8", "hypothesis>=6.80", "ruff>=0.6", "selenium>=4.20"],
+    "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.80", "ruff>=0.6", "selenium>=4.20"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

@@ -9,7 +9,15 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
+# Under pytest-xdist (the README's `-n auto`) each worker gets its share of the cores for its math threads
+# (torch's OpenMP, OpenBLAS), set before numpy and torch read them: workers x threads stay within the
+# machine, so no worker's threads (nor a nice-19 detector thread) wait on oversubscribed cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _share)
+
+import numpy as np  # noqa: E402
 import pytest
 
 # Larq needs the legacy Keras 2: set before anything imports TensorFlow (as pixelrnn.larq_twin does)
