@@ -2,9 +2,9 @@
 
 Each model reads the 10 Tulips1 clips (and GRID's 100 test clips, for comparison) through firmware_sim (its own
 readout layout; noise off, and with the authors' noise: 5 draws) and answers with the largest of its outputs
-one..four. A configuration folder
-(``seed*/model.pt``, as a sweep writes) gives mean ± std over its seeds; a single ``.pt`` one figure. The GRID
-linear model on the averaged raw frame (trained on GRID's one..four clips) and chance (25%) are the references.
+one..four. A configuration folder (``seed<k>/model.pt``, as a sweep writes) gives mean ± std over its seeds; a
+single ``.pt`` one figure. The GRID linear model on the averaged raw frame (trained on GRID's one..four clips)
+and chance (25%) are the references.
 
     python benchmarks/tulips_extra.py --model f4-2bit=runs/sweep/grid-frontier-8/f4-2bit-e300full \\
         --model lips=pixelrnn/models/lips.pt --section tulips-extra --write docs/RESULTS.md
@@ -31,12 +31,13 @@ NOISE_DRAWS = 5
 
 
 def checkpoints(path: Path) -> list[Path]:
-    """``path`` itself (a ``.pt`` file) or every ``seed*/model.pt`` under a configuration folder, by seed."""
+    """``path`` itself (a ``.pt`` file) or every ``seed<k>/model.pt`` under a configuration folder, by seed."""
     if path.is_file():
         return [path]
-    found = sorted(path.glob("seed*/model.pt"), key=lambda p: int(p.parent.name[4:] or 0))
+    found = sorted((p for p in path.glob("seed*/model.pt") if p.parent.name[4:].isdigit()),
+                   key=lambda p: int(p.parent.name[4:]))
     if not path.is_dir() or not found:
-        raise InputError(f"--model: {path} is neither a checkpoint nor a folder of seed*/model.pt; "
+        raise InputError(f"--model: {path} is neither a checkpoint nor a folder of seed<k>/model.pt; "
                          "give a model.pt or a sweep configuration folder")
     return found
 
@@ -44,7 +45,7 @@ def checkpoints(path: Path) -> list[Path]:
 def parse_model(spec: str) -> tuple[str, Path]:
     label, sep, path = spec.partition("=")
     if not sep or not label or not path:
-        raise InputError(f"--model {spec!r}: expected LABEL=PATH (a model.pt or a folder of seed*/model.pt)")
+        raise InputError(f"--model {spec!r}: expected LABEL=PATH (a model.pt or a folder of seed<k>/model.pt)")
     return label, Path(path)
 
 
@@ -105,7 +106,7 @@ def render(rows: list[dict], linear: float, *, command: str) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", required=True, metavar="LABEL=PATH",
-                    help="a GRID model.pt, or a sweep configuration folder of seed*/model.pt (repeatable)")
+                    help="a GRID model.pt, or a sweep configuration folder of seed<k>/model.pt (repeatable)")
     ap.add_argument("--data-dir", default="", help="default: $PIXELRNN_DATA or ../shared/data")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the linear model's LBFGS depends on it)")
     ap.add_argument("--section", default="tulips-extra", help="the marked section of --write to replace")

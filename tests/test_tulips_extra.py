@@ -66,7 +66,7 @@ def test_the_section_is_replaced_and_the_rest_kept(lips_run):
 
 @pytest.mark.parametrize("argv, says", [
     (["--model", "lips"], "expected LABEL=PATH"),
-    (["--model", "x=/nonexistent/folder"], "neither a checkpoint nor a folder of seed*/model.pt"),
+    (["--model", "x=/nonexistent/folder"], "neither a checkpoint nor a folder of seed<k>/model.pt"),
     (["--model", f"g={REPO / 'pixelrnn' / 'models' / 'gesture.pt'}"], "not a GRID digits model"),
 ])
 def test_bad_models_get_one_line_and_exit_2(argv, says, capsys):
