@@ -46,13 +46,21 @@ def run(cfg: TrainConfig) -> dict:
     return report
 
 
-def tulips_eval(model_path: Path, tulips, noise: NoiseModel | None = None, seed: int = 0) -> float:
-    """Accuracy of a GRID model on Tulips1, choosing among its one..four outputs."""
-    model = load_model(model_path)
-    readout = simulator_readout(model, tulips.frames, noise=noise, seed=seed)
+def sim_accuracy(model, frames: np.ndarray, labels: np.ndarray, *, outputs: list[int] | None = None,
+                 noise: NoiseModel | None = None, seed: int = 0) -> float:
+    """``model``'s accuracy on ``frames`` through firmware_sim and its decoder (``outputs``: choose among
+    these logits only)."""
+    readout = simulator_readout(model, frames, noise=noise, seed=seed)
     with torch.no_grad():
-        logits = model.decode(torch.from_numpy(readout))[:, TULIPS_IN_GRID]
-    return float((logits.argmax(1).numpy() == tulips.labels).mean())
+        logits = model.decode(torch.from_numpy(readout))
+    if outputs is not None:
+        logits = logits[:, outputs]
+    return float((logits.argmax(1).numpy() == labels).mean())
+
+
+def tulips_eval(model, tulips, noise: NoiseModel | None = None, seed: int = 0) -> float:
+    """Accuracy of a (loaded) GRID model on Tulips1, choosing among its one..four outputs."""
+    return sim_accuracy(model, tulips.frames, tulips.labels, outputs=TULIPS_IN_GRID, noise=noise, seed=seed)
 
 
 def tulips_linear(grid, tulips) -> float:
@@ -132,9 +140,9 @@ def main() -> int:
         for variant in variants:
             clean, noisy = [], []
             for seed in seeds:
-                path = args.runs / "grid" / variant / f"seed{seed}" / "model.pt"
-                clean.append(tulips_eval(path, tulips))
-                noisy.append(np.mean([tulips_eval(path, tulips, NoiseModel.authors(), s) for s in range(5)]))
+                model = load_model(args.runs / "grid" / variant / f"seed{seed}" / "model.pt")
+                clean.append(tulips_eval(model, tulips))
+                noisy.append(np.mean([tulips_eval(model, tulips, NoiseModel.authors(), s) for s in range(5)]))
             results[("tulips", variant)] = (clean, noisy)
         results[("tulips", "linear")] = tulips_linear(grid_ds, tulips)
         results[("tulips", "chance")] = 0.25

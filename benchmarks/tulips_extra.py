@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._common import cpu_name, update_section  # noqa: E402
-from benchmarks.results import tulips_eval, tulips_linear  # noqa: E402
+from benchmarks.results import sim_accuracy, tulips_eval, tulips_linear  # noqa: E402
 from core.errors import InputError  # noqa: E402
 
 NOISE_DRAWS = 5
@@ -49,17 +49,6 @@ def parse_model(spec: str) -> tuple[str, Path]:
     return label, Path(path)
 
 
-def accuracy(model, frames: np.ndarray, labels: np.ndarray) -> float:
-    """``model``'s accuracy on ``frames`` through firmware_sim, noise off."""
-    import torch
-
-    from pixelrnn.report import simulator_readout
-
-    with torch.no_grad():
-        logits = model.decode(torch.from_numpy(simulator_readout(model, frames)))
-    return float((logits.argmax(1).numpy() == labels).mean())
-
-
 def evaluate(*, label: str, path: Path, tulips, grid_test) -> dict:
     """Tulips1 accuracy of every checkpoint under ``path`` (noise off; authors' noise, mean of 5 draws), and
     its GRID test accuracy (``grid_test``: the fixed split's test clips), both through firmware_sim."""
@@ -73,9 +62,9 @@ def evaluate(*, label: str, path: Path, tulips, grid_test) -> dict:
             raise InputError(f"--model {ckpt}: not a GRID digits model (classes {model.config.classes}); "
                              "Tulips1 is scored with a GRID model's outputs one..four")
         layout = model.config.layout
-        clean.append(tulips_eval(ckpt, tulips))
-        noisy.append(float(np.mean([tulips_eval(ckpt, tulips, NoiseModel.authors(), s) for s in range(NOISE_DRAWS)])))
-        grid.append(accuracy(model, *grid_test))
+        clean.append(tulips_eval(model, tulips))
+        noisy.append(float(np.mean([tulips_eval(model, tulips, NoiseModel.authors(), s) for s in range(NOISE_DRAWS)])))
+        grid.append(sim_accuracy(model, *grid_test))
     return {"label": label, "path": str(path), "seeds": len(clean), "bytes": layout.payload_bytes,
             "clean": clean, "noisy": noisy, "grid_test": grid}
 
