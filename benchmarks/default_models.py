@@ -92,8 +92,9 @@ def _augmentation(cfg: dict) -> str:
     """The card's words for the training-time augmentation (pixelrnn.data.Augment) a run used."""
     if not cfg["augment"]:
         return "no augmentation"
+    mirror = ", mirrored left-right half of the time" if cfg.get("hflip") else ""
     return (f"augmentation: shifts up to {cfg['max_shift']} pixels, time jitter up to "
-            f"{cfg['max_time_shift']} frame(s)")
+            f"{cfg['max_time_shift']} frame(s){mirror}")
 
 
 def card(task: str, run: Path, report: dict, files: dict[str, int], chosen_by: str = "",

@@ -245,10 +245,13 @@ def split(ds: Dataset, *, fold: int = 0) -> dict[str, np.ndarray]:
 # -- augmentation ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Augment:
-    """Training-only augmentation: temporal jitter (as the authors) and small spatial shifts."""
+    """Training-only augmentation: temporal jitter (as the authors), small spatial shifts and, where
+    left and right mean the same (a mouth), a mirror image half of the time."""
 
     max_shift: int = 3        # pixels, each axis
     max_time_shift: int = 1   # frames
+    hflip: bool = False       # mirror left-right with probability 1/2 (drawn last, so the other draws
+                              # are those of a run without it)
 
     def __call__(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         t = clip.shape[0]
@@ -261,4 +264,6 @@ class Augment:
             padded = np.pad(clip, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
             h, w = clip.shape[1:]
             clip = padded[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+        if self.hflip and rng.integers(0, 2):
+            clip = clip[:, :, ::-1]
         return np.ascontiguousarray(clip)

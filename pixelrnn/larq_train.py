@@ -26,11 +26,9 @@ from pixelrnn.train_config import TrainConfig, code_version
 
 def _epoch_data(ds, idx: np.ndarray, *, epoch: int, cfg) -> tuple[np.ndarray, np.ndarray]:
     """The training clips of one epoch in the PyTorch backend's order and augmentation."""
-    from pixelrnn.data import Augment
-
     order = idx[np.random.default_rng([cfg.seed, epoch]).permutation(len(idx))]
     if cfg.augment:
-        aug = Augment(max_shift=cfg.max_shift, max_time_shift=cfg.max_time_shift)
+        aug = cfg.augmentation()
         frames = np.stack([aug(ds.frames[i], np.random.default_rng([cfg.seed, epoch, int(i), 1])) for i in order])
     else:
         frames = ds.frames[order]

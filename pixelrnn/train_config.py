@@ -17,19 +17,22 @@ from core.errors import InputError
 from core.readout_layout import ReadoutLayout
 from firmware_sim.noise import NoiseModel
 from pixelrnn import __version__
-from pixelrnn.data import ALL_CLIPS, CV_DATASETS, DATASETS
+from pixelrnn.data import ALL_CLIPS, CV_DATASETS, DATASETS, TASKS, Augment
 from pixelrnn.quantizers import QUANTIZERS
 
 SCHEDULES = ("cosine", "plateau", "none")
 OPTIMIZERS = ("adam",)
 NORMALIZATIONS = ("dataset", "imagenet")
 DEVICES = ("auto", "cpu", "cuda")
+# data sets whose classes a left-right mirror changes: the hand gestures (Cambridge's leftward and rightward
+# motions); a mouth read in a mirror says the same
+MIRROR_VARIANT = tuple(name for name, task in TASKS.items() if task == "gesture")
 
 _INTS = ("fold", "limit", "batch_size", "epochs", "seed", "max_shift", "max_time_shift", "threads", "patience",
          "readout_every", "out_channels", "hidden_channels", "readout_bits", "readout_pool", "decoder_hidden")
 _NUMBERS = ("quantizer_m", "noise_conv", "noise_gate", "noise_out", "lr", "lr_binary", "weight_decay",
             "readout_step")
-_BOOLS = ("freeze_binary", "learn_theta0", "gate_threshold", "augment", "init_decoder")
+_BOOLS = ("freeze_binary", "learn_theta0", "gate_threshold", "augment", "hflip", "init_decoder")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -66,6 +69,8 @@ class TrainConfig:
     augment: bool = True
     max_shift: int = 3
     max_time_shift: int = 1
+    hflip: bool = False                # also mirror training clips left-right (lips only: on Cambridge it
+                                       # would swap the leftward and rightward classes)
     threads: int = 0                   # torch threads per process; 0 = PyTorch's default
     device: str = "auto"               # cpu, cuda, or auto (cuda when available, else cpu); float32 everywhere
     patience: int = 0                  # early stopping: stop after this many epochs without a better
@@ -108,6 +113,9 @@ class TrainConfig:
         _check(self.limit >= 0 and self.threads >= 0 and self.seed >= 0, "limit, threads and seed must be >= 0")
         _check(self.patience >= 0, f"patience must be >= 0 (0 = no early stopping), got {self.patience}")
         _check(self.max_shift >= 0 and self.max_time_shift >= 0, "max_shift and max_time_shift must be >= 0")
+        _check(not (self.hflip and self.dataset in MIRROR_VARIANT), f"hflip mirrors left and right, which changes "
+               f"{self.dataset}'s classes (leftward and rightward motions): set hflip false for {self.dataset}")
+        _check(self.augment or not self.hflip, "hflip is an augmentation: it needs augment true")
         _check(bool(self.out_dir), "out_dir must not be empty")
         if self.noise_file:
             NoiseModel.from_spec(self.noise_file)   # one-line error now, not after loading the data
@@ -126,6 +134,10 @@ class TrainConfig:
                    f"data sets ({', '.join(CV_DATASETS)}), not {self.dataset}")
             _check(not self.patience and self.schedule != "plateau", f"fold {ALL_CLIPS} has no validation clips: "
                    f"set patience 0 and a schedule other than plateau (the last epoch is the model)")
+
+    def augmentation(self):
+        """The training clips' augmentation (:class:`pixelrnn.data.Augment`), the same in both backends."""
+        return Augment(max_shift=self.max_shift, max_time_shift=self.max_time_shift, hflip=self.hflip)
 
     def check_hidden(self, timesteps: int) -> None:
         """``hidden_channels`` must fit a SCAMP-5 element's registers with this readout (one line

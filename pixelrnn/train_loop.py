@@ -33,7 +33,7 @@ from core.atomic import write_json_atomic
 from core.errors import InputError
 from firmware_sim.noise import NoiseModel
 from pixelrnn.checkpoint import load_model, save_checkpoint
-from pixelrnn.data import TASKS, Augment, Dataset, load_dataset, split
+from pixelrnn.data import TASKS, Dataset, load_dataset, split
 from pixelrnn.distributed import Dist, GlobalBatchNorm2d, init_distributed, teardown_distributed
 from pixelrnn.model import ModelConfig, PixelRNN, draw_noise
 from pixelrnn.train_config import SCHEDULES, TrainConfig, code_version
@@ -150,7 +150,7 @@ def batch_tensors(ds: Dataset, idx: np.ndarray, *, epoch: int, cfg: TrainConfig,
     gens = None
     if train:
         if cfg.augment:
-            aug = Augment(max_shift=cfg.max_shift, max_time_shift=cfg.max_time_shift)
+            aug = cfg.augmentation()
             frames = np.stack([aug(ds.frames[i], np.random.default_rng([cfg.seed, epoch, int(i), 1]))
                                for i in idx])
         gens = [torch.Generator().manual_seed(_seed_of(cfg.seed, epoch, int(i), 2)) for i in idx]

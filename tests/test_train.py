@@ -177,6 +177,8 @@ def _cli(*args, cwd=REPO):
     ("init_decoder: true\n", "init_decoder needs init_from"),
     ("dataset: cambridge\nfold: -1\npatience: 5\n", "has no validation clips: set patience 0"),
     ("dataset: grid\nfold: -1\n", "fold -1 (every clip trains) is for the cross-validated data sets"),
+    ("dataset: cambridge\nhflip: true\n", "hflip mirrors left and right, which changes cambridge's classes"),
+    ("augment: false\nhflip: true\n", "hflip is an augmentation: it needs augment true"),
 ])
 def test_bad_config_gives_one_line_error(tmp_path, content, message):
     cfg = tmp_path / "bad.yaml"
@@ -248,6 +250,30 @@ def test_even_sampling_and_augmentation():
     out = Augment(max_shift=2, max_time_shift=1)(clip, np.random.default_rng(1))
     assert out.shape == clip.shape and out.dtype == np.uint8
     assert np.array_equal(Augment(max_shift=0, max_time_shift=0)(clip, np.random.default_rng(1)), clip)
+
+
+def test_mirror_augmentation_keeps_the_other_draws():
+    """``hflip`` mirrors about half the clips left-right and leaves the shift and jitter draws as
+    they are without it (the coin is drawn last), so runs without it are unchanged; both backends
+    take the augmentation from the config."""
+    from pixelrnn.data import Augment
+    from pixelrnn.train import TrainConfig
+    clip = np.random.default_rng(0).integers(0, 256, (16, 64, 64), dtype=np.uint8)
+    mirrored = 0
+    for seed in range(40):
+        plain = Augment(max_shift=2, max_time_shift=1)(clip, np.random.default_rng(seed))
+        out = Augment(max_shift=2, max_time_shift=1, hflip=True)(clip, np.random.default_rng(seed))
+        assert out.flags.c_contiguous and out.dtype == np.uint8
+        if np.array_equal(out, plain[:, :, ::-1]):
+            mirrored += 1
+        else:
+            assert np.array_equal(out, plain), seed
+    assert 10 <= mirrored <= 30      # a fair coin over 40 draws (P(outside) < 0.2%)
+    only_flip = Augment(max_shift=0, max_time_shift=0, hflip=True)
+    outs = [only_flip(clip, np.random.default_rng(s)) for s in range(8)]
+    assert all(np.array_equal(o, clip) or np.array_equal(o, clip[:, :, ::-1]) for o in outs)
+    assert TrainConfig(dataset="avletters_ms", hflip=True).augmentation() == Augment(hflip=True)
+    assert TrainConfig().augmentation() == Augment()
 
 
 def test_shipped_configs_are_valid():
