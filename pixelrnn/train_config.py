@@ -135,7 +135,7 @@ class TrainConfig:
             _check(not self.patience and self.schedule != "plateau", f"fold {ALL_CLIPS} has no validation clips: "
                    f"set patience 0 and a schedule other than plateau (the last epoch is the model)")
 
-    def augmentation(self):
+    def augmentation(self) -> Augment:
         """The training clips' augmentation (:class:`pixelrnn.data.Augment`), the same in both backends."""
         return Augment(max_shift=self.max_shift, max_time_shift=self.max_time_shift, hflip=self.hflip)
 
