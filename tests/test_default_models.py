@@ -125,3 +125,17 @@ def test_an_export_without_the_full_graph_keeps_what_computes_the_same(tmp_path)
                           "scamp5", "--no-full-graph", "--out", str(tmp_path / "cli")], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_card_names_the_augmentation_a_run_used():
+    """The card's augmentation line follows the run's settings, the mirror included (a config saved
+    before ``hflip`` existed has no such key and reads as unmirrored)."""
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.default_models import _augmentation
+    cfg = {"augment": True, "max_shift": 6, "max_time_shift": 2}
+    assert _augmentation(cfg) == "augmentation: shifts up to 6 pixels, time jitter up to 2 frame(s)"
+    assert _augmentation({**cfg, "hflip": False}) == _augmentation(cfg)
+    assert _augmentation({**cfg, "hflip": True}).endswith("2 frame(s), mirrored left-right half of the time")
+    assert _augmentation({**cfg, "augment": False, "hflip": True}) == "no augmentation"
