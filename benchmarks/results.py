@@ -63,6 +63,11 @@ def tulips_eval(model, tulips, noise: NoiseModel | None = None, seed: int = 0) -
     return sim_accuracy(model, tulips.frames, tulips.labels, outputs=TULIPS_IN_GRID, noise=noise, seed=seed)
 
 
+def tulips_eval_noisy(model, tulips, *, draws: int = 5) -> float:
+    """:func:`tulips_eval` with the authors' analog noise, the mean over ``draws`` draws (seeds 0..draws-1)."""
+    return float(np.mean([tulips_eval(model, tulips, NoiseModel.authors(), s) for s in range(draws)]))
+
+
 def tulips_linear(grid, tulips) -> float:
     """Tulips1 accuracy of the linear model on the averaged raw frame, trained on GRID's one..four clips
     (GRID's fixed split; L2 chosen on its validation clips)."""
@@ -142,7 +147,7 @@ def main() -> int:
             for seed in seeds:
                 model = load_model(args.runs / "grid" / variant / f"seed{seed}" / "model.pt")
                 clean.append(tulips_eval(model, tulips))
-                noisy.append(np.mean([tulips_eval(model, tulips, NoiseModel.authors(), s) for s in range(5)]))
+                noisy.append(tulips_eval_noisy(model, tulips))
             results[("tulips", variant)] = (clean, noisy)
         results[("tulips", "linear")] = tulips_linear(grid_ds, tulips)
         results[("tulips", "chance")] = 0.25

@@ -18,13 +18,11 @@ import sys
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._common import cpu_name, update_section  # noqa: E402
-from benchmarks.results import sim_accuracy, tulips_eval, tulips_linear  # noqa: E402
+from benchmarks.results import sim_accuracy, tulips_eval, tulips_eval_noisy, tulips_linear  # noqa: E402
 from core.errors import InputError  # noqa: E402
 
 NOISE_DRAWS = 5
@@ -36,7 +34,7 @@ def checkpoints(path: Path) -> list[Path]:
         return [path]
     found = sorted((p for p in path.glob("seed*/model.pt") if p.parent.name[4:].isdigit()),
                    key=lambda p: int(p.parent.name[4:]))
-    if not path.is_dir() or not found:
+    if not found:
         raise InputError(f"--model: {path} is neither a checkpoint nor a folder of seed<k>/model.pt; "
                          "give a model.pt or a sweep configuration folder")
     return found
@@ -52,7 +50,6 @@ def parse_model(spec: str) -> tuple[str, Path]:
 def evaluate(*, label: str, path: Path, tulips, grid_test) -> dict:
     """Tulips1 accuracy of every checkpoint under ``path`` (noise off; authors' noise, mean of 5 draws), and
     its GRID test accuracy (``grid_test``: the fixed split's test clips), both through firmware_sim."""
-    from firmware_sim.noise import NoiseModel
     from pixelrnn.checkpoint import load_model
 
     clean, noisy, grid, layout = [], [], [], None
@@ -63,16 +60,18 @@ def evaluate(*, label: str, path: Path, tulips, grid_test) -> dict:
                              "Tulips1 is scored with a GRID model's outputs one..four")
         layout = model.config.layout
         clean.append(tulips_eval(model, tulips))
-        noisy.append(float(np.mean([tulips_eval(model, tulips, NoiseModel.authors(), s) for s in range(NOISE_DRAWS)])))
+        noisy.append(tulips_eval_noisy(model, tulips, draws=NOISE_DRAWS))
         grid.append(sim_accuracy(model, *grid_test))
     return {"label": label, "path": str(path), "seeds": len(clean), "bytes": layout.payload_bytes,
             "clean": clean, "noisy": noisy, "grid_test": grid}
 
 
 def fmt(values: list[float]) -> str:
-    """Mean ± sample std (ddof 1, as the frontier tables) in %, or the one value."""
-    a = 100 * np.asarray(values)
-    return f"{a.mean():.1f} ± {a.std(ddof=1):.1f}" if len(a) > 1 else f"{a[0]:.1f}"
+    """Mean ± sample std over seeds in % (pixelrnn.sweep.mean_std, as the frontier tables), or the one value."""
+    from pixelrnn.sweep import mean_std
+
+    m, sd = mean_std([100 * v for v in values])
+    return f"{m:.1f} ± {sd:.1f}" if len(values) > 1 else f"{m:.1f}"
 
 
 def render(rows: list[dict], linear: float, *, command: str) -> str:
