@@ -104,6 +104,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def reproduce_argv(args: argparse.Namespace) -> list[str]:
+    """The command line that reproduces this run's section: the models, the threads (the linear model's
+    LBFGS depends on them) and, when given, the data directory and the section written."""
+    argv = ["python", "benchmarks/tulips_extra.py", *(a for m in args.model for a in ("--model", m)),
+            "--threads", str(args.threads)]
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    if args.write:
+        argv += ["--section", args.section, "--write", str(args.write)]
+    return argv
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
 
@@ -124,8 +136,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"tulips_extra: {exc}", file=sys.stderr)
         return 2
     linear = tulips_linear(grid, tulips)
-    command = args.command or shlex.join(["python", "benchmarks/tulips_extra.py",
-                                          *(a for m in args.model for a in ("--model", m))])
+    command = args.command or shlex.join(reproduce_argv(args))
     text = render(rows, linear, command=command)
     print(text)
     if args.json_out:

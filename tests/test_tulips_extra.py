@@ -64,6 +64,19 @@ def test_the_section_is_replaced_and_the_rest_kept(lips_run):
     assert "chance (4 classes)" in doc and "tulips_extra.py --model lips=" in doc
 
 
+def test_the_printed_command_reproduces_the_run(lips_run, tmp_path):
+    """The section's command carries every argument that shapes it (threads, data, section, file), so that
+    parsing it back gives the same run."""
+    import shlex
+    _, doc, _ = lips_run
+    line = next(x for x in doc.splitlines() if x.startswith("Command: `"))
+    argv = shlex.split(line[len("Command: `"):-1])
+    assert argv[:2] == ["python", "benchmarks/tulips_extra.py"]
+    again = tulips_extra.get_args_parser().parse_args(argv[2:])
+    assert again.model == [f"lips={LIPS}"] and again.threads == 1 and again.data_dir == str(DATA)
+    assert again.section == "tulips-extra" and again.write is not None and again.write.name == "R.md"
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--model", "lips"], "expected LABEL=PATH"),
     (["--model", "x=/nonexistent/folder"], "neither a checkpoint nor a folder of seed<k>/model.pt"),
