@@ -26,6 +26,10 @@ A spec file (YAML) names the grid::
     seeds: [0, 1, 2]
     folds: [0, 1, 2, 3, 4]            # optional: cross-validation (cambridge), one run per fold
 
+``init_from`` may name ``{seed}`` (and, with folds, ``{fold}``): each point then starts from its own earlier
+run, e.g. ``runs/sweep/<study>/<config>/seed{seed}/model.pt`` for a second stage that fine-tunes every seed
+of a first, so the spread over seeds stays the spread of the whole two-stage recipe.
+
 Each point trains with :func:`pixelrnn.train_loop.train` into ``OUT/<config>/seed<k>`` (with
 ``folds``: ``OUT/<config>/seed<k>/fold<f>``; resumed from its ``last.pt`` if a previous process was
 stopped); the trial's value is the best validation accuracy (the selection criterion); test accuracy
@@ -87,8 +91,9 @@ class SweepSpec:
             for key in set_by_sweep:
                 if key in overrides or key in self.base:
                     raise InputError(f"sweep spec: {key} is set by the sweep; remove it from {name!r}/base")
-            for fold in self.folds or [None]:
-                cfg = self.train_config(name, self.seeds[0], Path("."), fold=fold)   # every point must be valid
+            seeds = self.seeds if "{" in str({**self.base, **overrides}.get("init_from", "")) else self.seeds[:1]
+            for fold, seed in ((f, k) for f in self.folds or [None] for k in seeds):
+                cfg = self.train_config(name, seed, Path("."), fold=fold)   # every point must be valid
                 if self.folds and cfg.dataset not in CV_DATASETS:
                     raise InputError(f"sweep spec: folds are for the cross-validated data sets "
                                      f"({', '.join(CV_DATASETS)}); config {name!r} trains on {cfg.dataset}")
@@ -108,6 +113,8 @@ class SweepSpec:
         values = {**self.base, **self.configs[name], "seed": seed, "out_dir": str(run)}
         if fold is not None:
             values.update(fold=fold, out_dir=str(run / f"fold{fold}"))
+        if isinstance(values.get("init_from"), str) and "{" in values["init_from"]:
+            values["init_from"] = _per_point_path(values["init_from"], seed=seed, fold=fold, name=name)
         return TrainConfig.from_dict(values, source=f"sweep config {name!r}" + (f" fold {fold}" if fold is not None
                                                                                  else ""))
 
@@ -118,6 +125,22 @@ class SweepSpec:
     def point_of(self, params: dict) -> tuple:
         """A trial's params -> its point (the grid's keys, in order)."""
         return tuple(params.get(k) for k in self.grid())
+
+
+def _per_point_path(template: str, *, seed: int, fold: int | None, name: str) -> str:
+    """``init_from`` with ``{seed}`` (and ``{fold}``) filled in for one point."""
+    import string
+    allowed = {"seed": seed} if fold is None else {"seed": seed, "fold": fold}
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise InputError(f"sweep spec: config {name!r}: init_from {template!r} is not a valid template ({exc}); "
+                         f"write {{seed}} where the seed goes") from None
+    unknown = sorted(fields - set(allowed))
+    if unknown:
+        known, bad = (", ".join("{" + k + "}" for k in keys) for keys in (allowed, unknown))
+        raise InputError(f"sweep spec: config {name!r}: init_from may name only {known}, not {bad}")
+    return template.format(**allowed)
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -200,6 +200,12 @@ def test_a_point_running_elsewhere_is_not_picked(tmp_path):
     ("study: x\nbase: {dataset: cambridge}\nconfigs: {a: {}}\nseeds: [0]\nfolds: [5]\n", "folds must be a list"),
     ("study: x\nbase: {dataset: cambridge, fold: 1}\nconfigs: {a: {}}\nseeds: [0]\nfolds: [0]\n",
      "fold is set by the sweep"),
+    ("study: x\nbase: {init_from: 'r/seed{run}/model.pt'}\nconfigs: {a: {}}\nseeds: [0]\n",
+     "init_from may name only {seed}, not {run}"),
+    ("study: x\nbase: {init_from: 'r/seed{seed/model.pt'}\nconfigs: {a: {}}\nseeds: [0]\n",
+     "is not a valid template"),
+    ("study: x\nbase: {init_from: '/nonexistent/seed{seed}/model.pt'}\nconfigs: {a: {}}\nseeds: [0]\n",
+     "no such file '/nonexistent/seed0/model.pt'"),
 ])
 def test_bad_specs_are_one_line_errors(tmp_path, text, message):
     spec = tmp_path / "spec.yaml"
@@ -216,3 +222,39 @@ def test_a_bad_heartbeat_is_a_one_line_error(tmp_path):
     result = _sweep("--spec", str(spec), "--out-dir", str(tmp_path / "o"), "--heartbeat", "0")
     assert result.returncode == 2 and "--heartbeat must be" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_second_stage_starts_each_seed_from_its_own_first_stage_run(tmp_path):
+    """init_from with {seed}: every point of a fine-tuning sweep starts from the same seed's run of the first
+    sweep (its decoder too, with init_decoder), and a seed whose first-stage run is missing is refused up
+    front, naming the file, before anything trains."""
+    import torch
+
+    from pixelrnn.checkpoint import load_model
+
+    need(DATA / "grid_s1_digits.npz")
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(SPEC.format(data=DATA).replace("seeds: [0]", "seeds: [0, 1]")
+                     .replace("  f4-1bit-pool2: {readout_every: 4, readout_bits: 1, readout_pool: 2}\n", ""))
+    out1, out2 = tmp_path / "stage1", tmp_path / "stage2"
+    result = _sweep("--spec", str(first), "--out-dir", str(out1), "--no-progress")
+    assert result.returncode == 0 and "ran 2 point(s)" in result.stdout, result.stderr[-2000:]
+    stage2 = (SPEC.format(data=DATA).replace("study: tiny", "study: tiny-ft")
+              .replace("augment: false}", f"augment: false, lr: 1.0e-9, lr_binary: 1.0e-9, init_decoder: true,\n"
+                                          f"        init_from: '{out1}/authors/seed{{seed}}/model.pt'}}")
+              .replace("  f4-1bit-pool2: {readout_every: 4, readout_bits: 1, readout_pool: 2}\n", ""))
+    second.write_text(stage2.replace("seeds: [0]", "seeds: [0, 1]"))
+    result = _sweep("--spec", str(second), "--out-dir", str(out2), "--no-progress")
+    assert result.returncode == 0 and "ran 2 point(s)" in result.stdout, result.stderr[-2000:]
+    def weights(stage, seed):
+        sd = load_model(stage / "authors" / f"seed{seed}" / "model.pt").state_dict()
+        return [sd[k] for k in ("conv1", "w_fi", "w_oh", "fc.weight")]
+
+    for seed in (0, 1):     # lr 1e-9: each second-stage model is its own seed's first-stage model (Adam moves a
+        # weight by about lr per step: 1e-6 bounds the 3 steps); the two seeds' first-stage models differ by far more
+        assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(weights(out1, seed), weights(out2, seed)))
+    assert not torch.allclose(weights(out1, 0)[3], weights(out1, 1)[3], rtol=0, atol=1e-3)
+    second.write_text(stage2.replace("seeds: [0]", "seeds: [0, 2]"))
+    result = _sweep("--spec", str(second), "--out-dir", str(tmp_path / "stage2b"), "--no-progress")
+    assert result.returncode == 2 and f"no such file '{out1}/authors/seed2/model.pt'" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "stage2b" / "authors").exists()
