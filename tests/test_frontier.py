@@ -47,6 +47,14 @@ def test_the_smallest_readout_is_the_one_validation_chose_at_its_size():
            {**_row("spread", 1024, 70.0), "val_mean": 80.0, "val_std": 3.0}]
     assert smallest_beating(tie, 40.0)["config"] == "steady"          # a tie goes to the smaller spread
     assert smallest_beating(tie, 60.0) is None
+    # the same tie in floats that differ in the last bits (three seeds' per-clip accuracies averaged in another
+    # order): still a tie, and still the smaller spread
+    mean = (48.07692307692308 + 53.84615384615385 + 51.92307692307693) / 3
+    assert mean != (50.0 + 53.84615384615385 + 50.0) / 3
+    tie = [{**_row("spread", 2048, 47.1), "val_mean": mean, "val_std": 2.9},
+           {**_row("steady", 2048, 50.8), "val_mean": (50.0 + 53.84615384615385 + 50.0) / 3, "val_std": 2.2}]
+    assert smallest_beating(tie, 40.0)["config"] == "steady"
+    assert smallest_beating(list(reversed(tie)), 40.0)["config"] == "steady"
 
 
 def test_a_bad_sweep_argument_is_a_one_line_error(tmp_path):
