@@ -115,6 +115,9 @@ class SweepSpec:
             values.update(fold=fold, out_dir=str(run / f"fold{fold}"))
         if isinstance(values.get("init_from"), str) and "{" in values["init_from"]:
             values["init_from"] = _per_point_path(values["init_from"], seed=seed, fold=fold, name=name)
+            if not Path(values["init_from"]).is_file():
+                raise InputError(f"sweep spec: config {name!r} seed {seed}: init_from {values['init_from']!r} does "
+                                 f"not exist; this spec is a second stage: run the sweep that writes it first")
         return TrainConfig.from_dict(values, source=f"sweep config {name!r}" + (f" fold {fold}" if fold is not None
                                                                                  else ""))
 

@@ -205,7 +205,7 @@ def test_a_point_running_elsewhere_is_not_picked(tmp_path):
     ("study: x\nbase: {init_from: 'r/seed{seed/model.pt'}\nconfigs: {a: {}}\nseeds: [0]\n",
      "is not a valid template"),
     ("study: x\nbase: {init_from: '/nonexistent/seed{seed}/model.pt'}\nconfigs: {a: {}}\nseeds: [0]\n",
-     "no such file '/nonexistent/seed0/model.pt'"),
+     "seed 0: init_from '/nonexistent/seed0/model.pt' does not exist; this spec is a second stage"),
 ])
 def test_bad_specs_are_one_line_errors(tmp_path, text, message):
     spec = tmp_path / "spec.yaml"
@@ -256,5 +256,6 @@ def test_a_second_stage_starts_each_seed_from_its_own_first_stage_run(tmp_path):
     assert not torch.allclose(weights(out1, 0)[3], weights(out1, 1)[3], rtol=0, atol=1e-3)
     second.write_text(stage2.replace("seeds: [0]", "seeds: [0, 2]"))
     result = _sweep("--spec", str(second), "--out-dir", str(tmp_path / "stage2b"), "--no-progress")
-    assert result.returncode == 2 and f"no such file '{out1}/authors/seed2/model.pt'" in result.stderr, result.stderr
+    assert result.returncode == 2 and f"seed 2: init_from '{out1}/authors/seed2/model.pt' does not exist" \
+        in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "stage2b" / "authors").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -280,12 +281,17 @@ def test_shipped_configs_are_valid():
     from pixelrnn.train import TrainConfig, load_config_file
     files = sorted((REPO / "configs").glob("*.yaml"))
     assert files
-    specs = 0
+    specs, studies, second_stages = 0, {}, []
     for f in files:
         data = load_config_file(f)
         if f.name.startswith("sweep_"):          # a `pixelrnn sweep` spec: every point is a valid config
-            from pixelrnn.sweep import load_spec
+            from pixelrnn.sweep import SweepSpec, load_spec
+            template = str((data.get("base") or {}).get("init_from", ""))
+            if "{seed}" in template:                # a second stage: it starts from a shipped first stage's runs
+                second_stages.append((f, data, template))
+                continue
             spec = load_spec(f)
+            studies[spec.study] = spec
             points = [spec.point_config(pt, REPO / "runs") for pt in spec.points()]
             assert all(p.dataset in ("grid", "avletters", "avletters_ms", "cambridge") for p in points)
             init = {p.init_from for p in points if p.init_from}
@@ -295,6 +301,20 @@ def test_shipped_configs_are_valid():
         cfg = TrainConfig.from_dict(data, source=str(f))
         assert cfg.dataset in ("grid", "avletters", "cambridge")
     assert specs >= 1
+    for f, data, template in second_stages:
+        # its init_from is runs/sweep/<study>/<config>/seed{seed}/model.pt of a shipped spec that has those seeds
+        # (the runs themselves are not shipped); the rest is checked with a shipped model in its place
+        m = re.fullmatch(r"runs/sweep/([^/]+)/([^/]+)/seed\{seed\}/model\.pt", template)
+        assert m and m[1] in studies and m[2] in studies[m[1]].configs, (f.name, template)
+        assert set(data["seeds"]) <= set(studies[m[1]].seeds), f.name
+        base = {**data["base"], "init_from": str(REPO / "configs" / "init" / "lips_v1.pt")}
+        spec = SweepSpec(study=data["study"], configs=data["configs"], seeds=data["seeds"], base=base)
+        first = studies[m[1]].point_config((m[2], data["seeds"][0]), REPO / "runs")
+        for pt in spec.points():    # the same data set and readout as the runs it starts from
+            cfg = spec.point_config(pt, REPO / "runs")
+            keys = ("dataset", "readout_every", "readout_bits", "readout_pool", "out_channels", "hidden_channels",
+                    "decoder")
+            assert [getattr(cfg, k) for k in keys] == [getattr(first, k) for k in keys], f.name
 
 
 @pytest.mark.slow
