@@ -43,6 +43,7 @@ import argparse
 import contextlib
 import json
 import math
+import string
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -132,7 +133,6 @@ class SweepSpec:
 
 def _per_point_path(template: str, *, seed: int, fold: int | None, name: str) -> str:
     """``init_from`` with ``{seed}`` (and ``{fold}``) filled in for one point."""
-    import string
     allowed = {"seed": seed} if fold is None else {"seed": seed, "fold": fold}
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}

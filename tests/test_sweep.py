@@ -246,6 +246,7 @@ def test_a_second_stage_starts_each_seed_from_its_own_first_stage_run(tmp_path):
     second.write_text(stage2.replace("seeds: [0]", "seeds: [0, 1]"))
     result = _sweep("--spec", str(second), "--out-dir", str(out2), "--no-progress")
     assert result.returncode == 0 and "ran 2 point(s)" in result.stdout, result.stderr[-2000:]
+
     def weights(stage, seed):
         sd = load_model(stage / "authors" / f"seed{seed}" / "model.pt").state_dict()
         return [sd[k] for k in ("conv1", "w_fi", "w_oh", "fc.weight")]

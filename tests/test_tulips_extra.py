@@ -64,7 +64,7 @@ def test_the_section_is_replaced_and_the_rest_kept(lips_run):
     assert "chance (4 classes)" in doc and "tulips_extra.py --model lips=" in doc
 
 
-def test_the_printed_command_reproduces_the_run(lips_run, tmp_path):
+def test_the_printed_command_reproduces_the_run(lips_run):
     """The section's command carries every argument that shapes it (threads, data, section, file), so that
     parsing it back gives the same run."""
     import shlex
