@@ -200,6 +200,20 @@ def _record(trial_or_attrs, report: dict) -> dict:
     return attrs
 
 
+def _same_grid(spec: SweepSpec, study, *, storage: str, out: Path) -> None:
+    """Refuse a spec whose grid (configs, seeds, folds) differs from the one its study was started with: Optuna
+    cannot change a stored study's choices, and would fail every new trial with a traceback."""
+    grid = spec.grid()
+    for t in study.get_trials(deepcopy=False):
+        for key, dist in t.distributions.items():
+            old, new = list(getattr(dist, "choices", ())), grid.get(key)
+            if new is not None and old != list(new):
+                raise InputError(f"sweep spec: study {spec.study!r} in {storage} was started with {key}s {old}, this "
+                                 f"spec has {list(new)}, and a stored study's grid cannot change: give the spec a new "
+                                 f"study name and keep --out-dir {out} (its finished runs are adopted, not trained "
+                                 f"again)")
+
+
 def adopt_finished(spec: SweepSpec, study, out: Path) -> int:
     """Record in the study the points whose run folder already holds a report.json but which the
     storage does not know as complete (a process that died after training, or runs made with
@@ -304,6 +318,7 @@ def run_sweep(*, spec: SweepSpec, storage: str, out: Path, n_trials: int | None 
     out.mkdir(parents=True, exist_ok=True)          # runs and the claim lock live here
     sampler = _point_sampler()
     study = _study(spec, storage, heartbeat=heartbeat, sampler=sampler)
+    _same_grid(spec, study, storage=storage, out=out)
     adopt_finished(spec, study, out)
     running = optuna.trial.TrialState.RUNNING
     ran = 0

@@ -260,3 +260,28 @@ def test_a_second_stage_starts_each_seed_from_its_own_first_stage_run(tmp_path):
     assert result.returncode == 2 and f"seed 2: init_from '{out1}/authors/seed2/model.pt' does not exist" \
         in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "stage2b" / "authors").exists()
+
+
+def test_a_changed_grid_is_refused_and_a_new_study_name_adopts_the_finished_runs(tmp_path):
+    """More seeds in a spec whose study already ran: Optuna cannot change a stored grid, so it is a one-line error
+    that names the fix; the fix (a new study name, the same --out-dir) adopts the finished run and trains only
+    the new seed."""
+    need(DATA / "grid_s1_digits.npz")
+    one = SPEC.format(data=DATA).replace("  f4-1bit-pool2: {readout_every: 4, readout_bits: 1, readout_pool: 2}\n", "")
+    spec, out = tmp_path / "spec.yaml", tmp_path / "runs"
+    spec.write_text(one)
+    result = _sweep("--spec", str(spec), "--out-dir", str(out), "--no-progress")
+    assert result.returncode == 0 and "ran 1 point(s)" in result.stdout, result.stderr[-2000:]
+    spec.write_text(one.replace("seeds: [0]", "seeds: [0, 1]"))
+    result = _sweep("--spec", str(spec), "--out-dir", str(out), "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "was started with seeds [0], this spec has [0, 1]" in result.stderr
+    assert "give the spec a new study name and keep --out-dir" in result.stderr
+    assert not (out / "authors" / "seed1").exists()
+    spec.write_text(one.replace("seeds: [0]", "seeds: [0, 1]").replace("study: tiny", "study: tiny-more-seeds"))
+    result = _sweep("--spec", str(spec), "--out-dir", str(out), "--no-progress")
+    assert result.returncode == 0 and "ran 1 point(s)" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert (out / "authors" / "seed1" / "report.json").is_file()
+    summary = _sweep("--spec", str(spec), "--out-dir", str(out), "--summary")
+    assert summary.returncode == 0 and "| authors | 4096 | 2 |" in summary.stdout, summary.stdout + summary.stderr
