@@ -92,7 +92,7 @@ class SweepSpec:
             for key in set_by_sweep:
                 if key in overrides or key in self.base:
                     raise InputError(f"sweep spec: {key} is set by the sweep; remove it from {name!r}/base")
-            seeds = self.seeds if "{" in str({**self.base, **overrides}.get("init_from", "")) else self.seeds[:1]
+            seeds = self.seeds if _per_point({**self.base, **overrides}.get("init_from")) else self.seeds[:1]
             for fold, seed in ((f, k) for f in self.folds or [None] for k in seeds):
                 cfg = self.train_config(name, seed, Path("."), fold=fold)   # every point must be valid
                 if self.folds and cfg.dataset not in CV_DATASETS:
@@ -114,7 +114,7 @@ class SweepSpec:
         values = {**self.base, **self.configs[name], "seed": seed, "out_dir": str(run)}
         if fold is not None:
             values.update(fold=fold, out_dir=str(run / f"fold{fold}"))
-        if isinstance(values.get("init_from"), str) and "{" in values["init_from"]:
+        if _per_point(values.get("init_from")):
             values["init_from"] = _per_point_path(values["init_from"], seed=seed, fold=fold, name=name)
             if not Path(values["init_from"]).is_file():
                 raise InputError(f"sweep spec: config {name!r} seed {seed}: init_from {values['init_from']!r} does "
@@ -129,6 +129,11 @@ class SweepSpec:
     def point_of(self, params: dict) -> tuple:
         """A trial's params -> its point (the grid's keys, in order)."""
         return tuple(params.get(k) for k in self.grid())
+
+
+def _per_point(init_from) -> bool:
+    """Whether an ``init_from`` setting is a per-point template (it names ``{seed}`` or ``{fold}``)."""
+    return isinstance(init_from, str) and "{" in init_from
 
 
 def _per_point_path(template: str, *, seed: int, fold: int | None, name: str) -> str:

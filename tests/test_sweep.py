@@ -29,6 +29,11 @@ seeds: [0]
 """
 
 
+def _authors_only(spec_text: str) -> str:
+    """A formatted spec with its f4-1bit-pool2 configuration left out (one point per seed)."""
+    return spec_text.replace("  f4-1bit-pool2: {readout_every: 4, readout_bits: 1, readout_pool: 2}\n", "")
+
+
 def _sweep(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "core.cli", "sweep", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=900)
@@ -138,9 +143,7 @@ def test_a_point_taken_elsewhere_is_left_alone_and_a_killed_process_frees_it(tmp
     fails the stale trial and trains the point itself."""
     need(DATA / "grid_s1_digits.npz")
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC4.format(data=DATA, epochs=20, seeds="[0]").replace("  f4-1bit-pool2: {readout_every: 4, "
-                                                                              "readout_bits: 1, readout_pool: 2}\n",
-                                                                              ""))
+    spec.write_text(_authors_only(SPEC4.format(data=DATA, epochs=20, seeds="[0]")))
     out = tmp_path / "runs"
     args = ("--spec", str(spec), "--out-dir", str(out), "--no-progress", "--heartbeat", "1")
     first = _popen(*args)
@@ -234,15 +237,13 @@ def test_a_second_stage_starts_each_seed_from_its_own_first_stage_run(tmp_path):
 
     need(DATA / "grid_s1_digits.npz")
     first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
-    first.write_text(SPEC.format(data=DATA).replace("seeds: [0]", "seeds: [0, 1]")
-                     .replace("  f4-1bit-pool2: {readout_every: 4, readout_bits: 1, readout_pool: 2}\n", ""))
+    first.write_text(_authors_only(SPEC.format(data=DATA)).replace("seeds: [0]", "seeds: [0, 1]"))
     out1, out2 = tmp_path / "stage1", tmp_path / "stage2"
     result = _sweep("--spec", str(first), "--out-dir", str(out1), "--no-progress")
     assert result.returncode == 0 and "ran 2 point(s)" in result.stdout, result.stderr[-2000:]
-    stage2 = (SPEC.format(data=DATA).replace("study: tiny", "study: tiny-ft")
+    stage2 = (_authors_only(SPEC.format(data=DATA)).replace("study: tiny", "study: tiny-ft")
               .replace("augment: false}", f"augment: false, lr: 1.0e-9, lr_binary: 1.0e-9, init_decoder: true,\n"
-                                          f"        init_from: '{out1}/authors/seed{{seed}}/model.pt'}}")
-              .replace("  f4-1bit-pool2: {readout_every: 4, readout_bits: 1, readout_pool: 2}\n", ""))
+                                          f"        init_from: '{out1}/authors/seed{{seed}}/model.pt'}}"))
     second.write_text(stage2.replace("seeds: [0]", "seeds: [0, 1]"))
     result = _sweep("--spec", str(second), "--out-dir", str(out2), "--no-progress")
     assert result.returncode == 0 and "ran 2 point(s)" in result.stdout, result.stderr[-2000:]
@@ -267,7 +268,7 @@ def test_a_changed_grid_is_refused_and_a_new_study_name_adopts_the_finished_runs
     that names the fix; the fix (a new study name, the same --out-dir) adopts the finished run and trains only
     the new seed."""
     need(DATA / "grid_s1_digits.npz")
-    one = SPEC.format(data=DATA).replace("  f4-1bit-pool2: {readout_every: 4, readout_bits: 1, readout_pool: 2}\n", "")
+    one = _authors_only(SPEC.format(data=DATA))
     spec, out = tmp_path / "spec.yaml", tmp_path / "runs"
     spec.write_text(one)
     result = _sweep("--spec", str(spec), "--out-dir", str(out), "--no-progress")
