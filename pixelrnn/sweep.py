@@ -25,6 +25,10 @@ A spec file (YAML) names the grid::
       f2-1bit: {readout_every: 2, readout_bits: 1}
     seeds: [0, 1, 2]
     folds: [0, 1, 2, 3, 4]            # optional: cross-validation (cambridge), one run per fold
+    out_dir: runs/sweep/grid-frontier # optional: where runs go (default runs/sweep/<study>; --out-dir wins)
+
+A stored study's grid cannot change; to add seeds to a finished sweep, write a spec with a new study name and
+the first one's ``out_dir``: its finished runs are adopted, not trained again.
 
 ``init_from`` may name ``{seed}`` (and, with folds, ``{fold}``): each point then starts from its own earlier
 run, e.g. ``runs/sweep/<study>/<config>/seed{seed}/model.pt`` for a second stage that fine-tunes every seed
@@ -66,6 +70,7 @@ class SweepSpec:
     seeds: list[int]
     base: dict = field(default_factory=dict)
     folds: list[int] = field(default_factory=list)    # empty: no cross-validation axis
+    out_dir: str = ""                                  # where runs go; empty: runs/sweep/<study>
 
     def __post_init__(self) -> None:
         if not (isinstance(self.study, str) and self.study.strip()):
@@ -83,6 +88,8 @@ class SweepSpec:
                 and len(set(self.folds)) == len(self.folds)):
             raise InputError(f"sweep spec: folds must be a list of distinct integers 0..{FOLDS - 1}, "
                              f"got {self.folds!r}")
+        if not isinstance(self.out_dir, str):
+            raise InputError(f"sweep spec: out_dir must be a folder path, got {self.out_dir!r}")
         set_by_sweep = ("seed", "out_dir", "fold") if self.folds else ("seed", "out_dir")
         for name, overrides in self.configs.items():
             if not (isinstance(name, str) and name and "/" not in name):
@@ -98,6 +105,11 @@ class SweepSpec:
                 if self.folds and cfg.dataset not in CV_DATASETS:
                     raise InputError(f"sweep spec: folds are for the cross-validated data sets "
                                      f"({', '.join(CV_DATASETS)}); config {name!r} trains on {cfg.dataset}")
+
+    @property
+    def out(self) -> Path:
+        """The folder the runs go to (the spec's ``out_dir``, else ``runs/sweep/<study>``)."""
+        return Path(self.out_dir or f"runs/sweep/{self.study}")
 
     def grid(self) -> dict[str, list]:
         """The Optuna search space: config x seed (x fold)."""
@@ -153,11 +165,13 @@ def _per_point_path(template: str, *, seed: int, fold: int | None, name: str) ->
 
 def load_spec(path: str | Path) -> SweepSpec:
     data = load_config_file(path)
-    unknown = set(data) - {"study", "configs", "seeds", "base", "folds"}
+    known = ("study", "base", "configs", "seeds", "folds", "out_dir")
+    unknown = set(data) - set(known)
     if unknown:
-        raise InputError(f"{path}: unknown sweep keys {sorted(unknown)} (known: study, base, configs, seeds, folds)")
+        raise InputError(f"{path}: unknown sweep keys {sorted(unknown)} (known: {', '.join(known)})")
     return SweepSpec(study=data.get("study", ""), configs=data.get("configs") or {},
-                     seeds=data.get("seeds") or [], base=data.get("base") or {}, folds=data.get("folds") or [])
+                     seeds=data.get("seeds") or [], base=data.get("base") or {}, folds=data.get("folds") or [],
+                     out_dir="" if data.get("out_dir") is None else data["out_dir"])
 
 
 def _optuna():
@@ -215,7 +229,7 @@ def _same_grid(spec: SweepSpec, study, *, storage: str, out: Path) -> None:
             if new is not None and old != list(new):
                 raise InputError(f"sweep spec: study {spec.study!r} in {storage} was started with {key}s {old}, this "
                                  f"spec has {list(new)}, and a stored study's grid cannot change: give the spec a new "
-                                 f"study name and keep --out-dir {out} (its finished runs are adopted, not trained "
+                                 f"study name and 'out_dir: {out}' (its finished runs are adopted, not trained "
                                  f"again)")
 
 
@@ -412,7 +426,8 @@ def add_sweep_parser(subparsers) -> None:
     p.add_argument("--spec", required=True, help="YAML sweep spec (study, base, configs, seeds)")
     p.add_argument("--storage", default=None,
                    help="Optuna RDB URL (default sqlite:///OUT/sweep.db); e.g. postgresql://host/db for many machines")
-    p.add_argument("--out-dir", default=None, help="where runs go (default runs/sweep/<study>)")
+    p.add_argument("--out-dir", default=None,
+                   help="where runs go (default: the spec's out_dir, else runs/sweep/<study>)")
     p.add_argument("--n-trials", type=int, default=None, help="run at most this many points in this process")
     p.add_argument("--heartbeat", type=int, default=60,
                    help="seconds between a running point's heartbeats; after 3 missed ones (a killed process) "
@@ -425,7 +440,7 @@ def add_sweep_parser(subparsers) -> None:
 
 def main(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    out = Path(args.out_dir or f"runs/sweep/{spec.study}")
+    out = Path(args.out_dir) if args.out_dir else spec.out
     if args.n_trials is not None and args.n_trials < 1:
         raise InputError(f"--n-trials must be >= 1, got {args.n_trials}")
     out.mkdir(parents=True, exist_ok=True)

@@ -199,6 +199,7 @@ def test_a_point_running_elsewhere_is_not_picked(tmp_path):
     ("study: x\nconfigs: {a: {readout_bits: 3}}\nseeds: [0]\n", "readout bits must be one of"),
     ("study: x\nconfigs: {a: {seed: 3}}\nseeds: [0]\n", "seed is set by the sweep"),
     ("study: x\nconfigs: {a: {}}\nseeds: [0]\nextra: 1\n", "unknown sweep keys"),
+    ("study: x\nconfigs: {a: {}}\nseeds: [0]\nout_dir: [runs]\n", "out_dir must be a folder path"),
     ("study: x\nconfigs: {a: {}}\nseeds: [0]\nfolds: [0, 1]\n", "folds are for the cross-validated data sets"),
     ("study: x\nbase: {dataset: cambridge}\nconfigs: {a: {}}\nseeds: [0]\nfolds: [5]\n", "folds must be a list"),
     ("study: x\nbase: {dataset: cambridge, fold: 1}\nconfigs: {a: {}}\nseeds: [0]\nfolds: [0]\n",
@@ -265,24 +266,26 @@ def test_a_second_stage_starts_each_seed_from_its_own_first_stage_run(tmp_path):
 
 def test_a_changed_grid_is_refused_and_a_new_study_name_adopts_the_finished_runs(tmp_path):
     """More seeds in a spec whose study already ran: Optuna cannot change a stored grid, so it is a one-line error
-    that names the fix; the fix (a new study name, the same --out-dir) adopts the finished run and trains only
-    the new seed."""
+    that names the fix; the fix (a new study name, the same out_dir in the spec) adopts the finished run and trains
+    only the new seed. The spec's out_dir is where runs go when --out-dir is not given."""
     need(DATA / "grid_s1_digits.npz")
-    one = _authors_only(SPEC.format(data=DATA))
-    spec, out = tmp_path / "spec.yaml", tmp_path / "runs"
+    out = tmp_path / "runs"
+    one = _authors_only(SPEC.format(data=DATA)) + f'out_dir: "{out}"\n'
+    spec = tmp_path / "spec.yaml"
     spec.write_text(one)
-    result = _sweep("--spec", str(spec), "--out-dir", str(out), "--no-progress")
+    result = _sweep("--spec", str(spec), "--no-progress")
     assert result.returncode == 0 and "ran 1 point(s)" in result.stdout, result.stderr[-2000:]
+    assert (out / "authors" / "seed0" / "report.json").is_file() and (out / "sweep.db").is_file()
     spec.write_text(one.replace("seeds: [0]", "seeds: [0, 1]"))
-    result = _sweep("--spec", str(spec), "--out-dir", str(out), "--no-progress")
+    result = _sweep("--spec", str(spec), "--no-progress")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "was started with seeds [0], this spec has [0, 1]" in result.stderr
-    assert "give the spec a new study name and keep --out-dir" in result.stderr
+    assert f"give the spec a new study name and 'out_dir: {out}'" in result.stderr
     assert not (out / "authors" / "seed1").exists()
     spec.write_text(one.replace("seeds: [0]", "seeds: [0, 1]").replace("study: tiny", "study: tiny-more-seeds"))
-    result = _sweep("--spec", str(spec), "--out-dir", str(out), "--no-progress")
+    result = _sweep("--spec", str(spec), "--no-progress")
     assert result.returncode == 0 and "ran 1 point(s)" in result.stdout, result.stdout + result.stderr[-2000:]
     assert (out / "authors" / "seed1" / "report.json").is_file()
-    summary = _sweep("--spec", str(spec), "--out-dir", str(out), "--summary")
+    summary = _sweep("--spec", str(spec), "--summary")
     assert summary.returncode == 0 and "| authors | 4096 | 2 |" in summary.stdout, summary.stdout + summary.stderr
