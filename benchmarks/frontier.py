@@ -7,6 +7,11 @@ reported once, after selection on validation).
 
     python benchmarks/frontier.py --sweep grid=runs/sweep/grid-frontier/summary.json \
         --references runs/reference_points.json --png docs/img/frontier.png --write docs/RESULTS.md
+
+``--from-doc`` reads the rows of the frontier tables earlier calls wrote into a document instead (or as well):
+with ``--chosen``, the frontier across every round (per data set and readout size, the configuration
+validation chose among all of them, and the authors' readout); with ``--doc-sections``, one section's rows,
+e.g. to redraw its plot.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._common import cpu_name, update_section  # noqa: E402
+from benchmarks.frontier_doc import read_doc  # noqa: E402
 from core.atomic import atomic_open  # noqa: E402
 from core.errors import InputError  # noqa: E402
 from pixelrnn.sweep import mean_std  # noqa: E402
@@ -32,7 +38,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sweep", action="append", default=[], metavar="DATASET=SUMMARY.json",
                    help="a sweep summary (repeatable; several for one data set are drawn together)")
-    p.add_argument("--references", default=None, help="reference points JSON (benchmarks/reference_points.py)")
+    p.add_argument("--references", default=None,
+                   help="reference points JSON (benchmarks/reference_points.py); its data sets' points replace "
+                        "those read with --from-doc")
+    p.add_argument("--from-doc", default=None, metavar="FILE.md",
+                   help="also read the rows of the frontier tables in this document (each keeps its section's name)")
+    p.add_argument("--doc-sections", default="",
+                   help="with --from-doc: comma-separated sections to read (default: every frontier section but "
+                        "the one --write replaces)")
+    p.add_argument("--chosen", action="store_true",
+                   help="per data set and readout size, only the configuration validation chooses among all rows, "
+                        "and the authors' readout (the frontier across rounds)")
     p.add_argument("--png", default=None, help="write the plot here")
     p.add_argument("--write", default=None, help="update the frontier section of this markdown file")
     p.add_argument("--command", default=None, help="the command line to print with the table")
@@ -106,12 +122,28 @@ def smallest_beating(rows: list[dict], linear: float | None) -> dict | None:
     return next((chosen[n] for n in sorted(chosen) if chosen[n]["test_mean"] > linear), None)
 
 
+def across_rounds(rows: list[dict]) -> list[dict]:
+    """The frontier across rounds: per readout size the configuration validation chooses among all ``rows``
+    (:func:`chosen_per_budget`), and the authors' readout with the best validation, by size."""
+    chosen = list(chosen_per_budget(rows).values())
+    authors = [r for r in rows if r["config"].startswith("authors")]
+    if authors:
+        best = max(authors, key=lambda r: (round(r["val_mean"], 6), -round(r["val_std"], 6)))
+        chosen += [] if any(r is best for r in chosen) else [best]
+    return sorted(chosen, key=lambda r: r["readout_bytes"])
+
+
+def _label(row: dict) -> str:
+    """A row's configuration name, with the section it was read from (``--from-doc``)."""
+    return f"{row['config']} [{row['section']}]" if row.get("section") else row["config"]
+
+
 def table(sweeps: dict[str, list[dict]], refs: dict[str, dict]) -> str:
     lines = ["| dataset | configuration | readout bytes / window | vs 16 raw 64x64 frames | seeds | "
              "val % (mean ± std) | test % (mean ± std) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for ds, rows in sweeps.items():
         for r in sorted(rows, key=lambda r: (r["readout_bytes"], r["config"])):
-            lines.append(f"| {ds} | {r['config']} | {r['readout_bytes']} | {RAW_WINDOW_64 / r['readout_bytes']:.0f}x "
+            lines.append(f"| {ds} | {_label(r)} | {r['readout_bytes']} | {RAW_WINDOW_64 / r['readout_bytes']:.0f}x "
                          f"less | {r['seeds']} | {r['val_mean']:.1f} ± {r['val_std']:.1f} | "
                          f"{r['test_mean']:.1f} ± {r['test_std']:.1f} |")
         ref = refs.get(ds)
@@ -145,7 +177,7 @@ def plot(sweeps: dict[str, list[dict]], refs: dict[str, dict], path: Path) -> No
                         color="tab:red" if authors else "tab:blue", capsize=3)
             at = (r["readout_bytes"], round(r["test_mean"], 1))
             placed[at] = placed.get(at, 0) + 1
-            ax.annotate(r["config"], (r["readout_bytes"], r["test_mean"]), fontsize=7,
+            ax.annotate(_label(r), (r["readout_bytes"], r["test_mean"]), fontsize=7,
                         xytext=(4, -10 * placed[at]), textcoords="offset points")
         ref = refs.get(ds)
         if ref:
@@ -171,9 +203,23 @@ def plot(sweeps: dict[str, list[dict]], refs: dict[str, dict], path: Path) -> No
 
 def main(args: argparse.Namespace) -> int:
     sweeps = load_sweeps(args.sweep)
+    refs: dict[str, dict] = {}
+    if args.from_doc:
+        names = [s.strip() for s in args.doc_sections.split(",") if s.strip()] or None
+        rows, refs = read_doc(args.from_doc, sections=names, exclude=(args.section,) if args.write else ())
+        read = sorted({r["section"] for found in rows.values() for r in found})
+        if len(read) == 1 and not args.sweep:       # one section redrawn: its rows need no tag
+            for r in (r for found in rows.values() for r in found):
+                del r["section"]
+        for ds, found in rows.items():
+            sweeps.setdefault(ds, []).extend(found)
+    elif args.doc_sections:
+        raise InputError("--doc-sections needs --from-doc FILE.md")
     if not sweeps:
-        raise InputError("give at least one --sweep DATASET=SUMMARY.json")
-    refs = load_references(args.references)
+        raise InputError("give at least one --sweep DATASET=SUMMARY.json or --from-doc FILE.md")
+    refs.update(load_references(args.references))
+    if args.chosen:
+        sweeps = {ds: across_rounds(rows) for ds, rows in sweeps.items()}
     text = table(sweeps, refs)
     notes = []
     for ds, rows in sweeps.items():
@@ -183,9 +229,18 @@ def main(args: argparse.Namespace) -> int:
             notes.append(f"- {ds}: smallest readout beating the raw-frame linear baseline "
                          f"({100 * ref['linear']['test_accuracy']:.1f}%) with the configuration validation chose "
                          f"at its size: "
-                         + (f"{best['config']}, {best['readout_bytes']} B ({best['test_mean']:.1f}%)"
+                         + (f"{_label(best)}, {best['readout_bytes']} B ({best['test_mean']:.1f}%)"
                             if best else "none"))
-    body = (f"Measured {date.today().isoformat()} on {args.machine or cpu_name()}.\n\n"
+    measured = f"Measured {date.today().isoformat()} on {args.machine or cpu_name()}."
+    if args.from_doc and len(read) == 1 and not args.sweep:
+        measured = (f"Redrawn {date.today().isoformat()} from the table of section {read[0]} of {args.from_doc} "
+                    f"(its command, machine and date are there).")
+    elif args.from_doc:
+        measured = (f"Collected {date.today().isoformat()} from the frontier tables of {args.from_doc}: a row's "
+                    f"[name] is the section that measured it (marked `<!-- name:begin -->`; its command, machine "
+                    f"and date are there)." + (f" Rows without one: {measured[0].lower()}{measured[1:]}"
+                                               if args.sweep else ""))
+    body = (f"{measured}\n\n"
             + (f"Command: `{args.command}`\n\n" if args.command else "") + text + "\n\n" + "\n".join(notes)
             + (f"\n\n![frontier]({Path(args.png).relative_to(Path(args.write).parent) if args.write else args.png})"
                if args.png else ""))

@@ -3,6 +3,7 @@ the smallest readout that beats the raw-frame linear baseline."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -69,3 +70,70 @@ def test_the_plot_names_the_red_square_only_where_one_is_drawn():
     assert plot_title("grid", with_authors) == "grid (red square: the authors' readout)"
     assert plot_title("avletters_ms", [_row("f2-1bit-pool2", 1024, 38.6)]) == "avletters_ms"
     assert "red square" in plot_title("cambridge", [_row("authors-warm", 4096, 40.0)])     # any authors' start
+
+
+def _frontier(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "frontier.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _references(path) -> None:
+    """A reference_points.py JSON: linear 89% (one fold) and the 3D CNN at 90, 92, 94% test over three seeds."""
+    video = {str(s): {"test_accuracy": t, "val_accuracy": t + 0.01} for s, t in zip((0, 1, 2), (0.90, 0.92, 0.94))}
+    path.write_text(json.dumps({"results": [{"dataset": "grid", "folds": [
+        {"linear": {"test_accuracy": 0.89, "val_accuracy": 0.90}, "video": video}]}]}))
+
+
+def test_the_frontier_across_rounds_is_read_back_from_the_document(tmp_path):
+    """Two rounds written into a document by frontier.py, then read back from it (--from-doc --chosen): per
+    readout size the configuration with the best validation across both rounds, tagged with its round's
+    section, the authors' readout, and both reference points; the numbers are the tables', to their 0.1."""
+    doc, refs, a, b = (tmp_path / n for n in ("R.md", "refs.json", "a.json", "b.json"))
+    doc.write_text("# results\n\n<!-- frontier-r1:begin -->\n<!-- frontier-r1:end -->\n\n"
+                   "<!-- frontier-r2:begin -->\n<!-- frontier-r2:end -->\n\n<!-- frontier-all:begin -->\n"
+                   "<!-- frontier-all:end -->\n")
+    _references(refs)
+    a.write_text(json.dumps({"rows": [_row("authors", 4096, 65.04), {**_row("f4-2bit", 4096, 95.0), "val_mean": 96.0},
+                                      {**_row("f2-1bit-pool2", 1024, 93.0), "val_mean": 95.0}]}))
+    b.write_text(json.dumps({"rows": [{**_row("f4-2bit-long", 4096, 94.0), "val_mean": 97.0},      # val-best
+                                      {**_row("f2-1bit-pool2-long", 1024, 96.0), "val_mean": 94.0}]}))  # test-best
+    for name, summary in (("frontier-r1", a), ("frontier-r2", b)):
+        result = _frontier("--sweep", f"grid={summary}", "--references", str(refs), "--section", name,
+                           "--write", str(doc))
+        assert result.returncode == 0, result.stderr
+    for _ in range(2):                     # the second time its own section's rows must not be read back
+        result = _frontier("--from-doc", str(doc), "--chosen", "--section", "frontier-all", "--write", str(doc),
+                           "--png", str(tmp_path / "all.png"))
+        assert result.returncode == 0, result.stderr
+        section = doc.read_text().split("<!-- frontier-all:begin -->")[1].split("<!-- frontier-all:end -->")[0]
+        rows = [line for line in section.splitlines() if line.startswith("| grid |")]
+        assert rows == [
+            "| grid | f2-1bit-pool2 [frontier-r1] | 1024 | 64x less | 3 | 95.0 ± 0.5 | 93.0 ± 1.0 |",
+            "| grid | authors [frontier-r1] | 4096 | 16x less | 3 | 66.0 ± 0.5 | 65.0 ± 1.0 |",
+            "| grid | f4-2bit-long [frontier-r2] | 4096 | 16x less | 3 | 97.0 ± 0.5 | 94.0 ± 1.0 |",
+            "| grid | reference: linear on the averaged raw frame | 4096 | 16x less | - | 90.0 | 89.0 |",
+            "| grid | reference: 3D CNN on the raw 16x64x64 clip | 65536 | 1x | 3 | 93.0 ± 2.0 | 92.0 ± 2.0 |"]
+        assert "Collected" in section and "f2-1bit-pool2 [frontier-r1], 1024 B (93.0%)" in section
+        assert (tmp_path / "all.png").stat().st_size > 10_000
+    # one section redrawn: its rows untagged, nothing chosen away
+    result = _frontier("--from-doc", str(doc), "--doc-sections", "frontier-r2")
+    assert result.returncode == 0 and "Redrawn" in result.stdout, result.stderr
+    assert "| grid | f2-1bit-pool2-long | 1024 |" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--doc-sections", "frontier-r9"), "no frontier section named frontier-r9"),
+    (("--doc-sections", "frontier-r1", "--from-doc", "{missing}"), "no such file"),
+    (("--doc-sections", "frontier-r1"), "--doc-sections needs --from-doc"),
+    ((), "give at least one --sweep"),
+])
+def test_bad_document_arguments_are_one_line_errors(tmp_path, args, message):
+    doc = tmp_path / "R.md"
+    doc.write_text("<!-- frontier-r1:begin -->\n| grid | f4 | 4096 | 16x less | 3 | 9x.0 | 90.0 |\n"
+                   "<!-- frontier-r1:end -->\n")
+    args = [a.format(missing=tmp_path / "missing.md") for a in args]
+    if "--from-doc" not in args and message != "--doc-sections needs --from-doc" and args:
+        args = ["--from-doc", str(doc), *args]
+    result = _frontier(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
