@@ -38,9 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sweep", action="append", default=[], metavar="DATASET=SUMMARY.json",
                    help="a sweep summary (repeatable; several for one data set are drawn together)")
-    p.add_argument("--references", default=None,
-                   help="reference points JSON (benchmarks/reference_points.py); its data sets' points replace "
-                        "those read with --from-doc")
+    p.add_argument("--references", action="append", default=[],
+                   help="reference points JSON (benchmarks/reference_points.py; repeatable, a later file's data sets "
+                        "win); its data sets' points replace those read with --from-doc")
     p.add_argument("--from-doc", default=None, metavar="FILE.md",
                    help="also read the rows of the frontier tables in this document (each keeps its section's name)")
     p.add_argument("--doc-sections", default="",
@@ -217,7 +217,8 @@ def main(args: argparse.Namespace) -> int:
         raise InputError("--doc-sections needs --from-doc FILE.md")
     if not sweeps:
         raise InputError("give at least one --sweep DATASET=SUMMARY.json or --from-doc FILE.md")
-    refs.update(load_references(args.references))
+    for path in args.references:
+        refs.update(load_references(path))
     if args.chosen:
         sweeps = {ds: across_rounds(rows) for ds, rows in sweeps.items()}
     text = table(sweeps, refs)

@@ -137,3 +137,20 @@ def test_bad_document_arguments_are_one_line_errors(tmp_path, args, message):
     result = _frontier(*args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_several_reference_files_each_give_their_data_sets(tmp_path, capsys):
+    from benchmarks.frontier import get_args_parser, main
+    grid, cam, summary = tmp_path / "grid.json", tmp_path / "cam.json", tmp_path / "s.json"
+    _references(grid)
+    cam.write_text(json.dumps({"results": [{"dataset": "cambridge", "folds": [
+        {"linear": {"test_accuracy": 0.30, "val_accuracy": 0.40}}, {"linear": {"test_accuracy": 0.32,
+                                                                              "val_accuracy": 0.44}}]}]}))
+    summary.write_text(json.dumps({"rows": [_row("f2-1bit-pool2", 1024, 63.0)]}))
+    args = get_args_parser().parse_args(["--sweep", f"grid={summary}", "--sweep", f"cambridge={summary}",
+                                         "--references", str(grid), "--references", str(cam)])
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| grid | reference: 3D CNN on the raw 16x64x64 clip | 65536 | 1x | 3 | 93.0 ± 2.0 | 92.0 ± 2.0 |" in out
+    assert "| cambridge | reference: linear on the averaged raw frame | 4096 | 16x less | - | 42.0 | 31.0 |" in out
+    assert "cambridge: smallest readout beating the raw-frame linear baseline (31.0%)" in out
