@@ -168,8 +168,12 @@ def plot(sweeps: dict[str, list[dict]], refs: dict[str, dict], path: Path) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4.2), squeeze=False)
-    for ax, (ds, rows) in zip(axes[0], sweeps.items()):
+    cols = 2 if len(sweeps) >= 4 else len(sweeps)          # four data sets: two rows of two, still readable
+    nrows = -(-len(sweeps) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 4.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(sweeps):]:
+        ax.set_visible(False)
+    for ax, (ds, rows) in zip(axes.flat, sweeps.items()):
         placed: dict[tuple, int] = {}          # labels of points that coincide go one under another
         for r in rows:
             authors = r["config"].startswith("authors")     # the authors' readout (any decoder start)
@@ -191,7 +195,8 @@ def plot(sweeps: dict[str, list[dict]], refs: dict[str, dict], path: Path) -> No
         ax.set_ylabel("test accuracy % (mean ± std over seeds)")
         ax.set_title(plot_title(ds, rows))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        if ref:                                 # the legend keys the reference lines only
+            ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

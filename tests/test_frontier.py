@@ -154,3 +154,15 @@ def test_several_reference_files_each_give_their_data_sets(tmp_path, capsys):
     assert "| grid | reference: 3D CNN on the raw 16x64x64 clip | 65536 | 1x | 3 | 93.0 ± 2.0 | 92.0 ± 2.0 |" in out
     assert "| cambridge | reference: linear on the averaged raw frame | 4096 | 16x less | - | 42.0 | 31.0 |" in out
     assert "cambridge: smallest readout beating the raw-frame linear baseline (31.0%)" in out
+
+
+def test_four_data_sets_are_drawn_two_by_two(tmp_path):
+    from PIL import Image
+
+    from benchmarks.frontier import plot
+    sweeps = {ds: [_row("authors", 4096, 60.0), _row("f2-1bit-pool2", 1024, 70.0)]
+              for ds in ("grid", "cambridge", "avletters_ms", "avletters")}
+    plot(sweeps, {}, tmp_path / "four.png")
+    plot({"grid": sweeps["grid"]}, {}, tmp_path / "one.png")
+    (w4, h4), (w1, h1) = Image.open(tmp_path / "four.png").size, Image.open(tmp_path / "one.png").size
+    assert (w4, h4) == (2 * w1, 2 * h1)          # two columns, two rows of the one-panel figure's size
