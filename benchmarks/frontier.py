@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import cpu_name, update_section  # noqa: E402
+from benchmarks._common import cpu_name, run_script, update_section  # noqa: E402
 from benchmarks.frontier_doc import read_doc  # noqa: E402
 from core.atomic import atomic_open  # noqa: E402
 from core.errors import InputError  # noqa: E402
@@ -209,11 +209,13 @@ def plot(sweeps: dict[str, list[dict]], refs: dict[str, dict], path: Path) -> No
 def main(args: argparse.Namespace) -> int:
     sweeps = load_sweeps(args.sweep)
     refs: dict[str, dict] = {}
+    redrawn = None          # the one section whose rows alone are drawn (--from-doc, no --sweep)
     if args.from_doc:
         names = [s.strip() for s in args.doc_sections.split(",") if s.strip()] or None
         rows, refs = read_doc(args.from_doc, sections=names, exclude=(args.section,) if args.write else ())
-        read = sorted({r["section"] for found in rows.values() for r in found})
+        read = {r["section"] for found in rows.values() for r in found}
         if len(read) == 1 and not args.sweep:       # one section redrawn: its rows need no tag
+            redrawn = read.pop()
             for r in (r for found in rows.values() for r in found):
                 del r["section"]
         for ds, found in rows.items():
@@ -238,8 +240,8 @@ def main(args: argparse.Namespace) -> int:
                          + (f"{_label(best)}, {best['readout_bytes']} B ({best['test_mean']:.1f}%)"
                             if best else "none"))
     measured = f"Measured {date.today().isoformat()} on {args.machine or cpu_name()}."
-    if args.from_doc and len(read) == 1 and not args.sweep:
-        measured = (f"Redrawn {date.today().isoformat()} from the table of section {read[0]} of {args.from_doc} "
+    if redrawn:
+        measured = (f"Redrawn {date.today().isoformat()} from the table of section {redrawn} of {args.from_doc} "
                     f"(its command, machine and date are there).")
     elif args.from_doc:
         measured = (f"Collected {date.today().isoformat()} from the frontier tables of {args.from_doc}: a row's "
@@ -259,8 +261,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(get_args_parser().parse_args()))
-    except InputError as exc:
-        print(f"frontier: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script("frontier", get_args_parser(), main)

@@ -49,13 +49,13 @@ def read_doc(path: str | Path, *, sections: list[str] | None = None,
         for m in ROW.finditer(found[name]):
             where = f"{path} section {name}, {m['ds']} {m['config']}"
             (val, val_std), (test, test_std) = _stat(m["val"], where), _stat(m["test"], where)
-            if m["config"] == LINEAR:
+            if m["config"] in (LINEAR, VIDEO):
                 ref = refs.setdefault(m["ds"], {"linear": None, "video": None, "folds": None})
-                ref["linear"] = {"val_accuracy": val / 100, "test_accuracy": test / 100}
-            elif m["config"] == VIDEO:
-                ref = refs.setdefault(m["ds"], {"linear": None, "video": None, "folds": None})
-                ref["video"] = {"seeds": int(m["seeds"]), "val_mean": val, "val_std": val_std,
-                                "test_mean": test, "test_std": test_std}
+                if m["config"] == LINEAR:
+                    ref["linear"] = {"val_accuracy": val / 100, "test_accuracy": test / 100}
+                else:
+                    ref["video"] = {"seeds": int(m["seeds"]), "val_mean": val, "val_std": val_std,
+                                    "test_mean": test, "test_std": test_std}
             elif not TAGGED.search(m["config"]):     # a row collected from another section is read there
                 rows.setdefault(m["ds"], []).append({
                     "config": m["config"], "section": name, "readout_bytes": int(m["bytes"]),

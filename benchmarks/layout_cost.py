@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import cpu_name, update_section  # noqa: E402
+from benchmarks._common import cpu_name, run_script, update_section  # noqa: E402
 from core.errors import InputError  # noqa: E402
 from core.readout_layout import DEFAULT_STEP, ReadoutLayout  # noqa: E402
 from edge.models import load_bundle  # noqa: E402
@@ -178,8 +178,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(get_args_parser().parse_args()))
-    except InputError as exc:
-        print(f"layout_cost: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script("layout_cost", get_args_parser(), main)
