@@ -41,6 +41,7 @@ SPLIT_SEED = 20240617          # fixed: the splits never change with the trainin
 AVLETTERS_MS_TRAIN_REPS = (1, 2)
 AVLETTERS_MS_TEST_REPS = (3,)
 AVLETTERS_MS_VAL_FRACTION = 0.1   # of the training repetitions' clips, per class
+AVLETTERS_MS_VAL_PARTS = 10       # takes 1-2 cut into ten stratified tenths; part 0 is the fixed split
 FOLDS = 5
 CV_DATASETS = ("cambridge",)      # the data sets split by --fold (k-fold cross-validation)
 ALL_CLIPS = -1                    # --fold -1: train on every clip of a CV data set (no val / test split)
@@ -190,8 +191,11 @@ def stratified_folds(labels: np.ndarray, *, folds: int = FOLDS, seed: int = SPLI
     return fold
 
 
-def multi_speaker_split(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """AVLetters multi-speaker protocol: train on takes 1-2 of every speaker, test on take 3."""
+def multi_speaker_split(ds: Dataset, *, val_part: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AVLetters multi-speaker protocol: train on takes 1-2 of every speaker, test on take 3.
+
+    Validation is one of ten disjoint stratified tenths of takes 1-2 (``val_part``; 0 = the fixed split).
+    """
     if ds.repetitions is None:
         raise InputError(f"{ds.name}: the multi-speaker split needs each clip's repetition "
                          f"(the 'repetitions' array of avletters_lips.npz)")
@@ -199,22 +203,47 @@ def multi_speaker_split(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray
     known = AVLETTERS_MS_TRAIN_REPS + AVLETTERS_MS_TEST_REPS
     if not np.isin(reps, known).all():
         raise InputError(f"{ds.name}: repetitions must be in {known}, got {sorted(set(reps.tolist()) - set(known))}")
+    if not (isinstance(val_part, int) and 0 <= val_part < AVLETTERS_MS_VAL_PARTS):
+        raise InputError(f"{ds.name}: the validation part must be 0..{AVLETTERS_MS_VAL_PARTS - 1}, got {val_part!r}")
     te = np.flatnonzero(np.isin(reps, AVLETTERS_MS_TEST_REPS))
     pool = np.flatnonzero(np.isin(reps, AVLETTERS_MS_TRAIN_REPS))
-    f = AVLETTERS_MS_VAL_FRACTION
-    tr_pos, va_pos, _ = stratified_split(ds.labels[pool], fractions=(1.0 - f, f, 0.0), seed=SPLIT_SEED)
-    return pool[tr_pos], pool[va_pos], te
+    parts = validation_parts(ds.labels[pool], parts=AVLETTERS_MS_VAL_PARTS, fraction=AVLETTERS_MS_VAL_FRACTION)
+    return pool[parts != val_part], pool[parts == val_part], te
 
 
-def split(ds: Dataset, *, fold: int = 0) -> dict[str, np.ndarray]:
+def validation_parts(labels: np.ndarray, *, parts: int, fraction: float, seed: int = SPLIT_SEED) -> np.ndarray:
+    """Which of ``parts`` disjoint stratified validation parts each clip is in (-1: in none).
+
+    Per class, the clips are shuffled as :func:`stratified_split` shuffles them and ``fraction`` of them
+    is cut from the end for each part in turn, so part 0 is exactly ``stratified_split``'s validation
+    share (the fixed split) and the parts never overlap: runs that validate on different parts
+    validate on different clips, and their pooled validation sees that many more clips.
+    """
+    rng = np.random.default_rng(seed)
+    part = np.full(len(labels), -1, dtype=np.int64)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = int(round(fraction * len(idx)))
+        if n_val * parts > len(idx):
+            raise InputError(f"{parts} validation parts of {n_val} clips need {n_val * parts} clips of class {int(c)}; "
+                             f"it has {len(idx)}")
+        for k in range(parts):
+            part[idx[len(idx) - n_val * (k + 1):len(idx) - n_val * k]] = k
+    return part
+
+
+def split(ds: Dataset, *, fold: int = 0, val_part: int = 0) -> dict[str, np.ndarray]:
     """Train / val / test indices of ``ds``: the fixed, honest split for that dataset.
 
     cambridge: test = fold ``fold`` of 5; validation = one clip per class from the remaining folds;
     ``fold=-1`` (:data:`ALL_CLIPS`): every clip trains, no validation or test clips (the final model,
     once cross-validation has chosen its settings and epochs).
-    avletters_ms: test = every repetition-3 clip; validation = a fixed stratified 10% of the
-    repetition-1/2 clips (per class, seed :data:`SPLIT_SEED`); train = the other repetition-1/2 clips.
+    avletters_ms: test = every repetition-3 clip; validation = a stratified 10% of the repetition-1/2
+    clips (per class, seed :data:`SPLIT_SEED`): part ``val_part`` of ten disjoint tenths, part 0 the fixed
+    split; train = the other repetition-1/2 clips. Other data sets have one validation split (part 0).
     """
+    if val_part and ds.name != "avletters_ms":
+        raise InputError(f"{ds.name} has one validation split; another validation part is for avletters_ms")
     if ds.name == "grid":
         tr, va, te = stratified_split(ds.labels)
     elif ds.name == "avletters":
@@ -222,7 +251,7 @@ def split(ds: Dataset, *, fold: int = 0) -> dict[str, np.ndarray]:
         va = np.flatnonzero(np.isin(ds.groups, AVLETTERS_VAL_SPEAKERS))
         tr = np.flatnonzero(~np.isin(ds.groups, AVLETTERS_TEST_SPEAKERS + AVLETTERS_VAL_SPEAKERS))
     elif ds.name == "avletters_ms":
-        tr, va, te = multi_speaker_split(ds)
+        tr, va, te = multi_speaker_split(ds, val_part=val_part)
     elif ds.name == "cambridge":
         if not (isinstance(fold, int) and ALL_CLIPS <= fold < FOLDS):
             raise InputError(f"--fold must be 0..{FOLDS - 1} for cambridge (or {ALL_CLIPS}: train on every clip), "

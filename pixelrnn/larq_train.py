@@ -65,7 +65,7 @@ def train_larq(*, config: TrainConfig, progress: bool = True) -> dict:
 
     from core.atomic import write_json_atomic
     from pixelrnn.checkpoint import save_checkpoint
-    from pixelrnn.data import load_dataset, split
+    from pixelrnn.data import load_dataset
     from pixelrnn.larq_twin import keras, load_state_dict_into_twin, make_keras_model, torch_from_twin
     from pixelrnn.train_loop import build_model, predict
 
@@ -78,7 +78,7 @@ def train_larq(*, config: TrainConfig, progress: bool = True) -> dict:
     keras.utils.set_random_seed(cfg.seed)
 
     ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir or None)
-    parts = split(ds, fold=cfg.fold)
+    parts = cfg.split(ds)
     train_idx = parts["train"][:cfg.limit] if cfg.limit else parts["train"]
     init = build_model(cfg, ds.subset(train_idx))           # same config and initial weights as PyTorch
     mc = init.config

@@ -13,16 +13,20 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
+
 from core.errors import InputError
 from core.readout_layout import ReadoutLayout
 from firmware_sim.noise import NoiseModel
 from pixelrnn import __version__
-from pixelrnn.data import ALL_CLIPS, CV_DATASETS, DATASETS, TASKS, Augment
+from pixelrnn.data import ALL_CLIPS, AVLETTERS_MS_VAL_PARTS, CV_DATASETS, DATASETS, TASKS, Augment, Dataset, split
 from pixelrnn.quantizers import QUANTIZERS
 
 SCHEDULES = ("cosine", "plateau", "none")
 OPTIMIZERS = ("adam",)
 NORMALIZATIONS = ("dataset", "imagenet")
+VAL_SPLITS = ("fixed", "seed")
+ROTATING_VAL_DATASETS = ("avletters_ms",)   # whose validation is a part of the training takes
 DEVICES = ("auto", "cpu", "cuda")
 # data sets whose classes a left-right mirror changes: the hand gestures (Cambridge's leftward and rightward
 # motions); a mouth read in a mirror says the same
@@ -47,6 +51,9 @@ class TrainConfig:
     dataset: str = "grid"
     data_dir: str = ""                 # empty: $PIXELRNN_DATA or ../shared/data
     fold: int = 0                      # cambridge: which of the 5 folds is the test fold (-1: none, all train)
+    val_split: str = "fixed"           # avletters_ms: validate on the fixed tenth of takes 1-2 (every seed the
+                                       # same clips), or "seed": on tenth seed mod 10, so seeds validate on
+                                       # different clips and their pooled validation sees more of them
     limit: int = 0                     # > 0: use only the first N training clips (smoke runs)
     quantizer: str = "tanh_mx"
     quantizer_m: float = 2.0
@@ -97,6 +104,10 @@ class TrainConfig:
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         _check(self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}")
+        _check(self.val_split in VAL_SPLITS, f"val_split must be one of {VAL_SPLITS}, got {self.val_split!r}")
+        _check(self.val_split == "fixed" or self.dataset in ROTATING_VAL_DATASETS,
+               f"val_split {self.val_split!r} is for {', '.join(ROTATING_VAL_DATASETS)} (validation drawn from "
+               f"the training takes); {self.dataset} has one fixed validation split: set val_split fixed")
         _check(self.normalize in NORMALIZATIONS, f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
         for name in _INTS:
             value = getattr(self, name)
@@ -134,6 +145,16 @@ class TrainConfig:
                    f"data sets ({', '.join(CV_DATASETS)}), not {self.dataset}")
             _check(not self.patience and self.schedule != "plateau", f"fold {ALL_CLIPS} has no validation clips: "
                    f"set patience 0 and a schedule other than plateau (the last epoch is the model)")
+
+    def split(self, ds: Dataset) -> dict[str, np.ndarray]:
+        """The train / val / test indices of ``ds`` these settings train on (:func:`pixelrnn.data.split`
+        with ``fold`` and the validation part); both training backends take their split from here."""
+        return split(ds, fold=self.fold, val_part=self.val_part())
+
+    def val_part(self) -> int:
+        """Which validation part :func:`pixelrnn.data.split` takes (0, the fixed split, unless
+        ``val_split`` is ``seed``: the seed's tenth)."""
+        return self.seed % AVLETTERS_MS_VAL_PARTS if self.val_split == "seed" else 0
 
     def augmentation(self) -> Augment:
         """The training clips' augmentation (:class:`pixelrnn.data.Augment`), the same in both backends."""

@@ -33,7 +33,7 @@ from core.atomic import write_json_atomic
 from core.errors import InputError
 from firmware_sim.noise import NoiseModel
 from pixelrnn.checkpoint import load_model, save_checkpoint
-from pixelrnn.data import TASKS, Dataset, load_dataset, split
+from pixelrnn.data import TASKS, Dataset, load_dataset
 from pixelrnn.distributed import Dist, GlobalBatchNorm2d, init_distributed, teardown_distributed
 from pixelrnn.model import ModelConfig, PixelRNN, draw_noise
 from pixelrnn.train_config import SCHEDULES, TrainConfig, code_version
@@ -373,7 +373,7 @@ def train(*, config: TrainConfig, resume: bool = False, progress: bool = True,
     state_path, best_path = out / "last.pt", out / "model.pt"
 
     ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir or None)
-    parts = split(ds, fold=cfg.fold)
+    parts = cfg.split(ds)
     train_idx = parts["train"][:cfg.limit] if cfg.limit else parts["train"]
     device = torch.device(cfg.resolved_device())
     model = build_model(cfg, ds.subset(train_idx)).to(device)

@@ -99,3 +99,44 @@ def test_multi_speaker_split_needs_repetitions(avletters_ms):
 def test_subset_keeps_repetitions(avletters_ms):
     sub = avletters_ms.subset(np.array([5, 1]))
     assert sub.repetitions.tolist() == avletters_ms.repetitions[[5, 1]].tolist()
+
+
+def test_multi_speaker_validation_parts(avletters_ms):
+    """``val_part`` k: the k-th of ten disjoint stratified tenths of takes 1-2; part 0 is the fixed split
+    that rounds 1-11 used (written here the way data.py computed it before parts existed)."""
+    from pixelrnn.data import AVLETTERS_MS_TRAIN_REPS, split, stratified_split
+    ds = avletters_ms
+    pool = np.flatnonzero(np.isin(ds.repetitions, AVLETTERS_MS_TRAIN_REPS))
+    old_tr, old_va, _ = stratified_split(ds.labels[pool], fractions=(0.9, 0.1, 0.0))
+    fixed = split(ds)
+    assert np.array_equal(split(ds, val_part=0)["val"], pool[old_va]) and np.array_equal(fixed["val"], pool[old_va])
+    assert np.array_equal(fixed["train"], pool[old_tr])
+    parts = [split(ds, val_part=k) for k in range(10)]
+    vals = [set(p["val"].tolist()) for p in parts]
+    assert all(not a & b for i, a in enumerate(vals) for b in vals[i + 1:])             # disjoint
+    assert set().union(*vals) == set(pool.tolist())                                    # cover takes 1-2
+    for p in parts:
+        assert np.bincount(ds.labels[p["val"]], minlength=26).tolist() == [2] * 26     # stratified 10%
+        assert set(p["train"].tolist()) == set(pool.tolist()) - set(p["val"].tolist())
+        assert np.array_equal(p["test"], fixed["test"])                                 # take 3, always
+    with pytest.raises(ValueError, match="validation part must be 0..9"):
+        split(ds, val_part=10)
+
+
+def test_validation_parts_only_for_multi_speaker():
+    from pixelrnn.data import load_dataset, split, validation_parts
+    need(FILES["grid"])
+    with pytest.raises(ValueError, match="one validation split"):
+        split(load_dataset("grid", data_dir=DATA), val_part=1)
+    with pytest.raises(ValueError, match="need 6 clips of class 1; it has 5"):
+        validation_parts(np.array([0] * 6 + [1] * 5), parts=3, fraction=0.34)
+
+
+def test_val_split_setting():
+    from pixelrnn.train_config import TrainConfig
+    assert TrainConfig(dataset="avletters_ms").val_part() == 0
+    assert [TrainConfig(dataset="avletters_ms", val_split="seed", seed=s).val_part() for s in (0, 3, 13)] == [0, 3, 3]
+    with pytest.raises(ValueError, match="val_split 'seed' is for avletters_ms"):
+        TrainConfig(dataset="grid", val_split="seed")
+    with pytest.raises(ValueError, match="val_split must be one of"):
+        TrainConfig(dataset="avletters_ms", val_split="rotate")

@@ -402,3 +402,22 @@ def test_init_decoder_fine_tunes_the_whole_model_and_fold_minus_one_trains_on_ev
                "--init-decoder", "true", "--readout-every", "2", "--out-dir", str(tmp_path / "bad"))
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "has another readout layout" in res.stderr and "drop init_decoder" in res.stderr
+
+
+
+def test_rotating_validation_is_the_split_training_uses():
+    """val_split seed: the run's split (TrainConfig.split, what both training backends call) validates on
+    the seed's tenth of takes 1-2 and never trains on it; the default is the fixed tenth."""
+    from pixelrnn.data import load_dataset, split
+    from pixelrnn.train import TrainConfig
+    need(DATA / "avletters_lips.npz")
+    ds = load_dataset("avletters_ms", data_dir=DATA)
+    for seed, part in ((3, 3), (12, 2)):
+        got = TrainConfig(dataset="avletters_ms", val_split="seed", seed=seed).split(ds)
+        want = split(ds, val_part=part)
+        assert all(np.array_equal(got[k], want[k]) for k in ("train", "val", "test"))
+        assert not set(got["train"].tolist()) & set(got["val"].tolist())
+    fixed = TrainConfig(dataset="avletters_ms", seed=3).split(ds)
+    assert np.array_equal(fixed["val"], split(ds)["val"]) and not np.array_equal(fixed["val"], want["val"])
+    src = {m: (REPO / "pixelrnn" / f"{m}.py").read_text() for m in ("train_loop", "larq_train")}
+    assert all("cfg.split(ds)" in text and "split(ds, fold" not in text for text in src.values())
