@@ -10,8 +10,8 @@ reported once, after selection on validation).
 
 ``--from-doc`` reads the rows of the frontier tables earlier calls wrote into a document instead (or as well):
 with ``--chosen``, the frontier across every round (per data set and readout size, the configuration
-validation chose among all of them, and the authors' readout); with ``--doc-sections``, one section's rows,
-e.g. to redraw its plot.
+validation chose among all of them, and the authors' readout; ``--supersede SECTION`` lets one section's rows
+alone compete at the sizes it measured); with ``--doc-sections``, one section's rows, e.g. to redraw its plot.
 """
 from __future__ import annotations
 
@@ -49,6 +49,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--chosen", action="store_true",
                    help="per data set and readout size, only the configuration validation chooses among all rows, "
                         "and the authors' readout (the frontier across rounds)")
+    p.add_argument("--supersede", action="append", default=[], metavar="SECTION",
+                   help="with --from-doc --chosen (repeatable): at each data set and readout size this section "
+                        "measured, only its rows (and other --supersede sections') compete, e.g. a round whose "
+                        "validation is on other clips than the earlier rounds' and was set before it ran to "
+                        "decide there")
     p.add_argument("--png", default=None, help="write the plot here")
     p.add_argument("--write", default=None, help="update the frontier section of this markdown file")
     p.add_argument("--command", default=None, help="the command line to print with the table")
@@ -120,6 +125,15 @@ def smallest_beating(rows: list[dict], linear: float | None) -> dict | None:
         return None
     chosen = chosen_per_budget(rows)
     return next((chosen[n] for n in sorted(chosen) if chosen[n]["test_mean"] > linear), None)
+
+
+def superseded(rows: list[dict], sections: list[str]) -> list[dict]:
+    """``rows`` without those that ``sections`` supersede: at a readout size a row of one of ``sections``
+    has, the rows of every other section drop out (their validation is not compared with theirs), but for
+    the authors' readout, which is drawn whatever validation chooses."""
+    covered = {r["readout_bytes"] for r in rows if r.get("section") in sections}
+    return [r for r in rows if r.get("section") in sections or r["readout_bytes"] not in covered
+            or r["config"].startswith("authors")]
 
 
 def across_rounds(rows: list[dict]) -> list[dict]:
@@ -222,6 +236,15 @@ def main(args: argparse.Namespace) -> int:
             sweeps.setdefault(ds, []).extend(found)
     elif args.doc_sections:
         raise InputError("--doc-sections needs --from-doc FILE.md")
+    if args.supersede:
+        if not (args.from_doc and args.chosen):
+            raise InputError("--supersede needs --from-doc FILE.md and --chosen (it decides what competes there)")
+        known = {r.get("section") for found in sweeps.values() for r in found}
+        missing = [s for s in args.supersede if s not in known]
+        if missing:
+            raise InputError(f"--supersede: no rows read from section {', '.join(missing)}; name a frontier "
+                             f"section of {args.from_doc} that --from-doc reads")
+        sweeps = {ds: superseded(found, args.supersede) for ds, found in sweeps.items()}
     if not sweeps:
         raise InputError("give at least one --sweep DATASET=SUMMARY.json or --from-doc FILE.md")
     for path in args.references:

@@ -115,6 +115,21 @@ def test_the_frontier_across_rounds_is_read_back_from_the_document(tmp_path):
             "| grid | reference: 3D CNN on the raw 16x64x64 clip | 65536 | 1x | 3 | 93.0 ± 2.0 | 92.0 ± 2.0 |"]
         assert "Collected" in section and "f2-1bit-pool2 [frontier-r1], 1024 B (93.0%)" in section
         assert (tmp_path / "all.png").stat().st_size > 10_000
+    # --supersede frontier-r1: at 1024 and 4096 B (r1 measured both) r2's rows no longer compete
+    result = _frontier("--from-doc", str(doc), "--chosen", "--supersede", "frontier-r1", "--doc-sections",
+                       "frontier-r1,frontier-r2")
+    assert result.returncode == 0, result.stderr
+    assert "| grid | f4-2bit [frontier-r1] | 4096 |" in result.stdout and "[frontier-r2]" not in result.stdout
+    result = _frontier("--from-doc", str(doc), "--chosen", "--supersede", "frontier-r2", "--doc-sections",
+                       "frontier-r1,frontier-r2")
+    assert "f4-2bit-long [frontier-r2]" in result.stdout and "f2-1bit-pool2-long [frontier-r2]" in result.stdout
+    assert "| grid | f2-1bit-pool2 [frontier-r1]" not in result.stdout
+    assert "| grid | authors [frontier-r1] | 4096 |" in result.stdout   # the authors' readout is always drawn
+    for args, message in ((("--chosen", "--supersede", "frontier-r7"), "--supersede: no rows read from section "
+                                                                        "frontier-r7"),
+                          (("--supersede", "frontier-r1"), "--supersede needs --from-doc FILE.md and --chosen")):
+        result = _frontier("--from-doc", str(doc), *args)
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
     # one section redrawn: its rows untagged, nothing chosen away
     result = _frontier("--from-doc", str(doc), "--doc-sections", "frontier-r2")
     assert result.returncode == 0 and "Redrawn" in result.stdout, result.stderr
