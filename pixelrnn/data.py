@@ -42,6 +42,7 @@ AVLETTERS_MS_TRAIN_REPS = (1, 2)
 AVLETTERS_MS_TEST_REPS = (3,)
 AVLETTERS_MS_VAL_FRACTION = 0.1   # of the training repetitions' clips, per class
 AVLETTERS_MS_VAL_PARTS = 10       # takes 1-2 cut into ten stratified tenths; part 0 is the fixed split
+ROTATING_VAL_DATASETS = ("avletters_ms",)   # whose validation may be another part (TrainConfig.val_split)
 FOLDS = 5
 CV_DATASETS = ("cambridge",)      # the data sets split by --fold (k-fold cross-validation)
 ALL_CLIPS = -1                    # --fold -1: train on every clip of a CV data set (no val / test split)
@@ -242,8 +243,9 @@ def split(ds: Dataset, *, fold: int = 0, val_part: int = 0) -> dict[str, np.ndar
     clips (per class, seed :data:`SPLIT_SEED`): part ``val_part`` of ten disjoint tenths, part 0 the fixed
     split; train = the other repetition-1/2 clips. Other data sets have one validation split (part 0).
     """
-    if val_part and ds.name != "avletters_ms":
-        raise InputError(f"{ds.name} has one validation split; another validation part is for avletters_ms")
+    if val_part and ds.name not in ROTATING_VAL_DATASETS:
+        raise InputError(f"{ds.name} has one validation split; another validation part is for "
+                         f"{', '.join(ROTATING_VAL_DATASETS)}")
     if ds.name == "grid":
         tr, va, te = stratified_split(ds.labels)
     elif ds.name == "avletters":

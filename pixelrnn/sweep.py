@@ -50,7 +50,7 @@ import math
 import string
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from core.atomic import write_json_atomic
@@ -249,7 +249,7 @@ def adopt_finished(spec: SweepSpec, study, out: Path) -> int:
         if point in done or not report_path.is_file():
             continue
         report = json.loads(report_path.read_text())
-        if report.get("config") != cfg.to_dict() or report.get("val_accuracy") is None:
+        if _settings(report.get("config")) != cfg.to_dict() or report.get("val_accuracy") is None:
             print(f"sweep {spec.study}: {report_path} was made with other settings; not adopted", flush=True)
             continue
         study.add_trial(optuna.trial.create_trial(params=dict(zip(grid, point)), distributions=dists,
@@ -257,6 +257,14 @@ def adopt_finished(spec: SweepSpec, study, out: Path) -> int:
                                                   user_attrs=_record(None, report)))
         adopted += 1
     return adopted
+
+
+def _settings(recorded) -> dict | None:
+    """A report's settings, with those added to TrainConfig since it was written at their defaults (a new
+    setting's default is what runs did before it existed, e.g. ``val_split: fixed``)."""
+    if not isinstance(recorded, dict):
+        return None
+    return {**{f.name: f.default for f in fields(TrainConfig)}, **recorded}
 
 
 def _by_point(spec: SweepSpec, study, state) -> dict[tuple, list]:
@@ -283,7 +291,7 @@ def _run_point(cfg: TrainConfig, *, progress: bool) -> tuple[dict, bool]:
     report = out / "report.json"
     if report.is_file():
         done = json.loads(report.read_text())
-        if done.get("config") != cfg.to_dict():
+        if _settings(done.get("config")) != cfg.to_dict():
             raise InputError(f"{out} holds a finished run with other settings; move it away or use another "
                              f"--out-dir")
         return done, False

@@ -19,14 +19,23 @@ from core.errors import InputError
 from core.readout_layout import ReadoutLayout
 from firmware_sim.noise import NoiseModel
 from pixelrnn import __version__
-from pixelrnn.data import ALL_CLIPS, AVLETTERS_MS_VAL_PARTS, CV_DATASETS, DATASETS, TASKS, Augment, Dataset, split
+from pixelrnn.data import (
+    ALL_CLIPS,
+    AVLETTERS_MS_VAL_PARTS,
+    CV_DATASETS,
+    DATASETS,
+    ROTATING_VAL_DATASETS,
+    TASKS,
+    Augment,
+    Dataset,
+    split,
+)
 from pixelrnn.quantizers import QUANTIZERS
 
 SCHEDULES = ("cosine", "plateau", "none")
 OPTIMIZERS = ("adam",)
 NORMALIZATIONS = ("dataset", "imagenet")
 VAL_SPLITS = ("fixed", "seed")
-ROTATING_VAL_DATASETS = ("avletters_ms",)   # whose validation is a part of the training takes
 DEVICES = ("auto", "cpu", "cuda")
 # data sets whose classes a left-right mirror changes: the hand gestures (Cambridge's leftward and rightward
 # motions); a mouth read in a mirror says the same

@@ -283,9 +283,14 @@ def test_a_changed_grid_is_refused_and_a_new_study_name_adopts_the_finished_runs
     assert "was started with seeds [0], this spec has [0, 1]" in result.stderr
     assert f"give the spec a new study name and 'out_dir: {out}'" in result.stderr
     assert not (out / "authors" / "seed1").exists()
+    report = out / "authors" / "seed0" / "report.json"      # as if written before val_split existed: a
+    recorded = json.loads(report.read_text())               # setting added later counts at its default
+    assert recorded["config"].pop("val_split") == "fixed"
+    report.write_text(json.dumps(recorded))
     spec.write_text(one.replace("seeds: [0]", "seeds: [0, 1]").replace("study: tiny", "study: tiny-more-seeds"))
     result = _sweep("--spec", str(spec), "--no-progress")
     assert result.returncode == 0 and "ran 1 point(s)" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert "not adopted" not in result.stdout
     assert (out / "authors" / "seed1" / "report.json").is_file()
     summary = _sweep("--spec", str(spec), "--summary")
     assert summary.returncode == 0 and "| authors | 4096 | 2 |" in summary.stdout, summary.stdout + summary.stderr
