@@ -101,18 +101,26 @@ def load_references(path: str | None) -> dict[str, dict]:
     return out
 
 
-def chosen_per_budget(rows: list[dict]) -> dict[int, dict]:
-    """Per readout size, the configuration validation chooses: the best mean validation accuracy (a tie goes
-    to the smaller spread over seeds, then to the first listed). Test accuracy plays no part. Means and
-    spreads are compared to 1e-6 points: the same clip counts averaged in another order differ in the last
-    bits of a float (51.28205128205129 against ...128), and that must stay a tie."""
-    def key(r: dict) -> tuple[float, float]:
-        return round(r["val_mean"], 6), -round(r["val_std"], 6)
+def validation_rank(r: dict) -> tuple[float, float]:
+    """How validation ranks a row (higher is better): the mean validation accuracy, a tie to the smaller
+    spread over seeds. Test accuracy plays no part. Means and spreads are compared to 1e-6 points: the same
+    clip counts averaged in another order differ in the last bits of a float (51.28205128205129 against
+    ...128), and that must stay a tie."""
+    return round(r["val_mean"], 6), -round(r["val_std"], 6)
 
+
+def is_authors(r: dict) -> bool:
+    """Whether a row is the authors' readout (any decoder start)."""
+    return r["config"].startswith("authors")
+
+
+def chosen_per_budget(rows: list[dict]) -> dict[int, dict]:
+    """Per readout size, the configuration validation chooses (:func:`validation_rank`; a full tie goes to the
+    first listed)."""
     chosen: dict[int, dict] = {}
     for r in rows:
         best = chosen.get(r["readout_bytes"])
-        if best is None or key(r) > key(best):
+        if best is None or validation_rank(r) > validation_rank(best):
             chosen[r["readout_bytes"]] = r
     return chosen
 
@@ -133,16 +141,16 @@ def superseded(rows: list[dict], sections: list[str]) -> list[dict]:
     the authors' readout, which is drawn whatever validation chooses."""
     covered = {r["readout_bytes"] for r in rows if r.get("section") in sections}
     return [r for r in rows if r.get("section") in sections or r["readout_bytes"] not in covered
-            or r["config"].startswith("authors")]
+            or is_authors(r)]
 
 
 def across_rounds(rows: list[dict]) -> list[dict]:
     """The frontier across rounds: per readout size the configuration validation chooses among all ``rows``
     (:func:`chosen_per_budget`), and the authors' readout with the best validation, by size."""
     chosen = list(chosen_per_budget(rows).values())
-    authors = [r for r in rows if r["config"].startswith("authors")]
+    authors = [r for r in rows if is_authors(r)]
     if authors:
-        best = max(authors, key=lambda r: (round(r["val_mean"], 6), -round(r["val_std"], 6)))
+        best = max(authors, key=validation_rank)
         chosen += [] if any(r is best for r in chosen) else [best]
     return sorted(chosen, key=lambda r: r["readout_bytes"])
 
@@ -173,7 +181,7 @@ def table(sweeps: dict[str, list[dict]], refs: dict[str, dict]) -> str:
 
 def plot_title(ds: str, rows: list[dict]) -> str:
     """A panel's title: the data set, and the key to the red squares only where the panel draws one."""
-    authors = any(r["config"].startswith("authors") for r in rows)
+    authors = any(is_authors(r) for r in rows)
     return f"{ds} (red square: the authors' readout)" if authors else ds
 
 
@@ -190,7 +198,7 @@ def plot(sweeps: dict[str, list[dict]], refs: dict[str, dict], path: Path) -> No
     for ax, (ds, rows) in zip(axes.flat, sweeps.items()):
         placed: dict[tuple, int] = {}          # labels of points that coincide go one under another
         for r in rows:
-            authors = r["config"].startswith("authors")     # the authors' readout (any decoder start)
+            authors = is_authors(r)
             ax.errorbar(r["readout_bytes"], r["test_mean"], yerr=r["test_std"], fmt="s" if authors else "o",
                         color="tab:red" if authors else "tab:blue", capsize=3)
             at = (r["readout_bytes"], round(r["test_mean"], 1))
